@@ -1,0 +1,2 @@
+//! vmasim client library.
+pub mod strace;

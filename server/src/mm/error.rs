@@ -1,0 +1,116 @@
+//! Errors of engine operations: the kernel's errno plus enough context for
+//! the service layer to say precisely what was wrong.
+
+/// The errno a real kernel would return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Errno {
+    /// Bad argument.
+    EINVAL,
+    /// Out of memory, address space or map count; or range not mapped.
+    ENOMEM,
+    /// `MAP_FIXED_NOREPLACE` hit an existing mapping.
+    EEXIST,
+    /// No such process.
+    ESRCH,
+    /// Too many processes.
+    EAGAIN,
+    /// Offset plus length overflows.
+    EOVERFLOW,
+}
+
+/// Why an operation failed. Every failed operation leaves the address space
+/// exactly as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MmError {
+    /// An argument is malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The argument's name.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No live process has this pid.
+    #[error("no such process: pid {0}")]
+    NoSuchProcess(u32),
+    /// `MAP_FIXED_NOREPLACE` on a mapped range.
+    #[error("range {start:#x}-{end:#x} overlaps an existing mapping")]
+    Exists {
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
+    },
+    /// `mprotect` on a range with holes.
+    #[error("range {start:#x}-{end:#x} is not fully mapped")]
+    NotMapped {
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
+    },
+    /// The operation would leave more than `max_map_count` VMAs.
+    #[error("max_map_count ({limit}) would be exceeded")]
+    MapCountExceeded {
+        /// The limit.
+        limit: usize,
+    },
+    /// The VMA cache has no free slot.
+    #[error("VMA cache exhausted: all {capacity} slots in use")]
+    PoolExhausted {
+        /// The pool's capacity in slots.
+        capacity: u32,
+    },
+    /// No gap in the address space is large enough.
+    #[error("no free range of {len:#x} bytes in the address space")]
+    NoSpace {
+        /// The requested length.
+        len: u64,
+    },
+    /// The process table is full.
+    #[error("process limit ({limit}) reached")]
+    TooManyProcesses {
+        /// The limit.
+        limit: usize,
+    },
+    /// File offset plus length overflows.
+    #[error("offset: file offset {offset:#x} plus length {len:#x} overflows")]
+    Overflow {
+        /// The offset.
+        offset: u64,
+        /// The length.
+        len: u64,
+    },
+}
+
+impl MmError {
+    /// The errno the kernel would return.
+    pub fn errno(&self) -> Errno {
+        match self {
+            MmError::InvalidArgument { .. } => Errno::EINVAL,
+            MmError::NoSuchProcess(_) => Errno::ESRCH,
+            MmError::Exists { .. } => Errno::EEXIST,
+            MmError::NotMapped { .. }
+            | MmError::MapCountExceeded { .. }
+            | MmError::PoolExhausted { .. }
+            | MmError::NoSpace { .. } => Errno::ENOMEM,
+            MmError::TooManyProcesses { .. } => Errno::EAGAIN,
+            MmError::Overflow { .. } => Errno::EOVERFLOW,
+        }
+    }
+
+    pub(crate) fn inval(field: &'static str, reason: impl Into<String>) -> Self {
+        MmError::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<crate::mm::pool::PoolExhausted> for MmError {
+    fn from(e: crate::mm::pool::PoolExhausted) -> Self {
+        MmError::PoolExhausted {
+            capacity: e.capacity,
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! Page faults: `lock_vma_under_rcu`, then `handle_mm_fault`.
+//!
+//! The fast path walks the VMA tree under RCU with no lock, read-locks the
+//! VMA it found (`vma_start_read`), re-checks the range, and populates the
+//! PTE by compare-and-swap. It allocates nothing (except a page-table level
+//! the first time a 2 MiB region is touched), takes no lock, and writes no
+//! shared cache line but the VMA's `vm_refcnt`: counters are per-thread
+//! shards and frames come from per-thread ranges.
+//!
+//! When the walk finds nothing, or the VMA is write-locked, or belongs to
+//! another mm now, or no longer covers the address, the fault falls back to
+//! `mmap_lock` for read (`VMA_LOCK_ABORT`). Only that path may answer
+//! `SEGV_MAPERR`, because only it sees a stable tree. A VMA found detached
+//! is retried (`VMA_LOCK_MISS`); a fault that needs `mmap_lock` after all
+//! (a first anonymous write with no `anon_vma` yet) retries under it
+//! (`VMA_LOCK_RETRY`).
+
+use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct, ev};
+use crate::mm::pgtable::{alloc_frame, pte};
+use crate::mm::race::InjectPoint;
+use crate::mm::rcu::rcu_read_lock;
+use crate::mm::sync::Ordering;
+use crate::mm::vma::{LockedBy, ReadChecks, StartReadError, Vma, VmaFields, vm_flags::*};
+use crate::mm::vmstat::VmaLockEvent;
+use crate::mm::{PAGE_SHIFT, TASK_SIZE};
+
+/// How faults take locks (a per-simulator mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FaultLockMode {
+    /// `lock_vma_under_rcu` first, `mmap_lock` only as a fallback.
+    #[default]
+    PerVma,
+    /// Every fault takes `mmap_lock` for read (before per-VMA locks).
+    MmapLock,
+}
+
+impl FaultLockMode {
+    /// The name used in flags, metrics and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultLockMode::PerVma => "per-vma",
+            FaultLockMode::MmapLock => "mmap-lock",
+        }
+    }
+}
+
+impl std::str::FromStr for FaultLockMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "per-vma" => Ok(FaultLockMode::PerVma),
+            "mmap-lock" => Ok(FaultLockMode::MmapLock),
+            _ => Err(format!(
+                "unknown fault lock mode {s:?} (expected per-vma or mmap-lock)"
+            )),
+        }
+    }
+}
+
+/// The kind of access that faulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Load.
+    Read,
+    /// Store.
+    Write,
+    /// Instruction fetch.
+    Exec,
+}
+
+/// What the fault did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOutcome {
+    /// Anonymous page: zero page mapped (read) or zeroed page allocated.
+    AnonZeroFill = 0,
+    /// File (or shmem) page mapped.
+    FilePage = 1,
+    /// Write to a shared (COW) or read-only file page: private copy made.
+    CowBreak = 2,
+    /// Page already mapped with enough rights (or only the write bit was
+    /// missing on an exclusive page).
+    AlreadyPresent = 3,
+    /// No VMA covers the address.
+    SegvMaperr = 4,
+    /// The VMA forbids this access.
+    SegvAccerr = 5,
+}
+
+impl FaultOutcome {
+    /// All outcomes, in counter order.
+    pub const ALL: [FaultOutcome; 6] = [
+        FaultOutcome::AnonZeroFill,
+        FaultOutcome::FilePage,
+        FaultOutcome::CowBreak,
+        FaultOutcome::AlreadyPresent,
+        FaultOutcome::SegvMaperr,
+        FaultOutcome::SegvAccerr,
+    ];
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultOutcome::AnonZeroFill => "anon_zero_fill",
+            FaultOutcome::FilePage => "file_page",
+            FaultOutcome::CowBreak => "cow_break",
+            FaultOutcome::AlreadyPresent => "already_present",
+            FaultOutcome::SegvMaperr => "segv_maperr",
+            FaultOutcome::SegvAccerr => "segv_accerr",
+        }
+    }
+}
+
+/// Which locking path served the fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPath {
+    /// Under the per-VMA lock only.
+    PerVmaLock = 0,
+    /// The per-VMA attempt failed; served under `mmap_lock`.
+    MmapLockFallback = 1,
+    /// The server runs in `mmap-lock` mode.
+    MmapLock = 2,
+}
+
+impl FaultPath {
+    /// All paths, in counter order.
+    pub const ALL: [FaultPath; 3] = [
+        FaultPath::PerVmaLock,
+        FaultPath::MmapLockFallback,
+        FaultPath::MmapLock,
+    ];
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultPath::PerVmaLock => "per_vma_lock",
+            FaultPath::MmapLockFallback => "mmap_lock_fallback",
+            FaultPath::MmapLock => "mmap_lock",
+        }
+    }
+}
+
+/// The check that noticed a reused VMA slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReuseCheck {
+    /// `vm_refcnt` was 0 (detached, maybe reused and not yet attached).
+    VmRefcnt = 0,
+    /// `vm_mm` re-check: the slot belongs to another mm now.
+    VmMm = 1,
+    /// `vm_lock_seq` re-check after taking the reference.
+    VmLockSeq = 2,
+    /// The range re-check in `lock_vma_under_rcu`.
+    Range = 3,
+}
+
+impl ReuseCheck {
+    /// All checks, in counter order.
+    pub const ALL: [ReuseCheck; 4] = [
+        ReuseCheck::VmRefcnt,
+        ReuseCheck::VmMm,
+        ReuseCheck::VmLockSeq,
+        ReuseCheck::Range,
+    ];
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReuseCheck::VmRefcnt => "vm_refcnt",
+            ReuseCheck::VmMm => "vm_mm",
+            ReuseCheck::VmLockSeq => "vm_lock_seq",
+            ReuseCheck::Range => "range",
+        }
+    }
+}
+
+/// The result of one fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultResult {
+    /// What happened.
+    pub outcome: FaultOutcome,
+    /// Which locking path served it.
+    pub path: FaultPath,
+    /// Walk retries (`VMA_LOCK_MISS`) plus `VMA_LOCK_RETRY` restarts.
+    pub retries: u32,
+}
+
+/// Upper bound on MISS retries before giving up on the lockless walk. A
+/// writer publishes the tree before detaching, so a retry loop ends quickly;
+/// the bound only keeps a pathological schedule from spinning.
+const MAX_MISS_RETRIES: u32 = 64;
+
+/// `VM_FAULT_RETRY`: this fault needs `mmap_lock`.
+struct NeedMmapLock;
+
+/// A VMA read-locked by `lock_vma_under_rcu`.
+struct LockedVma<'a> {
+    vma: &'a Vma,
+    generation: u64,
+}
+
+/// `do_user_addr_fault`: handle a fault at `addr` in `mm`.
+pub fn do_user_addr_fault(mm: &MmStruct, addr: u64, access: Access) -> FaultResult {
+    let ctx = &*mm.ctx;
+    if ctx.fault_lock == crate::mm::fault::FaultLockMode::MmapLock {
+        return account(
+            mm,
+            fault_under_mmap_lock(mm, addr, access, FaultPath::MmapLock, 0),
+        );
+    }
+    let mut retries = 0;
+    if addr < TASK_SIZE {
+        if let Some(locked) = lock_vma_under_rcu(mm, addr, &mut retries) {
+            let vma = locked.vma;
+            let f = vma.fields();
+            if access_error(f.vm_flags, access) {
+                check_stable(mm, &locked, addr);
+                vma.vma_end_read();
+                ctx.events.inc(VmaLockEvent::VmaLockSuccess as usize);
+                return account(
+                    mm,
+                    FaultResult {
+                        outcome: FaultOutcome::SegvAccerr,
+                        path: FaultPath::PerVmaLock,
+                        retries,
+                    },
+                );
+            }
+            let r = handle_mm_fault(mm, vma, &f, addr, access, true);
+            check_stable(mm, &locked, addr);
+            vma.vma_end_read();
+            match r {
+                Ok(outcome) => {
+                    ctx.events.inc(VmaLockEvent::VmaLockSuccess as usize);
+                    return account(
+                        mm,
+                        FaultResult {
+                            outcome,
+                            path: FaultPath::PerVmaLock,
+                            retries,
+                        },
+                    );
+                }
+                Err(NeedMmapLock) => {
+                    ctx.events.inc(VmaLockEvent::VmaLockRetry as usize);
+                    retries += 1;
+                }
+            }
+        }
+    }
+    account(
+        mm,
+        fault_under_mmap_lock(mm, addr, access, FaultPath::MmapLockFallback, retries),
+    )
+}
+
+fn account(mm: &MmStruct, r: FaultResult) -> FaultResult {
+    let ev = &mm.ctx.events;
+    ev.inc(ev::FAULT_BASE + r.outcome as usize * 3 + r.path as usize);
+    if r.retries > 0 {
+        ev.add(ev::FAULT_RETRIES, u64::from(r.retries));
+    }
+    r
+}
+
+/// While we held the read lock, nobody may have changed the VMA: this is
+/// the use-after-reuse the protocol exists to prevent. Counted, never
+/// expected; tests assert the counter stays 0.
+#[inline]
+fn check_stable(mm: &MmStruct, locked: &LockedVma<'_>, addr: u64) {
+    let v = locked.vma;
+    if v.generation() != locked.generation || v.vm_mm() != mm.id() || !v.contains(addr) {
+        mm.ctx.events.inc(ev::USE_AFTER_REUSE);
+    }
+}
+
+fn note_reuse(mm: &MmStruct, entry_gen: u64, vma: &Vma, check: ReuseCheck) {
+    if vma.generation() != entry_gen {
+        mm.ctx.events.inc(ev::REUSE_DETECTED + check as usize);
+    }
+}
+
+/// `lock_vma_under_rcu`: find and read-lock the VMA covering `addr` without
+/// `mmap_lock`. `None` means "fall back" (already counted as ABORT).
+fn lock_vma_under_rcu<'a>(mm: &'a MmStruct, addr: u64, retries: &mut u32) -> Option<LockedVma<'a>> {
+    let ctx = &*mm.ctx;
+    let race = mm.race.as_deref();
+    let checks = race.map_or(ReadChecks::ALL, |r| r.read_checks());
+    loop {
+        let guard = rcu_read_lock();
+        let Some(entry) = mm.mm_mt.mas_walk(addr, &guard) else {
+            ctx.events.inc(VmaLockEvent::VmaLockAbort as usize);
+            return None;
+        };
+        let vma = ctx.pool.get(entry.idx);
+        if let Some(r) = race {
+            r.hit(InjectPoint::AfterRcuWalk, vma);
+        }
+        let res = vma.vma_start_read_checked(&mm.seq, checks, || {
+            if let Some(r) = race {
+                r.hit(InjectPoint::BetweenSeqCheckAndInc, vma);
+            }
+        });
+        match res {
+            Ok(()) => {}
+            Err(StartReadError::Detached) => {
+                // The area was replaced: walk again.
+                note_reuse(mm, entry.generation, vma, ReuseCheck::VmRefcnt);
+                if let Some(r) = race {
+                    r.verdict_check(ReuseCheck::VmRefcnt);
+                }
+                ctx.events.inc(VmaLockEvent::VmaLockMiss as usize);
+                *retries += 1;
+                if *retries >= MAX_MISS_RETRIES {
+                    ctx.events.inc(VmaLockEvent::VmaLockAbort as usize);
+                    return None;
+                }
+                continue;
+            }
+            Err(e) => {
+                let check = match e {
+                    StartReadError::WrongMm => Some(ReuseCheck::VmMm),
+                    StartReadError::WriteLocked(LockedBy::LateSeq) => Some(ReuseCheck::VmLockSeq),
+                    _ => None,
+                };
+                if let Some(c) = check {
+                    note_reuse(mm, entry.generation, vma, c);
+                    if let Some(r) = race {
+                        r.verdict_check(c);
+                    }
+                }
+                ctx.events.inc(VmaLockEvent::VmaLockAbort as usize);
+                return None;
+            }
+        }
+        // Check that the VMA we locked is the right one: the slot may have
+        // been reused for another range of this mm, or the VMA resized.
+        let range_ok = vma.contains(addr);
+        if !range_ok && race.is_none_or(|r| !r.bugs().skip_range_check) {
+            note_reuse(mm, entry.generation, vma, ReuseCheck::Range);
+            if let Some(r) = race {
+                r.verdict_check(ReuseCheck::Range);
+            }
+            vma.vma_end_read();
+            ctx.events.inc(VmaLockEvent::VmaLockAbort as usize);
+            return None;
+        }
+        if vma.generation() != entry.generation {
+            ctx.events.inc(ev::BENIGN_REUSE);
+        }
+        if let Some(r) = race {
+            r.locked(vma, entry.generation);
+        }
+        return Some(LockedVma {
+            vma,
+            generation: vma.generation(),
+        });
+    }
+}
+
+/// x86-64 `access_error`: a write needs `VM_WRITE`, an instruction fetch
+/// `VM_EXEC`, a read any access right (write implies read on x86).
+#[inline]
+pub fn access_error(flags: u64, access: Access) -> bool {
+    match access {
+        Access::Write => flags & VM_WRITE == 0,
+        Access::Exec => flags & VM_EXEC == 0,
+        Access::Read => flags & VM_ACCESS_FLAGS == 0,
+    }
+}
+
+fn fault_under_mmap_lock(
+    mm: &MmStruct,
+    addr: u64,
+    access: Access,
+    path: FaultPath,
+    retries: u32,
+) -> FaultResult {
+    let maperr = FaultResult {
+        outcome: FaultOutcome::SegvMaperr,
+        path,
+        retries,
+    };
+    if addr >= TASK_SIZE {
+        return maperr;
+    }
+    let state = mm.mmap_read_lock();
+    if state.dead {
+        return maperr;
+    }
+    // Writers are excluded, so the tree is stable and authoritative.
+    let guard = rcu_read_lock();
+    let Some(entry) = mm.mm_mt.mas_walk(addr, &guard) else {
+        return maperr;
+    };
+    let vma = mm.ctx.pool.get(entry.idx);
+    let f = vma.fields();
+    if access_error(f.vm_flags, access) {
+        return FaultResult {
+            outcome: FaultOutcome::SegvAccerr,
+            path,
+            retries,
+        };
+    }
+    let outcome = match handle_mm_fault(mm, vma, &f, addr, access, false) {
+        Ok(o) => o,
+        Err(NeedMmapLock) => unreachable!("mmap_lock already held"),
+    };
+    drop(state);
+    FaultResult {
+        outcome,
+        path,
+        retries,
+    }
+}
+
+/// `anon_vma_prepare`: give the VMA an `anon_vma` if it has none. Needs
+/// `mmap_lock`; under the VMA lock alone the fault must retry
+/// (`vmf_anon_prepare` returns `VM_FAULT_RETRY`).
+fn anon_vma_prepare(
+    mm: &MmStruct,
+    vma: &Vma,
+    f: &VmaFields,
+    vma_locked: bool,
+) -> Result<(), NeedMmapLock> {
+    if f.anon_vma != 0 || vma.anon_vma.load(Ordering::Relaxed) != 0 {
+        return Ok(());
+    }
+    if vma_locked {
+        return Err(NeedMmapLock);
+    }
+    // Several mmap_lock readers may race here (the kernel serialises them
+    // with page_table_lock); the CAS picks one anon_vma.
+    let _ = vma.anon_vma.compare_exchange(
+        0,
+        mm.ctx.new_anon_vma(),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    Ok(())
+}
+
+/// `handle_mm_fault`: populate or upgrade the PTE for `addr` in `vma`, whose
+/// fields `f` are stable (VMA read-locked or `mmap_lock` held).
+fn handle_mm_fault(
+    mm: &MmStruct,
+    vma: &Vma,
+    f: &VmaFields,
+    addr: u64,
+    access: Access,
+    vma_locked: bool,
+) -> Result<FaultOutcome, NeedMmapLock> {
+    let page = addr & !((1u64 << PAGE_SHIFT) - 1);
+    let shared = f.vm_flags & VM_SHARED != 0 || f.vm_flags & VM_MAYSHARE != 0;
+    let is_file = f.vm_file != 0;
+    let write = access == Access::Write;
+    let slot = mm.pgd.pte_alloc(page);
+    loop {
+        // Acquire pairs with the AcqRel CAS of a racing fault on this page.
+        let old = slot.load(Ordering::Acquire);
+        let (new, outcome, rss): (u64, FaultOutcome, Option<(usize, i64, Option<usize>)>) =
+            if old & pte::PRESENT == 0 {
+                // do_pte_missing
+                let frame = alloc_frame() << pte::FRAME_SHIFT;
+                if shared {
+                    let (kind, ctr) = if is_file {
+                        (pte::FILE, MM_FILEPAGES)
+                    } else {
+                        (pte::SHMEM, MM_SHMEMPAGES)
+                    };
+                    let w = if f.vm_flags & VM_WRITE != 0 && write {
+                        pte::WRITE
+                    } else {
+                        0
+                    };
+                    let o = if is_file {
+                        FaultOutcome::FilePage
+                    } else {
+                        FaultOutcome::AnonZeroFill
+                    };
+                    (frame | pte::PRESENT | kind | w, o, Some((ctr, 1, None)))
+                } else if is_file {
+                    if write {
+                        // do_cow_fault: private copy of the file page.
+                        anon_vma_prepare(mm, vma, f, vma_locked)?;
+                        (
+                            frame | pte::PRESENT | pte::WRITE,
+                            FaultOutcome::CowBreak,
+                            Some((MM_ANONPAGES, 1, None)),
+                        )
+                    } else {
+                        (
+                            frame | pte::PRESENT | pte::FILE,
+                            FaultOutcome::FilePage,
+                            Some((MM_FILEPAGES, 1, None)),
+                        )
+                    }
+                } else if write {
+                    // do_anonymous_page
+                    anon_vma_prepare(mm, vma, f, vma_locked)?;
+                    (
+                        frame | pte::PRESENT | pte::WRITE,
+                        FaultOutcome::AnonZeroFill,
+                        Some((MM_ANONPAGES, 1, None)),
+                    )
+                } else {
+                    // Read of untouched anonymous memory maps the zero page.
+                    (pte::PRESENT | pte::ZERO, FaultOutcome::AnonZeroFill, None)
+                }
+            } else if write && old & pte::WRITE == 0 {
+                // do_wp_page
+                if shared {
+                    (old | pte::WRITE, FaultOutcome::AlreadyPresent, None)
+                } else if old & (pte::COW | pte::ZERO | pte::FILE) != 0 {
+                    anon_vma_prepare(mm, vma, f, vma_locked)?;
+                    let frame = alloc_frame() << pte::FRAME_SHIFT;
+                    let new = frame | pte::PRESENT | pte::WRITE;
+                    if old & pte::ZERO != 0 {
+                        (
+                            new,
+                            FaultOutcome::AnonZeroFill,
+                            Some((MM_ANONPAGES, 1, None)),
+                        )
+                    } else if old & pte::FILE != 0 {
+                        (
+                            new,
+                            FaultOutcome::CowBreak,
+                            Some((MM_ANONPAGES, 1, Some(MM_FILEPAGES))),
+                        )
+                    } else {
+                        (new, FaultOutcome::CowBreak, None)
+                    }
+                } else {
+                    // Exclusive anonymous page whose write bit was removed by
+                    // mprotect: reuse it.
+                    (old | pte::WRITE, FaultOutcome::AlreadyPresent, None)
+                }
+            } else {
+                return Ok(FaultOutcome::AlreadyPresent);
+            };
+        // AcqRel: the winner publishes its frame; a loser re-reads.
+        if slot
+            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            if let Some((ctr, _, minus)) = rss {
+                mm.rss.inc(ctr);
+                if let Some(m) = minus {
+                    mm.rss.sub(m, 1);
+                }
+            }
+            return Ok(outcome);
+        }
+    }
+}
+
+/// Frame and bits of the PTE for `addr`, for tests and tools.
+pub fn follow_pte(mm: &MmStruct, addr: u64) -> Option<u64> {
+    mm.pgd
+        .pte(addr)
+        .map(|p| p.load(Ordering::Acquire))
+        .filter(|v| *v != 0)
+}
+
+/// Lock-event and fault counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    /// `VMA_LOCK_SUCCESS`, `_ABORT`, `_RETRY`, `_MISS`.
+    pub vma_lock: [u64; 4],
+    /// Faults by `[outcome][path]`.
+    pub faults: [[u64; 3]; 6],
+    /// Sum of retries.
+    pub retries: u64,
+    /// Reuses caught, by [`ReuseCheck`].
+    pub reuse_detected: [u64; 4],
+    /// VMAs that changed under a held read lock (must be 0).
+    pub use_after_reuse: u64,
+    /// Locked a reused slot that legitimately maps the address.
+    pub benign_reuse: u64,
+}
+
+impl FaultStats {
+    /// Read the counters of a context.
+    pub fn read(ctx: &crate::mm::mm_struct::MmContext) -> Self {
+        let s = ctx.events.snapshot();
+        let mut faults = [[0; 3]; 6];
+        for (o, row) in faults.iter_mut().enumerate() {
+            for (p, c) in row.iter_mut().enumerate() {
+                *c = s[ev::FAULT_BASE + o * 3 + p];
+            }
+        }
+        Self {
+            vma_lock: [s[0], s[1], s[2], s[3]],
+            faults,
+            retries: s[ev::FAULT_RETRIES],
+            reuse_detected: std::array::from_fn(|i| s[ev::REUSE_DETECTED + i]),
+            use_after_reuse: s[ev::USE_AFTER_REUSE],
+            benign_reuse: s[ev::BENIGN_REUSE],
+        }
+    }
+
+    /// Total faults.
+    pub fn total(&self) -> u64 {
+        self.faults.iter().flatten().sum()
+    }
+
+    /// Faults by outcome (all paths).
+    pub fn by_outcome(&self, o: FaultOutcome) -> u64 {
+        self.faults[o as usize].iter().sum()
+    }
+
+    /// Faults by path (all outcomes).
+    pub fn by_path(&self, p: FaultPath) -> u64 {
+        self.faults.iter().map(|r| r[p as usize]).sum()
+    }
+}

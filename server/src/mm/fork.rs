@@ -1,0 +1,139 @@
+//! `fork`: `dup_mmap`, `vm_area_dup` and `vm_area_init_from`.
+//!
+//! The review's second race lives here. `vm_area_dup` takes a slot from a
+//! `SLAB_TYPESAFE_BY_RCU` cache, so a lockless reader may still hold it from
+//! its previous life. If the copy overwrote `vm_refcnt` with the parent's
+//! (attached) count, the new VMA would look attached before it is in any
+//! tree, and that reader could lock it. `vm_area_init_from` therefore copies
+//! every field *except* the lock (`vm_refcnt`, `vm_lock_seq`): the new VMA
+//! stays detached (0) until `vma_mark_attached` after it is inserted. (The
+//! review asked for a name that cannot be confused with `copy_vma`; upstream
+//! settled on this one.)
+
+use crate::mm::MmError;
+use crate::mm::mm_struct::MmStruct;
+use crate::mm::mmap::{Writer, rss_counter};
+use crate::mm::pgtable::pte;
+use crate::mm::pool::VmaIdx;
+use crate::mm::race::InjectPoint;
+use crate::mm::sync::Ordering;
+use crate::mm::vma::{Vma, vm_flags::*};
+use crate::mm::vma_tree::TreeEntry;
+
+/// `vm_area_init_from`: copy `src` into `dest` but leave `dest`'s lock
+/// (`vm_refcnt`, `vm_lock_seq`) alone.
+pub fn vm_area_init_from(src: &Vma, dest: &Vma) {
+    dest.set_fields(&src.fields());
+}
+
+/// `dup_mmap`: copy `parent`'s address space into the empty `child`.
+/// All or nothing: if a slot or the map count runs out, the child is left
+/// empty and the parent unchanged.
+pub fn dup_mmap(parent: &MmStruct, child: &MmStruct) -> Result<(), MmError> {
+    let pw = Writer::lock(parent)?;
+    let mut cw = Writer::lock(child)?;
+    let ctx = &parent.ctx;
+    let pool = &ctx.pool;
+    let olds = parent.mm_mt.entries(&pw.guard);
+    if olds.len() > child.ctx.max_map_count {
+        return Err(MmError::MapCountExceeded {
+            limit: child.ctx.max_map_count,
+        });
+    }
+    let mut news: Vec<VmaIdx> = Vec::with_capacity(olds.len());
+    for _ in &olds {
+        match pool.vm_area_alloc() {
+            Ok((idx, _)) => news.push(idx),
+            Err(e) => {
+                for idx in news {
+                    pool.vm_area_free_with(idx, &cw.guard);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    let race = parent.race.as_deref();
+    for (o, &nidx) in olds.iter().zip(&news) {
+        let mpnt = pool.get(o.idx);
+        // Readers of the parent must not see a VMA whose pages are being
+        // write-protected for COW.
+        mpnt.vma_start_write(pw.w.seq());
+        let tmp = pool.get(nidx);
+        // vm_area_dup
+        if race.is_some_and(|r| r.bugs().dup_copies_refcnt) {
+            // The v8 bug: a whole-struct copy, refcount included.
+            vm_area_init_from(mpnt, tmp);
+            tmp.vm_refcnt
+                .store(mpnt.vm_refcnt.load(Ordering::Relaxed), Ordering::Release);
+        } else {
+            vm_area_init_from(mpnt, tmp);
+        }
+        if let Some(r) = race {
+            r.hit(InjectPoint::InVmAreaDup, tmp);
+        }
+        let mut f = tmp.fields();
+        f.vm_mm = child.id();
+        if f.anon_vma != 0 {
+            // anon_vma_fork: the child gets its own anon_vma.
+            f.anon_vma = ctx.new_anon_vma();
+        }
+        tmp.set_fields(&f);
+        tmp.vma_start_write(cw.w.seq());
+        child.mm_mt.store(
+            TreeEntry {
+                start: f.vm_start,
+                end: f.vm_end,
+                idx: nidx,
+                generation: tmp.generation(),
+            },
+            &cw.guard,
+        );
+        if tmp.vm_refcnt.load(Ordering::Relaxed) == 0 {
+            tmp.vma_mark_attached();
+        }
+        copy_page_range(
+            parent,
+            child,
+            mpnt.fields().vm_flags,
+            o.start,
+            o.end,
+            mpnt.fields().anon_vma != 0,
+        );
+    }
+    cw.w.state.map_count = olds.len();
+    cw.w.state.brk = pw.w.state.brk;
+    cw.w.state.start_brk = pw.w.state.start_brk;
+    Ok(())
+}
+
+/// `copy_page_range`: share the parent's pages with the child. Private
+/// pages become copy-on-write in both; shared pages stay writable. Like
+/// `vma_needs_copy`, a private VMA without an `anon_vma` has only
+/// refaultable file pages, which the child faults in again.
+fn copy_page_range(
+    parent: &MmStruct,
+    child: &MmStruct,
+    flags: u64,
+    start: u64,
+    end: u64,
+    has_anon: bool,
+) {
+    let shared = flags & VM_MAYSHARE != 0;
+    if !shared && !has_anon {
+        return;
+    }
+    parent.pgd.for_each_present(start, end, |addr, p| {
+        // Relaxed: both mms are write-locked; faults on this VMA are out.
+        let mut v = p.load(Ordering::Relaxed);
+        if !shared && v & pte::ZERO == 0 && v & pte::FILE == 0 {
+            v = (v & !pte::WRITE) | pte::COW;
+            p.store(v, Ordering::Relaxed);
+        } else if !shared && v & pte::FILE != 0 {
+            v &= !pte::WRITE;
+        }
+        child.pgd.pte_alloc(addr).store(v, Ordering::Relaxed);
+        if let Some(ctr) = rss_counter(v) {
+            child.rss.inc(ctr);
+        }
+    });
+}

@@ -1,0 +1,284 @@
+//! `struct mm_struct`: one address space.
+//!
+//! `mmap_lock` is a reader/writer lock around the few fields only writers
+//! change (`brk`, `map_count`...). The VMA tree and the page table sit
+//! *outside* it, because faults read them with no lock at all. Taking
+//! `mmap_lock` for write bumps `mm_lock_seq` to an odd value; every VMA a
+//! writer touches gets `vm_lock_seq` set to it (`vma_start_write`), and
+//! releasing the lock bumps the sequence again, unlocking all of them in
+//! one store (`vma_end_write_all`).
+
+use crate::mm::fault::FaultLockMode;
+use crate::mm::pgtable::PageTable;
+use crate::mm::pool::VmaCache;
+use crate::mm::race::RaceHooks;
+use crate::mm::sync::{AtomicU64, Ordering, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::mm::vma::MmLockSeq;
+use crate::mm::vma_tree::VmaTree;
+use crate::mm::vmstat::Counters;
+use dashmap::DashMap;
+use std::sync::Arc;
+
+/// RSS counter: file pages.
+pub const MM_FILEPAGES: usize = 0;
+/// RSS counter: anonymous pages.
+pub const MM_ANONPAGES: usize = 1;
+/// RSS counter: shared anonymous pages.
+pub const MM_SHMEMPAGES: usize = 2;
+/// Number of RSS counters.
+pub const NR_MM_COUNTERS: usize = 3;
+
+/// Where a file id's `/proc/PID/maps` columns come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileInfo {
+    /// Path as maps shows it.
+    pub path: String,
+    /// Device major number.
+    pub dev_major: u32,
+    /// Device minor number.
+    pub dev_minor: u32,
+    /// Inode number.
+    pub inode: u64,
+}
+
+/// File ids and anonymous VMA names, shared by every mm of a simulator.
+///
+/// Clients pick file ids (any non-zero number, same id = same file); files
+/// imported from a maps text get ids from the top half of the id space.
+#[derive(Default)]
+pub struct FileTable {
+    files: DashMap<u64, Arc<FileInfo>>,
+    by_identity: DashMap<FileInfo, u64>,
+    names: DashMap<u64, Arc<str>>,
+    by_name: DashMap<Arc<str>, u64>,
+    next_import: AtomicU64,
+    next_name: AtomicU64,
+}
+
+/// First file id handed to imported files.
+pub const IMPORTED_FILE_ID_BASE: u64 = 1 << 63;
+
+impl FileTable {
+    /// How file `id` appears in maps.
+    pub fn file(&self, id: u64) -> Arc<FileInfo> {
+        if let Some(f) = self.files.get(&id) {
+            return f.clone();
+        }
+        Arc::new(FileInfo {
+            path: format!("/vmasim/file/{id}"),
+            dev_major: 0,
+            dev_minor: 0,
+            inode: id,
+        })
+    }
+
+    /// The id of an imported file, registering it on first sight.
+    pub fn import(&self, info: FileInfo) -> u64 {
+        if let Some(id) = self.by_identity.get(&info) {
+            return *id;
+        }
+        *self.by_identity.entry(info.clone()).or_insert_with(|| {
+            // Relaxed: uniqueness only.
+            let id = IMPORTED_FILE_ID_BASE + self.next_import.fetch_add(1, Ordering::Relaxed);
+            self.files.insert(id, Arc::new(info));
+            id
+        })
+    }
+
+    /// The id of an anonymous-VMA name (`[stack]`, `[anon:foo]`).
+    pub fn name_id(&self, name: &str) -> u64 {
+        if let Some(id) = self.by_name.get(name) {
+            return *id;
+        }
+        let name: Arc<str> = name.into();
+        *self.by_name.entry(name.clone()).or_insert_with(|| {
+            let id = self.next_name.fetch_add(1, Ordering::Relaxed) + 1;
+            self.names.insert(id, name);
+            id
+        })
+    }
+
+    /// The name for a name id.
+    pub fn name(&self, id: u64) -> Option<Arc<str>> {
+        self.names.get(&id).map(|n| n.clone())
+    }
+}
+
+/// Engine-wide event counter indices (summed per thread shard).
+pub mod ev {
+    /// `VMA_LOCK_SUCCESS`..`VMA_LOCK_MISS` are 0..4 (see `VmaLockEvent`).
+    pub const FAULT_BASE: usize = 4;
+    /// 6 outcomes x 3 paths.
+    pub const NR_FAULT_KINDS: usize = 18;
+    /// Sum of `retries` over all faults.
+    pub const FAULT_RETRIES: usize = FAULT_BASE + NR_FAULT_KINDS;
+    /// First reuse-detected counter; one per [`crate::mm::fault::ReuseCheck`].
+    pub const REUSE_DETECTED: usize = FAULT_RETRIES + 1;
+    /// Number of reuse checks.
+    pub const NR_REUSE_CHECKS: usize = 4;
+    /// A VMA changed while a fault held its read lock (must stay 0).
+    pub const USE_AFTER_REUSE: usize = REUSE_DETECTED + NR_REUSE_CHECKS;
+    /// A fault locked a reused slot that legitimately maps the address now.
+    pub const BENIGN_REUSE: usize = USE_AFTER_REUSE + 1;
+    /// Number of events.
+    pub const NR_EVENTS: usize = BENIGN_REUSE + 1;
+}
+
+/// What every mm of one simulator shares.
+pub struct MmContext {
+    /// The VMA cache.
+    pub pool: Arc<VmaCache>,
+    /// Fault and lock events.
+    pub events: Counters<{ ev::NR_EVENTS }>,
+    /// How faults lock.
+    pub fault_lock: FaultLockMode,
+    /// `vm.max_map_count`.
+    pub max_map_count: usize,
+    /// File ids and names.
+    pub files: FileTable,
+    next_anon_vma: AtomicU64,
+}
+
+impl MmContext {
+    /// A context over `pool`.
+    pub fn new(pool: Arc<VmaCache>, fault_lock: FaultLockMode, max_map_count: usize) -> Self {
+        Self {
+            pool,
+            events: Counters::new(),
+            fault_lock,
+            max_map_count,
+            files: FileTable::default(),
+            next_anon_vma: AtomicU64::new(1),
+        }
+    }
+
+    /// A new `anon_vma` id (`anon_vma_prepare`, `anon_vma_fork`).
+    pub fn new_anon_vma(&self) -> u64 {
+        // Relaxed: uniqueness only; taken on slow paths.
+        self.next_anon_vma.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The fields `mmap_lock` protects.
+#[derive(Debug, Clone)]
+pub struct MmState {
+    /// Start of the heap.
+    pub start_brk: u64,
+    /// Current program break.
+    pub brk: u64,
+    /// Number of VMAs.
+    pub map_count: usize,
+    /// Set by `exit_mmap`; later operations see no process.
+    pub dead: bool,
+}
+
+/// One simulated address space.
+pub struct MmStruct {
+    pub(crate) seq: MmLockSeq,
+    pub(crate) pid: u32,
+    mmap_lock: RwLock<MmState>,
+    pub(crate) mm_mt: VmaTree,
+    pub(crate) pgd: PageTable,
+    pub(crate) rss: Counters<NR_MM_COUNTERS>,
+    pub(crate) ctx: Arc<MmContext>,
+    /// Race-lab hooks; `None` for every mm of ordinary traffic, so the hot
+    /// path pays one load and a predictable branch.
+    pub(crate) race: Option<Arc<RaceHooks>>,
+}
+
+fn next_mm_id() -> u64 {
+    // Relaxed: uniqueness only. Ids are never reused, which is what lets
+    // vma_start_read compare ids where the kernel compares pointers.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl MmStruct {
+    /// An empty address space (`mm_alloc`).
+    pub fn new(pid: u32, ctx: Arc<MmContext>, race: Option<Arc<RaceHooks>>) -> Self {
+        Self {
+            seq: MmLockSeq::new(next_mm_id()),
+            pid,
+            mmap_lock: RwLock::new(MmState {
+                start_brk: crate::mm::DEFAULT_START_BRK,
+                brk: crate::mm::DEFAULT_START_BRK,
+                map_count: 0,
+                dead: false,
+            }),
+            mm_mt: VmaTree::new(),
+            pgd: PageTable::default(),
+            rss: Counters::new(),
+            ctx,
+            race,
+        }
+    }
+
+    /// The mm's id (what `vm_mm` holds).
+    pub fn id(&self) -> u64 {
+        self.seq.id
+    }
+
+    /// The pid it was created for.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The shared context.
+    pub fn ctx(&self) -> &Arc<MmContext> {
+        &self.ctx
+    }
+
+    /// Current `mm_lock_seq`.
+    pub fn mm_lock_seq(&self) -> u64 {
+        self.seq.mm_lock_seq.load(Ordering::Acquire)
+    }
+
+    /// Resident pages (all RSS counters).
+    pub fn rss_pages(&self) -> u64 {
+        self.rss.snapshot().iter().sum()
+    }
+
+    /// `mmap_write_lock`.
+    pub fn mmap_write_lock(&self) -> MmapWriteGuard<'_> {
+        let state = self.mmap_lock.write().unwrap_or_else(|e| e.into_inner());
+        // AcqRel: the odd sequence must be visible before any VMA is marked
+        // with it (mm_lock_seqcount_begin's smp_wmb).
+        let seq = self.seq.mm_lock_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        debug_assert!(seq % 2 == 1);
+        MmapWriteGuard {
+            mm: self,
+            state,
+            seq,
+        }
+    }
+
+    /// `mmap_read_lock`.
+    pub fn mmap_read_lock(&self) -> RwLockReadGuard<'_, MmState> {
+        self.mmap_lock.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `mmap_lock` held for write. Dropping it is `mmap_write_unlock`, which
+/// first unlocks every VMA write-locked under it (`vma_end_write_all`).
+pub struct MmapWriteGuard<'a> {
+    mm: &'a MmStruct,
+    /// The protected fields.
+    pub state: RwLockWriteGuard<'a, MmState>,
+    seq: u64,
+}
+
+impl MmapWriteGuard<'_> {
+    /// The odd `mm_lock_seq` of this write cycle, for `vma_start_write`.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Drop for MmapWriteGuard<'_> {
+    fn drop(&mut self) {
+        // Release pairs with the Acquire re-check in vma_start_read: a
+        // reader that sees the new sequence sees every change made under
+        // the lock. The RwLock is released after this (field drop order).
+        self.mm.seq.mm_lock_seq.fetch_add(1, Ordering::Release);
+    }
+}

@@ -1,0 +1,87 @@
+//! The simulation engine: address spaces whose VMAs come from a type-stable
+//! pool and are found by page faults under RCU with per-VMA locks.
+//!
+//! Nothing here knows about gRPC; the service layer translates. Files and
+//! functions are named after their kernel counterparts so a reader who knows
+//! `mm/` finds things where they expect them.
+//!
+//! # Layout
+//!
+//! * [`sync`]: atomics and locks (loom's under `--cfg loom`).
+//! * [`rcu`]: `rcu_read_lock` / `call_rcu` on crossbeam-epoch, with an
+//!   observable grace-period count.
+//! * [`vmstat`]: sharded event counters (`VMA_LOCK_SUCCESS`...).
+//! * [`vma`]: `vm_area_struct` and the `vm_refcnt` read/write lock.
+//! * [`pool`]: the VMA cache, `typesafe` or `rcu` free policy.
+//! * [`vma_tree`]: the RCU-walkable VMA tree (the maple tree's role).
+//! * [`pgtable`]: a lock-free radix page table.
+//! * [`mm_struct`]: `mmap_lock`, `mm_lock_seq`, tree, page table, RSS.
+//! * [`mmap`]: `mmap`, `munmap`, `mprotect`, `brk`, split and merge.
+//! * [`fault`]: `lock_vma_under_rcu` and `handle_mm_fault`.
+//! * [`fork`]: `dup_mmap`, `vm_area_dup`, `vm_area_init_from`.
+//! * [`exit`]: `exit_mmap`.
+//! * [`proc_maps`]: `/proc/PID/maps` rendering and import.
+//! * [`sim`]: the process table tying it together.
+//! * [`race`]: injection points for the race lab.
+
+pub mod pool;
+pub mod rcu;
+pub(crate) mod sync;
+pub mod vma;
+pub mod vmstat;
+
+#[cfg(not(loom))]
+pub mod exit;
+#[cfg(not(loom))]
+pub mod fault;
+#[cfg(not(loom))]
+pub mod fork;
+#[cfg(not(loom))]
+pub mod mm_struct;
+#[cfg(not(loom))]
+pub mod mmap;
+#[cfg(not(loom))]
+pub mod pgtable;
+#[cfg(not(loom))]
+pub mod proc_maps;
+#[cfg(not(loom))]
+pub mod race;
+#[cfg(not(loom))]
+pub mod sim;
+#[cfg(not(loom))]
+pub mod vma_tree;
+
+#[cfg(not(loom))]
+mod error;
+#[cfg(not(loom))]
+pub use error::{Errno, MmError};
+
+/// Bytes per page.
+pub const PAGE_SIZE: u64 = 4096;
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = 12;
+/// End of user space: 47-bit addresses, as on x86-64 with 4-level paging.
+pub const TASK_SIZE: u64 = 1 << 47;
+/// Lowest address `mmap` may place anything (`vm.mmap_min_addr`).
+pub const MMAP_MIN_ADDR: u64 = 0x10000;
+/// Top of the top-down mmap area (where it sits with ASLR off).
+pub const MMAP_BASE: u64 = 0x7fff_f7ff_f000;
+/// Initial program break of a process spawned empty.
+pub const DEFAULT_START_BRK: u64 = 0x5555_5555_9000;
+/// Default `vm.max_map_count`.
+pub const DEFAULT_MAX_MAP_COUNT: usize = 65530;
+
+/// Round `x` up to a page boundary (`None` on overflow).
+#[inline]
+pub const fn page_align(x: u64) -> Option<u64> {
+    match x.checked_add(PAGE_SIZE - 1) {
+        Some(v) => Some(v & !(PAGE_SIZE - 1)),
+        None => None,
+    }
+}
+
+/// Is `x` page aligned?
+#[inline]
+pub const fn page_aligned(x: u64) -> bool {
+    x & (PAGE_SIZE - 1) == 0
+}

@@ -1,0 +1,331 @@
+//! `/proc/PID/maps`: rendering (`show_map_vma`) and import.
+//!
+//! Rendering is byte-for-byte the kernel's: `%08lx-%08lx %c%c%c%c %08llx
+//! %02x:%02x %lu `, then, if the VMA has a name, padding to column 73 and
+//! the name. Import accepts what a real kernel prints (and what rendering
+//! produces), so a real process's layout can be loaded and replayed.
+
+use crate::mm::mm_struct::{FileInfo, MmStruct};
+use crate::mm::mmap::{Writer, insert_vma_nomerge};
+use crate::mm::rcu::rcu_read_lock;
+use crate::mm::vma::{VmaFields, vm_flags::*};
+use crate::mm::{MmError, PAGE_SHIFT, TASK_SIZE, page_aligned};
+use std::fmt::Write as _;
+
+/// One line of maps, structured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapsEntry {
+    /// Start address.
+    pub start: u64,
+    /// End address.
+    pub end: u64,
+    /// `vm_flags`.
+    pub vm_flags: u64,
+    /// Offset in bytes (0 for anonymous memory).
+    pub offset: u64,
+    /// File id (0 for anonymous memory).
+    pub file_id: u64,
+    /// Path or special name (`[heap]`), empty for plain anonymous memory.
+    pub path: String,
+    /// Device major.
+    pub dev_major: u32,
+    /// Device minor.
+    pub dev_minor: u32,
+    /// Inode.
+    pub inode: u64,
+}
+
+impl MapsEntry {
+    /// The `rwxp` column.
+    pub fn perms(&self) -> String {
+        let f = self.vm_flags;
+        let c = |bit, ch| if f & bit != 0 { ch } else { '-' };
+        [
+            c(VM_READ, 'r'),
+            c(VM_WRITE, 'w'),
+            c(VM_EXEC, 'x'),
+            if f & VM_MAYSHARE != 0 { 's' } else { 'p' },
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    /// The line as the kernel prints it, with the newline.
+    pub fn render(&self, out: &mut String) {
+        let at = out.len();
+        let _ = write!(
+            out,
+            "{:08x}-{:08x} {} {:08x} {:02x}:{:02x} {} ",
+            self.start,
+            self.end,
+            self.perms(),
+            self.offset,
+            self.dev_major,
+            self.dev_minor,
+            self.inode
+        );
+        if !self.path.is_empty() {
+            // seq_setwidth(25 + sizeof(void *) * 6 - 1) then seq_pad(' ').
+            let width = out.len() - at;
+            if width < 73 {
+                out.extend(std::iter::repeat_n(' ', 73 - width));
+            }
+            out.push_str(&self.path);
+        }
+        out.push('\n');
+    }
+}
+
+/// The maps of `mm`, structured, plus `(start_brk, brk)`.
+pub fn show_maps(mm: &MmStruct) -> (Vec<MapsEntry>, u64, u64) {
+    let state = mm.mmap_read_lock();
+    let g = rcu_read_lock();
+    let pool = &mm.ctx.pool;
+    let files = &mm.ctx.files;
+    let entries = mm
+        .mm_mt
+        .entries(&g)
+        .into_iter()
+        .map(|e| {
+            let f = pool.get(e.idx).fields();
+            let mut m = MapsEntry {
+                start: f.vm_start,
+                end: f.vm_end,
+                vm_flags: f.vm_flags,
+                offset: 0,
+                file_id: f.vm_file,
+                path: String::new(),
+                dev_major: 0,
+                dev_minor: 0,
+                inode: 0,
+            };
+            if f.vm_file != 0 {
+                let info = files.file(f.vm_file);
+                m.offset = f.vm_pgoff << PAGE_SHIFT;
+                m.path = info.path.clone();
+                m.dev_major = info.dev_major;
+                m.dev_minor = info.dev_minor;
+                m.inode = info.inode;
+            } else if let Some(n) = (f.anon_name != 0)
+                .then(|| files.name(f.anon_name))
+                .flatten()
+            {
+                m.path = n.to_string();
+            } else if f.vm_start <= state.brk && f.vm_end >= state.start_brk {
+                // vma_is_initial_heap
+                m.path = "[heap]".into();
+            }
+            m
+        })
+        .collect();
+    (entries, state.start_brk, state.brk)
+}
+
+/// Render entries as maps text.
+pub fn render(entries: &[MapsEntry]) -> String {
+    let mut s = String::with_capacity(entries.len() * 100);
+    for e in entries {
+        e.render(&mut s);
+    }
+    s
+}
+
+/// A maps text that could not be imported.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("maps_text line {line}: {reason}")]
+pub struct MapsParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// One parsed maps line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapsLine {
+    /// Start.
+    pub start: u64,
+    /// End.
+    pub end: u64,
+    /// `vm_flags` from the perms column.
+    pub vm_flags: u64,
+    /// Offset in bytes.
+    pub offset: u64,
+    /// Device.
+    pub dev: (u32, u32),
+    /// Inode.
+    pub inode: u64,
+    /// Path or name, empty if none.
+    pub path: String,
+}
+
+/// Parse maps text. Blank lines are skipped; `[vsyscall]` (above user
+/// space) is skipped; anything else malformed is an error naming the line.
+pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>, MapsParseError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let err = |reason: String| MapsParseError { line, reason };
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let mut rest = raw.trim_start();
+        let mut field = |name: &str| -> Result<&str, MapsParseError> {
+            rest = rest.trim_start_matches(' ');
+            let end = rest.find(' ').unwrap_or(rest.len());
+            let (f, r) = rest.split_at(end);
+            rest = r;
+            if f.is_empty() {
+                Err(MapsParseError {
+                    line,
+                    reason: format!("missing {name} column"),
+                })
+            } else {
+                Ok(f)
+            }
+        };
+        let range = field("address range")?;
+        let perms = field("perms")?;
+        let offset = field("offset")?;
+        let dev = field("device")?;
+        let inode = field("inode")?;
+        let path = rest.trim_start_matches(' ').to_string();
+        let (s, e) = range
+            .split_once('-')
+            .ok_or_else(|| err(format!("address range {range:?} is not START-END")))?;
+        let hex = |v: &str, what: &str| {
+            u64::from_str_radix(v, 16).map_err(|_| err(format!("{what} {v:?} is not hexadecimal")))
+        };
+        let (start, end) = (hex(s, "start")?, hex(e, "end")?);
+        if path == "[vsyscall]" && start >= TASK_SIZE {
+            continue;
+        }
+        if start >= end {
+            return Err(err(format!("start {start:#x} is not below end {end:#x}")));
+        }
+        if !page_aligned(start) || !page_aligned(end) {
+            return Err(err("range is not page aligned".into()));
+        }
+        if end > TASK_SIZE {
+            return Err(err(format!(
+                "end {end:#x} is beyond user space ({TASK_SIZE:#x})"
+            )));
+        }
+        let pb = perms.as_bytes();
+        if pb.len() != 4
+            || !matches!(pb[0], b'r' | b'-')
+            || !matches!(pb[1], b'w' | b'-')
+            || !matches!(pb[2], b'x' | b'-')
+            || !matches!(pb[3], b'p' | b's')
+        {
+            return Err(err(format!("perms {perms:?} is not like rwxp")));
+        }
+        let mut vm_flags = 0;
+        if pb[0] == b'r' {
+            vm_flags |= VM_READ;
+        }
+        if pb[1] == b'w' {
+            vm_flags |= VM_WRITE;
+        }
+        if pb[2] == b'x' {
+            vm_flags |= VM_EXEC;
+        }
+        if pb[3] == b's' {
+            vm_flags |= VM_MAYSHARE | VM_SHARED;
+        }
+        let offset = hex(offset, "offset")?;
+        if !page_aligned(offset) {
+            return Err(err(format!("offset {offset:#x} is not page aligned")));
+        }
+        let (ma, mi) = dev
+            .split_once(':')
+            .ok_or_else(|| err(format!("device {dev:?} is not MAJOR:MINOR")))?;
+        let dev = (
+            u32::from_str_radix(ma, 16)
+                .map_err(|_| err(format!("device major {ma:?} is not hexadecimal")))?,
+            u32::from_str_radix(mi, 16)
+                .map_err(|_| err(format!("device minor {mi:?} is not hexadecimal")))?,
+        );
+        let inode = inode
+            .parse::<u64>()
+            .map_err(|_| err(format!("inode {inode:?} is not a number")))?;
+        if let Some(prev) = out.last() {
+            let prev: &MapsLine = prev;
+            if start < prev.end {
+                return Err(err(format!(
+                    "range starts at {start:#x}, inside or before the previous line's {:#x}-{:#x}",
+                    prev.start, prev.end
+                )));
+            }
+        }
+        out.push(MapsLine {
+            start,
+            end,
+            vm_flags,
+            offset,
+            dev,
+            inode,
+            path,
+        });
+    }
+    Ok(out)
+}
+
+/// Load parsed maps into the empty `mm`. Imported VMAs never merge with
+/// each other (they are what the kernel left), and anonymous private ones
+/// get distinct `anon_vma`s so later operations don't merge them either.
+pub fn import_maps(mm: &MmStruct, lines: &[MapsLine]) -> Result<(), MmError> {
+    let mut w = Writer::lock(mm)?;
+    let ctx = mm.ctx.clone();
+    let mut heap: Option<(u64, u64)> = None;
+    for l in lines {
+        let named = l.path.starts_with('[') && l.path.ends_with(']');
+        let is_file = l.inode != 0 || (!l.path.is_empty() && !named);
+        let mut f = VmaFields {
+            vm_mm: mm.id(),
+            vm_start: l.start,
+            vm_end: l.end,
+            vm_flags: l.vm_flags,
+            vm_pgoff: l.start >> PAGE_SHIFT,
+            vm_file: 0,
+            anon_name: 0,
+            anon_vma: 0,
+        };
+        if is_file {
+            f.vm_file = ctx.files.import(FileInfo {
+                path: l.path.clone(),
+                dev_major: l.dev.0,
+                dev_minor: l.dev.1,
+                inode: l.inode,
+            });
+            f.vm_pgoff = l.offset >> PAGE_SHIFT;
+        } else if l.path == "[heap]" {
+            heap = Some((l.start, l.end));
+        } else if !l.path.is_empty() {
+            f.anon_name = ctx.files.name_id(&l.path);
+        }
+        if !is_file && l.vm_flags & VM_MAYSHARE == 0 {
+            f.anon_vma = ctx.new_anon_vma();
+        }
+        if let Err(e) = insert_vma_nomerge(&mut w, f) {
+            // All or nothing: undo what this import inserted.
+            drop(w);
+            let _ = crate::mm::exit::exit_mmap(mm);
+            return Err(e);
+        }
+    }
+    if let Some((s, e)) = heap {
+        w.w.state.start_brk = s;
+        w.w.state.brk = e;
+    } else if let Some(last_file_end) = lines
+        .iter()
+        .filter(|l| l.start < 0x7000_0000_0000)
+        .map(|l| l.end)
+        .max()
+    {
+        // No heap yet: the break starts right after the program's mappings.
+        w.w.state.start_brk = last_file_end;
+        w.w.state.brk = last_file_end;
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! The simulator: a process table of address spaces sharing one VMA cache.
+//!
+//! This is the engine's front door. The service layer calls these methods
+//! and maps [`MmError`] to gRPC statuses; nothing here knows about gRPC.
+//! Each call looks its process up once (a `DashMap` shard read lock) and
+//! then runs the engine operation, which does its own locking.
+
+use crate::mm::exit::{ExitStats, exit_mmap};
+use crate::mm::fault::{Access, FaultLockMode, FaultResult, FaultStats, do_user_addr_fault};
+use crate::mm::fork::dup_mmap;
+use crate::mm::mm_struct::{MmContext, MmStruct};
+use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_mprotect, do_munmap};
+use crate::mm::pool::{CachePolicy, PoolStats, VmaCache};
+use crate::mm::proc_maps::{MapsEntry, import_maps, parse_maps, render, show_maps};
+use crate::mm::{DEFAULT_MAX_MAP_COUNT, MmError};
+use dashmap::DashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// How a simulator is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimConfig {
+    /// VMA cache free policy.
+    pub vma_cache: CachePolicy,
+    /// Fault locking mode.
+    pub fault_lock: FaultLockMode,
+    /// Maximum live processes.
+    pub max_processes: usize,
+    /// `vm.max_map_count` per process.
+    pub max_map_count: usize,
+    /// VMA cache capacity in slots.
+    pub pool_capacity: u32,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            vma_cache: CachePolicy::Typesafe,
+            fault_lock: FaultLockMode::PerVma,
+            max_processes: 4096,
+            max_map_count: DEFAULT_MAX_MAP_COUNT,
+            pool_capacity: 1 << 20,
+        }
+    }
+}
+
+/// Everything the engine counts, at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Lock events and faults.
+    pub faults: FaultStats,
+    /// The VMA cache.
+    pub pool: PoolStats,
+    /// Live processes.
+    pub processes: u64,
+    /// Processes ever created (spawn and fork).
+    pub processes_created: u64,
+    /// VMAs in all live processes.
+    pub vmas: u64,
+    /// Resident pages in all live processes.
+    pub rss_pages: u64,
+}
+
+/// The maps of one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Maps {
+    /// Kernel-format text.
+    pub text: String,
+    /// Structured lines.
+    pub entries: Vec<MapsEntry>,
+    /// Heap start.
+    pub start_brk: u64,
+    /// Program break.
+    pub brk: u64,
+    /// Resident pages.
+    pub rss_pages: u64,
+}
+
+/// The process table.
+///
+/// ```
+/// use vmasim_server::mm::sim::{Simulator, SimConfig};
+/// use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
+/// use vmasim_server::mm::fault::{Access, FaultOutcome};
+/// let sim = Simulator::new(SimConfig::default());
+/// let pid = sim.spawn().unwrap();
+/// let addr = sim.mmap(pid, MmapArgs { len: 8192, prot: PROT_READ | PROT_WRITE,
+///     flags: MAP_PRIVATE | MAP_ANONYMOUS, ..Default::default() }).unwrap();
+/// let r = sim.fault(pid, addr, Access::Write).unwrap();
+/// assert_eq!(r.outcome, FaultOutcome::AnonZeroFill);
+/// assert!(sim.maps(pid).unwrap().text.contains(" rw-p 00000000 00:00 0 \n"));
+/// ```
+pub struct Simulator {
+    cfg: SimConfig,
+    ctx: Arc<MmContext>,
+    tasks: DashMap<u32, Arc<MmStruct>>,
+    next_pid: AtomicU32,
+    nr_tasks: AtomicUsize,
+    created: AtomicU64,
+}
+
+impl Simulator {
+    /// A simulator with no processes.
+    pub fn new(cfg: SimConfig) -> Self {
+        let pool = VmaCache::new(cfg.vma_cache, cfg.pool_capacity);
+        Self {
+            cfg,
+            ctx: Arc::new(MmContext::new(pool, cfg.fault_lock, cfg.max_map_count)),
+            tasks: DashMap::new(),
+            next_pid: AtomicU32::new(1),
+            nr_tasks: AtomicUsize::new(0),
+            created: AtomicU64::new(0),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    /// The shared engine context (pool, counters, files).
+    pub fn context(&self) -> &Arc<MmContext> {
+        &self.ctx
+    }
+
+    /// The address space of `pid`.
+    pub fn mm(&self, pid: u32) -> Result<Arc<MmStruct>, MmError> {
+        self.tasks
+            .get(&pid)
+            .map(|m| m.clone())
+            .ok_or(MmError::NoSuchProcess(pid))
+    }
+
+    fn reserve_task(&self) -> Result<(), MmError> {
+        let limit = self.cfg.max_processes;
+        // Relaxed: a counter guarding a limit; the DashMap insert publishes
+        // the mm itself.
+        self.nr_tasks
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| MmError::TooManyProcesses { limit })
+    }
+
+    fn install(
+        &self,
+        mm_for: impl FnOnce(u32) -> Result<Arc<MmStruct>, MmError>,
+    ) -> Result<u32, MmError> {
+        self.reserve_task()?;
+        // Relaxed: pids only need to be unique; never 0, never reused.
+        let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
+        match mm_for(pid) {
+            Ok(mm) => {
+                self.tasks.insert(pid, mm);
+                self.created.fetch_add(1, Ordering::Relaxed);
+                Ok(pid)
+            }
+            Err(e) => {
+                self.nr_tasks.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// A process with an empty address space.
+    pub fn spawn(&self) -> Result<u32, MmError> {
+        self.install(|pid| Ok(Arc::new(MmStruct::new(pid, self.ctx.clone(), None))))
+    }
+
+    /// A process whose layout is a `/proc/PID/maps` text.
+    pub fn spawn_from_maps(&self, text: &str) -> Result<u32, MmError> {
+        let lines = parse_maps(text)
+            .map_err(|e| MmError::inval("maps_text", format!("line {}: {}", e.line, e.reason)))?;
+        self.install(|pid| {
+            let mm = Arc::new(MmStruct::new(pid, self.ctx.clone(), None));
+            import_maps(&mm, &lines)?;
+            Ok(mm)
+        })
+    }
+
+    /// `mmap` in `pid`.
+    pub fn mmap(&self, pid: u32, args: MmapArgs) -> Result<u64, MmError> {
+        do_mmap(&*self.mm(pid)?, args)
+    }
+
+    /// `munmap` in `pid`.
+    pub fn munmap(&self, pid: u32, addr: u64, len: u64) -> Result<(), MmError> {
+        do_munmap(&*self.mm(pid)?, addr, len)
+    }
+
+    /// `mprotect` in `pid`.
+    pub fn mprotect(&self, pid: u32, addr: u64, len: u64, prot: u32) -> Result<(), MmError> {
+        do_mprotect(&*self.mm(pid)?, addr, len, prot)
+    }
+
+    /// `brk` in `pid`: `(brk, start_brk)`.
+    pub fn brk(&self, pid: u32, brk: u64) -> Result<(u64, u64), MmError> {
+        do_brk(&*self.mm(pid)?, brk)
+    }
+
+    /// A page fault in `pid`.
+    pub fn fault(&self, pid: u32, addr: u64, access: Access) -> Result<FaultResult, MmError> {
+        Ok(do_user_addr_fault(&*self.mm(pid)?, addr, access))
+    }
+
+    /// Faults at each of `addrs`, one process lookup for all; results are
+    /// passed to `each` in order.
+    pub fn fault_batch(
+        &self,
+        pid: u32,
+        addrs: &[u64],
+        access: Access,
+        mut each: impl FnMut(FaultResult),
+    ) -> Result<(), MmError> {
+        let mm = self.mm(pid)?;
+        for &a in addrs {
+            each(do_user_addr_fault(&mm, a, access));
+        }
+        Ok(())
+    }
+
+    /// `fork` of `pid`: the child's pid.
+    pub fn fork(&self, pid: u32) -> Result<u32, MmError> {
+        let parent = self.mm(pid)?;
+        self.install(|cpid| {
+            let child = Arc::new(MmStruct::new(cpid, self.ctx.clone(), None));
+            dup_mmap(&parent, &child)?;
+            Ok(child)
+        })
+    }
+
+    /// `exit` of `pid`.
+    pub fn exit(&self, pid: u32) -> Result<ExitStats, MmError> {
+        let (_, mm) = self.tasks.remove(&pid).ok_or(MmError::NoSuchProcess(pid))?;
+        self.nr_tasks.fetch_sub(1, Ordering::Relaxed);
+        exit_mmap(&mm)
+    }
+
+    /// The maps of `pid`.
+    pub fn maps(&self, pid: u32) -> Result<Maps, MmError> {
+        let mm = self.mm(pid)?;
+        let (entries, start_brk, brk) = show_maps(&mm);
+        Ok(Maps {
+            text: render(&entries),
+            entries,
+            start_brk,
+            brk,
+            rss_pages: mm.rss_pages(),
+        })
+    }
+
+    /// Live pids, ascending.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.tasks.iter().map(|e| *e.key()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// All counters.
+    pub fn stats(&self) -> SimStats {
+        let mms: Vec<Arc<MmStruct>> = self.tasks.iter().map(|e| e.value().clone()).collect();
+        let pool = self.ctx.pool.stats();
+        SimStats {
+            faults: FaultStats::read(&self.ctx),
+            pool,
+            processes: mms.len() as u64,
+            processes_created: self.created.load(Ordering::Relaxed),
+            vmas: pool.live,
+            rss_pages: mms.iter().map(|m| m.rss_pages()).sum(),
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The atomics and locks the engine is built from, switched to `loom`'s
+//! versions under `--cfg loom` so the model checker sees every access.
+//!
+//! Only the lock-free core (`vma`, `pool`, `vmstat`) is compiled under loom;
+//! the rest of the engine uses these names too so the two never drift apart.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Back off while waiting for another thread (a writer draining readers, a
+/// slab being published). Under loom this must yield to the scheduler, or
+/// the model would spin forever on one thread.
+#[inline]
+pub(crate) fn spin_wait(backoff: &crossbeam_utils::Backoff) {
+    #[cfg(loom)]
+    {
+        let _ = backoff;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    {
+        if backoff.is_completed() {
+            std::thread::yield_now();
+        } else {
+            backoff.snooze();
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Event counters, the analog of the kernel's per-CPU `vm_event_states`.
+//!
+//! The fault path bumps several counters per fault. One shared `AtomicU64`
+//! per counter would put every faulting thread on the same cache line, which
+//! is exactly the contention the per-VMA lock exists to remove. So each
+//! counter set is sharded: a thread always increments its own shard (picked
+//! once per thread), and readers sum the shards. Reads are rare (a Stats call,
+//! a scrape) and may see a sum that is a few events old; that is the same
+//! contract as `/proc/vmstat`.
+
+use crate::mm::sync::{AtomicU64, Ordering};
+use crossbeam_utils::CachePadded;
+
+/// Number of shards. More shards than cores keeps two threads that land on
+/// the same core-sized slot from sharing a line; 32 covers any laptop.
+pub const NR_SHARDS: usize = 32;
+
+std::thread_local! {
+    static SHARD: usize = next_shard();
+}
+
+fn next_shard() -> usize {
+    // Relaxed: the counter only has to hand out distinct-ish numbers; no
+    // other memory is published through it.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % NR_SHARDS
+}
+
+/// The shard index of the calling thread.
+#[inline]
+pub fn this_shard() -> usize {
+    SHARD.with(|s| *s)
+}
+
+/// `N` monotonically increasing counters, sharded per thread.
+///
+/// ```
+/// use vmasim_server::mm::vmstat::Counters;
+/// let c: Counters<2> = Counters::new();
+/// c.add(0, 3);
+/// c.inc(1);
+/// assert_eq!(c.sum(0), 3);
+/// assert_eq!(c.snapshot(), [3, 1]);
+/// ```
+pub struct Counters<const N: usize> {
+    shards: Box<[CachePadded<[AtomicU64; N]>]>,
+}
+
+impl<const N: usize> Default for Counters<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Counters<N> {
+    /// All counters at zero.
+    pub fn new() -> Self {
+        let shards = (0..NR_SHARDS)
+            .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
+            .collect();
+        Self { shards }
+    }
+
+    /// Add `n` to counter `idx` in the calling thread's shard.
+    #[inline]
+    pub fn add(&self, idx: usize, n: u64) {
+        // Relaxed: a counter publishes nothing; readers only want the total,
+        // and a total that lags by a few events is the documented contract.
+        self.shards[this_shard()][idx].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Add one to counter `idx`.
+    #[inline]
+    pub fn inc(&self, idx: usize) {
+        self.add(idx, 1);
+    }
+
+    /// Subtract `n` (for gauges kept as a sum of signed deltas; the shard
+    /// value wraps, the sum does not).
+    #[inline]
+    pub fn sub(&self, idx: usize, n: u64) {
+        self.shards[this_shard()][idx].fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The sum of counter `idx` over all shards.
+    pub fn sum(&self, idx: usize) -> u64 {
+        self.shards.iter().fold(0u64, |acc, s| {
+            acc.wrapping_add(s[idx].load(Ordering::Relaxed))
+        })
+    }
+
+    /// Every counter's sum.
+    pub fn snapshot(&self) -> [u64; N] {
+        std::array::from_fn(|i| self.sum(i))
+    }
+}
+
+/// The vmstat events of the per-VMA lock, as in `include/linux/vm_event_item.h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum VmaLockEvent {
+    /// The fault was handled under the per-VMA lock.
+    VmaLockSuccess = 0,
+    /// The per-VMA lock could not be taken (no VMA, write-locked, wrong mm or
+    /// range); the fault fell back to `mmap_lock`.
+    VmaLockAbort = 1,
+    /// The fault started under the VMA lock but needed `mmap_lock`
+    /// (`VM_FAULT_RETRY`, e.g. the VMA had no `anon_vma` yet).
+    VmaLockRetry = 2,
+    /// The VMA found by the RCU walk had been detached; the walk was retried.
+    VmaLockMiss = 3,
+}
+
+/// Number of [`VmaLockEvent`]s.
+pub const NR_VMA_LOCK_EVENTS: usize = 4;
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_across_threads() {
+        let c = std::sync::Arc::new(Counters::<3>::new());
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        c.inc(1);
+                    }
+                    c.add(2, 7);
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(c.snapshot(), [0, 4000, 28]);
+    }
+
+    #[test]
+    fn sub_wraps_per_shard_but_not_in_sum() {
+        let c = Counters::<1>::new();
+        let t = std::thread::spawn({
+            let c = std::sync::Arc::new(c);
+            move || {
+                c.add(0, 5);
+                let c2 = c.clone();
+                std::thread::spawn(move || c2.sub(0, 2)).join().unwrap();
+                c.sum(0)
+            }
+        });
+        assert_eq!(t.join().unwrap(), 3);
+    }
+}
