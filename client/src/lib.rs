@@ -1,2 +1,35 @@
-//! vmasim client library.
+//! vmasim client: the `vmasim` command line, load generator, race lab
+//! front end, strace replay and the one-command demo.
+//!
+//! Everything here talks to a server through the `vmasim.v1` proto only,
+//! except [`embedded`], which starts an in-process server for `vmasim demo`
+//! and the tests.
+//!
+//! # Layout
+//!
+//! * [`cli`]: the clap definition and dispatch (`main.rs` is just a call).
+//! * [`connect`]: endpoint, TLS, bearer-token interceptor, the client type.
+//! * [`error`]: the error type and its exit codes.
+//! * [`parse`]: addresses, sizes, protections, flags, durations.
+//! * [`commands`]: the one-RPC commands (`spawn`, `mmap`, `maps`, ...).
+//! * [`stats`]: `Stats` as a table / JSON, and before/after deltas.
+//! * [`race`]: the race lab's timeline table.
+//! * [`transport`]: one operation over a unary call or the `Session` stream.
+//! * [`load`]: the load generator (workers, mix, shadow model for
+//!   `--verify`, recorder, text/JSON/CSV/HTML reports).
+//! * [`demo`]: typesafe vs rcu, side by side.
+//! * [`embedded`]: an in-process server on 127.0.0.1:0.
+//! * [`strace`]: strace log parser; [`replay`]: applies it to processes.
+pub mod cli;
+pub mod commands;
+pub mod connect;
+pub mod demo;
+pub mod embedded;
+pub mod error;
+pub mod load;
+pub mod parse;
+pub mod race;
+pub mod replay;
+pub mod stats;
 pub mod strace;
+pub mod transport;

@@ -5,4 +5,17 @@
 //! # Layout
 //!
 //! * [`mm`]: the engine. No gRPC in it; named after the kernel's `mm/`.
+//! * [`service`]: `vmasim.v1.AddressSpace` on the engine: validation,
+//!   translation, error mapping.
+//! * [`telemetry`]: Prometheus metric names, descriptions and the
+//!   per-server recorder, refreshed from the engine's counters.
+//! * [`server`]: the public server API ([`server::ServerConfig`],
+//!   [`server::Server`]): the tonic stack, health, reflection, limits,
+//!   auth, TLS, `/metrics` and graceful shutdown.
 pub mod mm;
+#[cfg(not(vmasim_loom))]
+pub mod server;
+#[cfg(not(vmasim_loom))]
+pub mod service;
+#[cfg(not(vmasim_loom))]
+pub mod telemetry;

@@ -204,8 +204,10 @@ pub fn do_user_addr_fault(mm: &MmStruct, addr: u64, access: Access) -> FaultResu
         );
     }
     let mut retries = 0;
-    if addr < TASK_SIZE {
-        if let Some(locked) = lock_vma_under_rcu(mm, addr, &mut retries) {
+    if addr < TASK_SIZE
+        && let Some(locked) = lock_vma_under_rcu(mm, addr, &mut retries)
+    {
+        {
             let vma = locked.vma;
             let f = vma.fields();
             if access_error(f.vm_flags, access) {
@@ -343,13 +345,18 @@ fn lock_vma_under_rcu<'a>(mm: &'a MmStruct, addr: u64, retries: &mut u32) -> Opt
         if vma.generation() != entry.generation {
             ctx.events.inc(ev::BENIGN_REUSE);
         }
-        if let Some(r) = race {
-            r.locked(vma, entry.generation);
-        }
-        return Some(LockedVma {
+        // The generation is taken before the hook so that a reuse while the
+        // lock is held (the race lab parks the reader here) is seen by
+        // check_stable.
+        let locked = LockedVma {
             vma,
             generation: vma.generation(),
-        });
+        };
+        if let Some(r) = race {
+            r.locked(vma, entry.generation);
+            r.hit(InjectPoint::AfterReadLock, vma);
+        }
+        return Some(locked);
     }
 }
 
@@ -435,6 +442,10 @@ fn anon_vma_prepare(
     Ok(())
 }
 
+/// RSS change of a fault: counter to increment, and one to decrement (a
+/// file page replaced by its private copy).
+type RssDelta = (usize, i64, Option<usize>);
+
 /// `handle_mm_fault`: populate or upgrade the PTE for `addr` in `vma`, whose
 /// fields `f` are stable (VMA read-locked or `mmap_lock` held).
 fn handle_mm_fault(
@@ -453,86 +464,86 @@ fn handle_mm_fault(
     loop {
         // Acquire pairs with the AcqRel CAS of a racing fault on this page.
         let old = slot.load(Ordering::Acquire);
-        let (new, outcome, rss): (u64, FaultOutcome, Option<(usize, i64, Option<usize>)>) =
-            if old & pte::PRESENT == 0 {
-                // do_pte_missing
-                let frame = alloc_frame() << pte::FRAME_SHIFT;
-                if shared {
-                    let (kind, ctr) = if is_file {
-                        (pte::FILE, MM_FILEPAGES)
-                    } else {
-                        (pte::SHMEM, MM_SHMEMPAGES)
-                    };
-                    let w = if f.vm_flags & VM_WRITE != 0 && write {
-                        pte::WRITE
-                    } else {
-                        0
-                    };
-                    let o = if is_file {
-                        FaultOutcome::FilePage
-                    } else {
-                        FaultOutcome::AnonZeroFill
-                    };
-                    (frame | pte::PRESENT | kind | w, o, Some((ctr, 1, None)))
-                } else if is_file {
-                    if write {
-                        // do_cow_fault: private copy of the file page.
-                        anon_vma_prepare(mm, vma, f, vma_locked)?;
-                        (
-                            frame | pte::PRESENT | pte::WRITE,
-                            FaultOutcome::CowBreak,
-                            Some((MM_ANONPAGES, 1, None)),
-                        )
-                    } else {
-                        (
-                            frame | pte::PRESENT | pte::FILE,
-                            FaultOutcome::FilePage,
-                            Some((MM_FILEPAGES, 1, None)),
-                        )
-                    }
-                } else if write {
-                    // do_anonymous_page
+        let (new, outcome, rss): (u64, FaultOutcome, Option<RssDelta>) = if old & pte::PRESENT == 0
+        {
+            // do_pte_missing
+            let frame = alloc_frame() << pte::FRAME_SHIFT;
+            if shared {
+                let (kind, ctr) = if is_file {
+                    (pte::FILE, MM_FILEPAGES)
+                } else {
+                    (pte::SHMEM, MM_SHMEMPAGES)
+                };
+                let w = if f.vm_flags & VM_WRITE != 0 && write {
+                    pte::WRITE
+                } else {
+                    0
+                };
+                let o = if is_file {
+                    FaultOutcome::FilePage
+                } else {
+                    FaultOutcome::AnonZeroFill
+                };
+                (frame | pte::PRESENT | kind | w, o, Some((ctr, 1, None)))
+            } else if is_file {
+                if write {
+                    // do_cow_fault: private copy of the file page.
                     anon_vma_prepare(mm, vma, f, vma_locked)?;
                     (
                         frame | pte::PRESENT | pte::WRITE,
-                        FaultOutcome::AnonZeroFill,
+                        FaultOutcome::CowBreak,
                         Some((MM_ANONPAGES, 1, None)),
                     )
                 } else {
-                    // Read of untouched anonymous memory maps the zero page.
-                    (pte::PRESENT | pte::ZERO, FaultOutcome::AnonZeroFill, None)
+                    (
+                        frame | pte::PRESENT | pte::FILE,
+                        FaultOutcome::FilePage,
+                        Some((MM_FILEPAGES, 1, None)),
+                    )
                 }
-            } else if write && old & pte::WRITE == 0 {
-                // do_wp_page
-                if shared {
-                    (old | pte::WRITE, FaultOutcome::AlreadyPresent, None)
-                } else if old & (pte::COW | pte::ZERO | pte::FILE) != 0 {
-                    anon_vma_prepare(mm, vma, f, vma_locked)?;
-                    let frame = alloc_frame() << pte::FRAME_SHIFT;
-                    let new = frame | pte::PRESENT | pte::WRITE;
-                    if old & pte::ZERO != 0 {
-                        (
-                            new,
-                            FaultOutcome::AnonZeroFill,
-                            Some((MM_ANONPAGES, 1, None)),
-                        )
-                    } else if old & pte::FILE != 0 {
-                        (
-                            new,
-                            FaultOutcome::CowBreak,
-                            Some((MM_ANONPAGES, 1, Some(MM_FILEPAGES))),
-                        )
-                    } else {
-                        (new, FaultOutcome::CowBreak, None)
-                    }
+            } else if write {
+                // do_anonymous_page
+                anon_vma_prepare(mm, vma, f, vma_locked)?;
+                (
+                    frame | pte::PRESENT | pte::WRITE,
+                    FaultOutcome::AnonZeroFill,
+                    Some((MM_ANONPAGES, 1, None)),
+                )
+            } else {
+                // Read of untouched anonymous memory maps the zero page.
+                (pte::PRESENT | pte::ZERO, FaultOutcome::AnonZeroFill, None)
+            }
+        } else if write && old & pte::WRITE == 0 {
+            // do_wp_page
+            if shared {
+                (old | pte::WRITE, FaultOutcome::AlreadyPresent, None)
+            } else if old & (pte::COW | pte::ZERO | pte::FILE) != 0 {
+                anon_vma_prepare(mm, vma, f, vma_locked)?;
+                let frame = alloc_frame() << pte::FRAME_SHIFT;
+                let new = frame | pte::PRESENT | pte::WRITE;
+                if old & pte::ZERO != 0 {
+                    (
+                        new,
+                        FaultOutcome::AnonZeroFill,
+                        Some((MM_ANONPAGES, 1, None)),
+                    )
+                } else if old & pte::FILE != 0 {
+                    (
+                        new,
+                        FaultOutcome::CowBreak,
+                        Some((MM_ANONPAGES, 1, Some(MM_FILEPAGES))),
+                    )
                 } else {
-                    // Exclusive anonymous page whose write bit was removed by
-                    // mprotect: reuse it.
-                    (old | pte::WRITE, FaultOutcome::AlreadyPresent, None)
+                    (new, FaultOutcome::CowBreak, None)
                 }
             } else {
-                return Ok(FaultOutcome::AlreadyPresent);
-            };
+                // Exclusive anonymous page whose write bit was removed by
+                // mprotect: reuse it.
+                (old | pte::WRITE, FaultOutcome::AlreadyPresent, None)
+            }
+        } else {
+            return Ok(FaultOutcome::AlreadyPresent);
+        };
         // AcqRel: the winner publishes its frame; a loser re-reads.
         if slot
             .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)

@@ -33,6 +33,8 @@ use crate::mm::{
 
 /// `prot` bits (`PROT_*`).
 pub mod prot {
+    /// No access.
+    pub const PROT_NONE: u32 = 0x0;
     /// Readable.
     pub const PROT_READ: u32 = 0x1;
     /// Writable.
@@ -197,15 +199,15 @@ fn plan(w: &Writer<'_>, start: u64, end: u64, middle: Vec<Piece>) -> Result<Plan
     let next = mm.mm_mt.next(end, g).filter(|n| n.start == end);
     let mut seq: Vec<Piece> = Vec::with_capacity(middle.len() + 4);
     let fields = |e: &TreeEntry| pool.get(e.idx).fields();
-    if let Some(p) = prev {
-        if middle.first().is_some_and(|m| m.f.vm_start == start) {
-            seq.push(Piece {
-                f: fields(&p),
-                origin: Some(p.idx),
-                touched: false,
-            });
-            olds.insert(0, p);
-        }
+    if let Some(p) = prev
+        && middle.first().is_some_and(|m| m.f.vm_start == start)
+    {
+        seq.push(Piece {
+            f: fields(&p),
+            origin: Some(p.idx),
+            touched: false,
+        });
+        olds.insert(0, p);
     }
     if let Some(first) = olds.iter().find(|o| o.start < start && o.end > start) {
         let f = fields(first);
@@ -224,15 +226,15 @@ fn plan(w: &Writer<'_>, start: u64, end: u64, middle: Vec<Piece>) -> Result<Plan
             touched: false,
         });
     }
-    if let Some(n) = next {
-        if middle.last().is_some_and(|m| m.f.vm_end == end) {
-            seq.push(Piece {
-                f: fields(&n),
-                origin: Some(n.idx),
-                touched: false,
-            });
-            olds.push(n);
-        }
+    if let Some(n) = next
+        && middle.last().is_some_and(|m| m.f.vm_end == end)
+    {
+        seq.push(Piece {
+            f: fields(&n),
+            origin: Some(n.idx),
+            touched: false,
+        });
+        olds.push(n);
     }
     for o in &olds {
         pool.get(o.idx).vma_start_write(w.seq());
@@ -240,14 +242,15 @@ fn plan(w: &Writer<'_>, start: u64, end: u64, middle: Vec<Piece>) -> Result<Plan
     // Merge touched pieces with whatever is adjacent and compatible.
     let mut merged: Vec<Piece> = Vec::with_capacity(seq.len());
     for p in seq {
-        if let Some(last) = merged.last_mut() {
-            if (last.touched || p.touched) && can_merge(&last.f, &p.f) {
-                last.f.vm_end = p.f.vm_end;
-                last.f.anon_vma = last.f.anon_vma.max(p.f.anon_vma);
-                last.origin = last.origin.or(p.origin);
-                last.touched = true;
-                continue;
-            }
+        if let Some(last) = merged.last_mut()
+            && (last.touched || p.touched)
+            && can_merge(&last.f, &p.f)
+        {
+            last.f.vm_end = p.f.vm_end;
+            last.f.anon_vma = last.f.anon_vma.max(p.f.anon_vma);
+            last.origin = last.origin.or(p.origin);
+            last.touched = true;
+            continue;
         }
         merged.push(p);
     }

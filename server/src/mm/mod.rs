@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //!
-//! * [`sync`]: atomics and locks (loom's under `--cfg loom`).
+//! * [`sync`]: atomics and locks (loom's under `--cfg vmasim_loom`).
 //! * [`rcu`]: `rcu_read_lock` / `call_rcu` on crossbeam-epoch, with an
 //!   observable grace-period count.
 //! * [`vmstat`]: sharded event counters (`VMA_LOCK_SUCCESS`...).
@@ -19,41 +19,52 @@
 //! * [`mmap`]: `mmap`, `munmap`, `mprotect`, `brk`, split and merge.
 //! * [`fault`]: `lock_vma_under_rcu` and `handle_mm_fault`.
 //! * [`fork`]: `dup_mmap`, `vm_area_dup`, `vm_area_init_from`.
-//! * [`exit`]: `exit_mmap`.
+//! * [`exit`]: tearing an address space down, `exit_mmap`.
 //! * [`proc_maps`]: `/proc/PID/maps` rendering and import.
 //! * [`sim`]: the process table tying it together.
 //! * [`race`]: injection points for the race lab.
+//! * [`race_lab`]: the review's races replayed deterministically, fixed and
+//!   buggy, with a timeline and a verdict.
 
 pub mod pool;
+#[cfg(not(vmasim_loom))]
+pub mod rcu;
+#[cfg(vmasim_loom)]
+#[path = "rcu_loom.rs"]
 pub mod rcu;
 pub(crate) mod sync;
 pub mod vma;
 pub mod vmstat;
 
-#[cfg(not(loom))]
+#[cfg(all(test, vmasim_loom))]
+mod loom_tests;
+
+#[cfg(not(vmasim_loom))]
 pub mod exit;
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 pub mod fault;
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 pub mod fork;
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 pub mod mm_struct;
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 pub mod mmap;
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 pub mod pgtable;
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 pub mod proc_maps;
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 pub mod race;
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
+pub mod race_lab;
+#[cfg(not(vmasim_loom))]
 pub mod sim;
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 pub mod vma_tree;
 
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 mod error;
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 pub use error::{Errno, MmError};
 
 /// Bytes per page.

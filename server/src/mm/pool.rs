@@ -115,9 +115,9 @@ pub struct PoolStats {
 /// handful of slots); otherwise slabs are created on first use and
 /// published through a `OnceLock`, whose `get` is a lock-free Acquire load.
 struct Slabs {
-    #[cfg(not(loom))]
+    #[cfg(not(vmasim_loom))]
     slabs: Box<[std::sync::OnceLock<Box<[Vma]>>]>,
-    #[cfg(loom)]
+    #[cfg(vmasim_loom)]
     slabs: Box<[Box<[Vma]>]>,
 }
 
@@ -127,9 +127,9 @@ fn new_slab() -> Box<[Vma]> {
 
 impl Slabs {
     fn new(nr: usize) -> Self {
-        #[cfg(not(loom))]
+        #[cfg(not(vmasim_loom))]
         let slabs = (0..nr).map(|_| std::sync::OnceLock::new()).collect();
-        #[cfg(loom)]
+        #[cfg(vmasim_loom)]
         let slabs = (0..nr).map(|_| new_slab()).collect();
         Self { slabs }
     }
@@ -137,19 +137,19 @@ impl Slabs {
     #[inline]
     fn get(&self, idx: u32) -> &Vma {
         let (slab, off) = ((idx / SLAB_SIZE) as usize, (idx % SLAB_SIZE) as usize);
-        #[cfg(not(loom))]
+        #[cfg(not(vmasim_loom))]
         let slab = self.slabs[slab]
             .get()
             .expect("slot index from a slab that was never allocated");
-        #[cfg(loom)]
+        #[cfg(vmasim_loom)]
         let slab = &self.slabs[slab];
         &slab[off]
     }
 
     fn ensure(&self, idx: u32) {
-        #[cfg(not(loom))]
+        #[cfg(not(vmasim_loom))]
         self.slabs[(idx / SLAB_SIZE) as usize].get_or_init(new_slab);
-        #[cfg(loom)]
+        #[cfg(vmasim_loom)]
         let _ = (idx, new_slab);
     }
 }
@@ -393,6 +393,7 @@ impl VmaCache {
 
     /// Free a VMA that is still attached: the bug `exit_mmap` had before
     /// the review. Only a race-lab pool accepts it.
+    #[cfg(not(vmasim_loom))]
     pub(crate) fn vm_area_free_attached(&self, idx: VmaIdx, guard: &RcuReadGuard) {
         assert!(
             self.race_lab,
@@ -429,7 +430,7 @@ impl VmaCache {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(vmasim_loom)))]
 mod tests {
     use super::*;
     use crate::mm::rcu::rcu_read_lock;

@@ -24,6 +24,9 @@ pub enum InjectPoint {
     InVmAreaDup,
     /// `exit_mmap`: the VMA is about to be detached and freed.
     ExitBeforeDetach,
+    /// `lock_vma_under_rcu`: the VMA is read-locked and passed every check;
+    /// the fault is about to use it.
+    AfterReadLock,
 }
 
 /// Deliberate bugs a scenario can switch on to show what a check is for.

@@ -68,6 +68,9 @@ impl Rcu {
     pub fn call_rcu(&self, guard: &RcuReadGuard, f: impl FnOnce() + Send + 'static) {
         // Relaxed: the pending count is statistics only.
         self.gp.callbacks_pending.fetch_add(1, Ordering::Relaxed);
+        // Relaxed: a hint (see get_state_synchronize_rcu). Asking for a
+        // marker keeps the grace-period count honest in `rcu` mode too.
+        self.gp.wanted.store(true, Ordering::Relaxed);
         let gp = self.gp.clone();
         guard.defer(move || {
             f();
@@ -171,7 +174,7 @@ fn start_marker(gp: &Arc<GpState>, guard: &RcuReadGuard) {
     guard.flush();
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(vmasim_loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;

@@ -1,17 +1,19 @@
 //! The atomics and locks the engine is built from, switched to `loom`'s
-//! versions under `--cfg loom` so the model checker sees every access.
+//! versions under `--cfg vmasim_loom` so the model checker sees every access.
 //!
 //! Only the lock-free core (`vma`, `pool`, `vmstat`) is compiled under loom;
 //! the rest of the engine uses these names too so the two never drift apart.
 
-#[cfg(loom)]
+#[cfg(vmasim_loom)]
+#[allow(unused_imports)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-#[cfg(loom)]
+#[cfg(vmasim_loom)]
+#[allow(unused_imports)]
 pub(crate) use loom::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-#[cfg(not(loom))]
+#[cfg(not(vmasim_loom))]
 pub(crate) use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Back off while waiting for another thread (a writer draining readers, a
@@ -19,12 +21,12 @@ pub(crate) use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 /// the model would spin forever on one thread.
 #[inline]
 pub(crate) fn spin_wait(backoff: &crossbeam_utils::Backoff) {
-    #[cfg(loom)]
+    #[cfg(vmasim_loom)]
     {
         let _ = backoff;
         loom::thread::yield_now();
     }
-    #[cfg(not(loom))]
+    #[cfg(not(vmasim_loom))]
     {
         if backoff.is_completed() {
             std::thread::yield_now();

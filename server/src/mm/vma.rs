@@ -431,7 +431,7 @@ impl Vma {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(vmasim_loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;

@@ -66,10 +66,10 @@ impl VmaTree {
     /// Entries overlapping `[start, end)`, in address order. Writer side.
     pub fn overlapping(&self, start: u64, end: u64, guard: &RcuReadGuard) -> Vec<TreeEntry> {
         let mut out = Vec::new();
-        if let Some(e) = self.list.upper_bound(Bound::Excluded(&start), guard) {
-            if e.value().end > start {
-                out.push(*e.value());
-            }
+        if let Some(e) = self.list.upper_bound(Bound::Excluded(&start), guard)
+            && e.value().end > start
+        {
+            out.push(*e.value());
         }
         for e in self
             .list

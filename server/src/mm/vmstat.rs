@@ -114,7 +114,7 @@ pub enum VmaLockEvent {
 /// Number of [`VmaLockEvent`]s.
 pub const NR_VMA_LOCK_EVENTS: usize = 4;
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(vmasim_loom)))]
 mod tests {
     use super::*;
 

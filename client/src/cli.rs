@@ -1,0 +1,438 @@
+//! Command-line definition (clap derive) and dispatch.
+//!
+//! `main.rs` only parses [`Cli`] and calls [`run`]; every subcommand's
+//! logic lives in its own module ([`crate::commands`], [`crate::race`],
+//! [`crate::load`], [`crate::demo`], [`crate::replay`]).
+
+use crate::commands::{self, MmapArgs};
+use crate::connect::{DEFAULT_SERVER, Target};
+use crate::error::CliError;
+use crate::load::mix::{DEFAULT_MIX, Mix, Profile};
+use crate::load::report::Summary;
+use crate::load::{self, LoadConfig};
+use crate::parse::{parse_addr, parse_duration, parse_map_flags, parse_prot, parse_size};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+use vmasim_proto::v1::Access;
+
+/// vmasim: simulated Linux address spaces (mm_struct + VMAs) with per-VMA
+/// locks and a SLAB_TYPESAFE_BY_RCU VMA cache, over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "vmasim", version, about, long_about = None)]
+pub struct Cli {
+    /// Server URL (http://HOST:PORT, or https:// with --tls-ca).
+    /// `demo` without it starts its own servers in-process.
+    #[arg(long, global = true, env = "VMASIM_SERVER")]
+    pub server: Option<String>,
+    /// Bearer token, sent as `authorization: Bearer TOKEN`.
+    #[arg(long, global = true, env = "VMASIM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (enables TLS).
+    #[arg(long, global = true, env = "VMASIM_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a process (empty, or imported from /proc/PID/maps text); prints its pid.
+    Spawn {
+        /// /proc/PID/maps file to import (`-` for stdin).
+        #[arg(long, value_name = "FILE")]
+        from_maps: Option<PathBuf>,
+    },
+    /// mmap(2); prints the address.
+    Mmap {
+        /// Process.
+        pid: u32,
+        /// Length (4096, 0x1000, 4K, 2M, 1G); rounded up to pages.
+        #[arg(value_parser = parse_size)]
+        length: u64,
+        /// Address: a hint, or exact with --flags fixed (default 0: server chooses).
+        #[arg(long, value_parser = parse_addr, default_value = "0")]
+        addr: u64,
+        /// Protection: rw-, r-x, ---, or r,w,x.
+        #[arg(long, value_parser = parse_prot, default_value = "rw-")]
+        prot: u32,
+        /// Flags: private, shared, anonymous, fixed, fixed_noreplace (comma
+        /// separated). Default: private,anonymous (private with --file-id).
+        #[arg(long, value_parser = parse_map_flags)]
+        flags: Option<u32>,
+        /// File identity for a file-backed mapping (same id, same file).
+        #[arg(long)]
+        file_id: Option<u64>,
+        /// Offset in the file (page aligned).
+        #[arg(long, value_parser = parse_size, default_value = "0")]
+        offset: u64,
+    },
+    /// munmap(2).
+    Munmap {
+        /// Process.
+        pid: u32,
+        /// Start address (page aligned).
+        #[arg(value_parser = parse_addr)]
+        addr: u64,
+        /// Length.
+        #[arg(value_parser = parse_size)]
+        length: u64,
+    },
+    /// mprotect(2).
+    Mprotect {
+        /// Process.
+        pid: u32,
+        /// Start address (page aligned).
+        #[arg(value_parser = parse_addr)]
+        addr: u64,
+        /// Length.
+        #[arg(value_parser = parse_size)]
+        length: u64,
+        /// New protection: rw-, r-x, ---, or r,w,x.
+        #[arg(value_parser = parse_prot)]
+        prot: u32,
+    },
+    /// brk(2): query (no ADDR) or move the program break.
+    Brk {
+        /// Process.
+        pid: u32,
+        /// New break.
+        #[arg(value_parser = parse_addr)]
+        addr: Option<u64>,
+    },
+    /// One page fault; prints outcome, locking path and retries.
+    Fault {
+        /// Process.
+        pid: u32,
+        /// Faulting address.
+        #[arg(value_parser = parse_addr)]
+        addr: u64,
+        /// A store.
+        #[arg(long, conflicts_with = "exec")]
+        write: bool,
+        /// An instruction fetch.
+        #[arg(long)]
+        exec: bool,
+    },
+    /// fork(2); prints the child's pid.
+    Fork {
+        /// Parent process.
+        pid: u32,
+    },
+    /// exit(2): tear the process down.
+    Exit {
+        /// Process.
+        pid: u32,
+    },
+    /// Print /proc/PID/maps (the kernel's format, byte for byte).
+    Maps {
+        /// Process.
+        pid: u32,
+    },
+    /// Server counters and gauges.
+    Stats {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// gRPC health check: exit 0 iff the server is SERVING.
+    Health,
+    /// Race lab: replay a scripted interleaving of a lockless fault
+    /// against a VMA slot being freed and reused.
+    Race {
+        /// Scenario name (see --list).
+        #[arg(required_unless_present = "list")]
+        name: Option<String>,
+        /// List the scenarios.
+        #[arg(long)]
+        list: bool,
+        /// Protocol variant.
+        #[arg(long, value_enum, default_value = "fixed")]
+        variant: Variant,
+    },
+    /// Same workload on a typesafe and an rcu server, side by side.
+    Demo(DemoArgs),
+    /// Load generator (ghz-like report).
+    Load(Box<LoadArgs>),
+    /// Replay an strace log (-e trace=memory,process) against simulated processes.
+    Replay(ReplayArgs),
+}
+
+/// Race lab variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Variant {
+    /// The protocol as upstream implements it.
+    Fixed,
+    /// The scenario's check left out.
+    Buggy,
+}
+
+/// `demo` arguments.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Measured time per mode.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Owner workers.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Fault threads per owner worker.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// RNG seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `load` arguments.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Workers (closed loop: requests in flight; open loop: max in flight).
+    #[arg(short = 'c', long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Open loop: requests per second (latency from the intended send time).
+    #[arg(long)]
+    pub rps: Option<f64>,
+    /// Measured time (e.g. 30s; 0 = until Ctrl-C). Default 10s unless --requests.
+    #[arg(short = 'z', long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop after this many requests.
+    #[arg(short = 'n', long)]
+    pub requests: Option<u64>,
+    /// Connections (HTTP/2 channels) to spread the workers over.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Processes each worker owns.
+    #[arg(long, default_value_t = 2)]
+    pub processes: usize,
+    /// Fault-only workers per worker, faulting in its processes concurrently.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Operation mix, e.g. fault=90,mmap=4,munmap=4,fork=1,exit=1 (also mprotect, brk).
+    #[arg(long)]
+    pub mix: Option<Mix>,
+    /// Faults per call (1 = unary Fault, more = FaultBatch).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Preset of mix and batch.
+    #[arg(long, value_enum)]
+    pub profile: Option<Profile>,
+    /// Use the bidirectional Session stream (one per worker).
+    #[arg(long)]
+    pub stream: bool,
+    /// Unmeasured warm-up time.
+    #[arg(long, value_parser = parse_duration, default_value = "0")]
+    pub warmup: Duration,
+    /// RNG seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Check every reply against a shadow model of each process; exit 10 on a divergence.
+    #[arg(long)]
+    pub verify: bool,
+    /// With --verify: compare Maps with the model every N operations per worker.
+    #[arg(long, default_value_t = 25)]
+    pub verify_every: u32,
+    /// Write the report as JSON or CSV (by extension).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Write a self-contained HTML report.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `replay` arguments.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// strace log (`strace -f [-y] -e trace=memory,process -o FILE CMD`).
+    pub file: PathBuf,
+    /// Apply the first traced process's calls to this existing process.
+    #[arg(long, value_name = "PID")]
+    pub into: Option<u32>,
+    /// Only replay calls that start on or after this log line (1-based).
+    #[arg(long, value_name = "N")]
+    pub from_line: Option<usize>,
+    /// Only replay calls that start before this log line (1-based).
+    #[arg(long, value_name = "N")]
+    pub to_line: Option<usize>,
+    /// Print every call and what happened to it.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+impl LoadArgs {
+    /// The run's configuration.
+    pub fn config(&self) -> LoadConfig {
+        let mix = self
+            .mix
+            .clone()
+            .or_else(|| self.profile.map(Profile::mix))
+            .unwrap_or_else(|| DEFAULT_MIX.parse().expect("default mix parses"));
+        let batch = self
+            .batch
+            .or_else(|| self.profile.map(Profile::batch))
+            .unwrap_or(1);
+        let duration = match (self.duration, self.requests) {
+            (Some(d), _) if d.is_zero() => None,
+            (Some(d), _) => Some(d),
+            (None, Some(_)) => None,
+            (None, None) => Some(Duration::from_secs(10)),
+        };
+        LoadConfig {
+            concurrency: self.concurrency,
+            threads: self.threads,
+            rps: self.rps,
+            duration,
+            requests: self.requests,
+            connections: self.connections,
+            processes: self.processes,
+            mix,
+            batch,
+            stream: self.stream,
+            warmup: self.warmup,
+            seed: self.seed,
+            verify: self.verify,
+            verify_every: self.verify_every.max(1),
+            progress: !self.quiet,
+        }
+    }
+}
+
+impl Cli {
+    fn target(&self) -> Target {
+        Target {
+            url: self
+                .server
+                .clone()
+                .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
+            token: self.token.clone(),
+            tls_ca: self.tls_ca.clone(),
+        }
+    }
+}
+
+/// Runs the parsed command; output goes to stdout, the error (if any) is
+/// returned for `main` to print.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let target = cli.target();
+    let out = match &cli.cmd {
+        Command::Health => commands::health(&target).await?,
+        Command::Demo(a) => {
+            let o = crate::demo::DemoOptions {
+                duration: a.duration,
+                concurrency: a.concurrency,
+                threads: a.threads,
+                seed: a.seed,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let server = cli.server.as_ref().map(|_| &target);
+            crate::demo::run(&o, server).await?
+        }
+        Command::Load(a) => return run_load(a, &target).await,
+        Command::Replay(a) => {
+            let mut c = target.connect().await?;
+            crate::replay::run(&mut c, a).await?
+        }
+        cmd => {
+            let mut c = target.connect().await?;
+            match cmd {
+                Command::Spawn { from_maps } => commands::spawn(&mut c, from_maps.as_deref()).await?,
+                Command::Mmap {
+                    pid,
+                    length,
+                    addr,
+                    prot,
+                    flags,
+                    file_id,
+                    offset,
+                } => {
+                    let a = MmapArgs {
+                        pid: *pid,
+                        addr: *addr,
+                        length: *length,
+                        prot: *prot,
+                        flags: *flags,
+                        file_id: *file_id,
+                        offset: *offset,
+                    };
+                    commands::mmap(&mut c, a).await?
+                }
+                Command::Munmap { pid, addr, length } => {
+                    commands::munmap(&mut c, *pid, *addr, *length).await?
+                }
+                Command::Mprotect {
+                    pid,
+                    addr,
+                    length,
+                    prot,
+                } => commands::mprotect(&mut c, *pid, *addr, *length, *prot).await?,
+                Command::Brk { pid, addr } => commands::brk(&mut c, *pid, *addr).await?,
+                Command::Fault {
+                    pid,
+                    addr,
+                    write,
+                    exec,
+                } => {
+                    let access = if *write {
+                        Access::Write
+                    } else if *exec {
+                        Access::Exec
+                    } else {
+                        Access::Read
+                    };
+                    commands::fault(&mut c, *pid, *addr, access).await?
+                }
+                Command::Fork { pid } => commands::fork(&mut c, *pid).await?,
+                Command::Exit { pid } => commands::exit(&mut c, *pid).await?,
+                Command::Maps { pid } => commands::maps(&mut c, *pid).await?,
+                Command::Stats { json } => commands::stats(&mut c, *json).await?,
+                Command::Race {
+                    name,
+                    list,
+                    variant,
+                } => {
+                    if *list {
+                        crate::race::list(&mut c).await?
+                    } else {
+                        let name = name.as_deref().unwrap_or_default();
+                        crate::race::run(&mut c, name, *variant == Variant::Buggy).await?
+                    }
+                }
+                Command::Health | Command::Demo(_) | Command::Load(_) | Command::Replay(_) => {
+                    unreachable!("handled above")
+                }
+            }
+        }
+    };
+    print!("{out}");
+    Ok(())
+}
+
+async fn run_load(a: &LoadArgs, target: &Target) -> Result<(), CliError> {
+    let cfg = a.config();
+    if cfg.duration.is_none() && cfg.requests.is_none() {
+        eprintln!("running until Ctrl-C ...");
+    }
+    let r = load::run(cfg, target).await?;
+    let s = Summary::new(&r);
+    print!("{}", s.text());
+    if let Some(p) = &a.output {
+        s.write(p)?;
+    }
+    if let Some(p) = &a.html {
+        std::fs::write(p, crate::load::html::render(&s))
+            .map_err(|e| CliError::Other(format!("cannot write {}: {e}", p.display())))?;
+    }
+    if !s.divergences.is_empty() {
+        return Err(CliError::Check(format!(
+            "--verify: {} divergence(s) from the shadow model (see above)",
+            s.divergences.len()
+        )));
+    }
+    Ok(())
+}

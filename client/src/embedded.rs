@@ -1,0 +1,101 @@
+//! An in-process server on an ephemeral loopback port, for `vmasim demo`
+//! and the integration tests.
+//!
+//! This is the only place the client uses the server crate: everything
+//! else talks to the returned URL through the proto, exactly as it would
+//! to a remote server.
+
+use crate::error::CliError;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use vmasim_server::mm::fault::FaultLockMode;
+use vmasim_server::mm::pool::CachePolicy;
+use vmasim_server::server::{Server, ServerConfig};
+
+/// The VMA cache policy of an embedded server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Cache {
+    /// `SLAB_TYPESAFE_BY_RCU`: freed slots are reused at once.
+    Typesafe,
+    /// Every free waits for a grace period (`call_rcu`).
+    Rcu,
+}
+
+impl Cache {
+    /// The name the server reports in `Stats.vma_cache`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cache::Typesafe => "typesafe",
+            Cache::Rcu => "rcu",
+        }
+    }
+}
+
+/// A running in-process server; stopped when dropped or by [`stop`].
+///
+/// [`stop`]: Embedded::stop
+pub struct Embedded {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Embedded {
+    /// Starts a fresh server with the given VMA cache and fault locking
+    /// (`mmap_lock_only`: every fault takes mmap_lock) on 127.0.0.1:0.
+    pub async fn start(cache: Cache, mmap_lock_only: bool) -> Result<Self, CliError> {
+        let mut cfg = ServerConfig::default();
+        cfg.sim.vma_cache = match cache {
+            Cache::Typesafe => CachePolicy::Typesafe,
+            Cache::Rcu => CachePolicy::Rcu,
+        };
+        cfg.sim.fault_lock = if mmap_lock_only {
+            FaultLockMode::MmapLock
+        } else {
+            FaultLockMode::PerVma
+        };
+        Self::start_with(cfg).await
+    }
+
+    /// Starts a server with a full configuration.
+    pub async fn start_with(cfg: ServerConfig) -> Result<Self, CliError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| CliError::Other(format!("cannot bind 127.0.0.1:0: {e}")))?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = Server::new(cfg);
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            if let Err(e) = server.serve(listener, None, shutdown).await {
+                eprintln!("embedded server: {e}");
+            }
+        });
+        Ok(Embedded {
+            url: format!("http://{addr}"),
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// Stops the server and waits for it to finish draining.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

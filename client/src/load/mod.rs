@@ -1,0 +1,357 @@
+//! `vmasim load`: a ghz-class load generator for the `AddressSpace` API.
+//!
+//! # How a run goes
+//!
+//! 1. Open `--connections` channels; build `--concurrency` owner workers
+//!    (spread round-robin over the channels) and `--threads` fault threads
+//!    per owner ([`worker`]).
+//! 2. **Setup**: every owner spawns its `--processes` processes and maps a
+//!    few regions in each (not measured).
+//! 3. **Warm-up** (`--warmup`): the load runs, nothing is recorded.
+//! 4. `Stats` *before*; measurement starts (`t0`).
+//! 5. The load runs until `--duration` is over, `--requests` have been
+//!    sent, Ctrl-C, or a `--verify` divergence.
+//! 6. `Stats` *after*; the owned processes are exited (cleanup, not
+//!    measured).
+//!
+//! **Closed loop** (default): each worker sends its next request when the
+//! previous reply arrived, so `--concurrency` requests are in flight.
+//! **Open loop** (`--rps R`): requests are due on a fixed schedule (one
+//! every 1/R s, shared by all workers); a worker takes the next slot,
+//! waits for it and sends. Latency is measured from the slot's time, not
+//! from the actual send: if the server stalls, the requests that *should*
+//! have gone out meanwhile are charged the wait (coordinated omission
+//! corrected, as wrk2 does). `--concurrency` then caps the requests in
+//! flight; when every worker is busy the schedule runs late and latency
+//! shows it.
+//!
+//! The measurements ([`recorder`]) are rendered by [`report`] (text, JSON,
+//! CSV) and [`html`] (a self-contained HTML page).
+
+pub mod html;
+pub mod mix;
+pub mod recorder;
+pub mod report;
+pub mod shadow;
+pub mod worker;
+
+use crate::connect::Target;
+use crate::error::CliError;
+use crate::stats::{self, StatsDelta};
+use crate::transport::Transport;
+use mix::Mix;
+use recorder::Recorder;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use worker::{Divergence, FaultThread, Shared, Worker};
+
+/// Everything a load run is configured with.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadConfig {
+    /// Owner workers (requests in flight, closed loop).
+    pub concurrency: usize,
+    /// Fault-only workers per owner, faulting in its processes.
+    pub threads: usize,
+    /// Open loop: requests per second (None: closed loop).
+    pub rps: Option<f64>,
+    /// Measured run time; None: until `requests` or Ctrl-C.
+    #[serde(serialize_with = "ser_opt_secs")]
+    pub duration: Option<Duration>,
+    /// Stop after this many measured requests.
+    pub requests: Option<u64>,
+    /// Channels (HTTP/2 connections) the workers are spread over.
+    pub connections: usize,
+    /// Processes each owner worker keeps alive.
+    pub processes: usize,
+    /// Operation weights.
+    #[serde(serialize_with = "ser_display")]
+    pub mix: Mix,
+    /// Faults per call (1: unary `Fault`, else `FaultBatch`).
+    pub batch: usize,
+    /// Use the `Session` stream instead of unary calls.
+    pub stream: bool,
+    /// Unmeasured run time before measurement.
+    #[serde(serialize_with = "ser_secs")]
+    pub warmup: Duration,
+    /// RNG seed (same seed, same operation sequence per worker).
+    pub seed: u64,
+    /// Check every reply against a shadow model.
+    pub verify: bool,
+    /// With `verify`: compare `Maps` with the model every this many
+    /// operations per worker.
+    pub verify_every: u32,
+    /// Show a progress bar (only if stderr is a terminal).
+    #[serde(skip)]
+    pub progress: bool,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn ser_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            concurrency: 8,
+            threads: 0,
+            rps: None,
+            duration: Some(Duration::from_secs(10)),
+            requests: None,
+            connections: 1,
+            processes: 2,
+            mix: mix::DEFAULT_MIX.parse().expect("default mix parses"),
+            batch: 1,
+            stream: false,
+            warmup: Duration::ZERO,
+            seed: 1,
+            verify: false,
+            verify_every: 25,
+            progress: false,
+        }
+    }
+}
+
+impl LoadConfig {
+    /// One line describing the run's shape.
+    pub fn describe(&self) -> String {
+        let lp = match self.rps {
+            Some(r) => format!("open loop at {r} rps (max {} in flight)", self.concurrency),
+            None => format!("closed loop, {} workers", self.concurrency),
+        };
+        format!(
+            "{lp}, {} fault threads each, {} processes each, {} connection(s), {}, batch {}, mix {}{}",
+            self.threads,
+            self.processes,
+            self.connections,
+            if self.stream { "Session stream" } else { "unary" },
+            self.batch,
+            self.mix,
+            if self.verify { ", verified" } else { "" }
+        )
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    /// The configuration it ran with.
+    pub config: LoadConfig,
+    /// All workers' measurements, merged.
+    pub rec: Recorder,
+    /// Measured time (t0 to the last reply).
+    pub elapsed: Duration,
+    /// Server counters over the measured time (None if Stats failed).
+    pub server: Option<StatsDelta>,
+    /// `--verify` divergences (empty: none found, or not verifying).
+    pub divergences: Vec<Divergence>,
+}
+
+/// Runs a load against `target`.
+pub async fn run(cfg: LoadConfig, target: &Target) -> Result<LoadResult, CliError> {
+    if cfg.concurrency == 0 {
+        return Err(CliError::Usage("--concurrency must be at least 1".into()));
+    }
+    if cfg.processes == 0 {
+        return Err(CliError::Usage("--processes must be at least 1".into()));
+    }
+    if let Some(r) = cfg.rps {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(CliError::Usage("--rps must be > 0".into()));
+        }
+    }
+    let cfg = Arc::new(cfg);
+    let mut channels = Vec::new();
+    for _ in 0..cfg.connections.max(1) {
+        channels.push(target.channel().await?);
+    }
+    let mut control = target.client(channels[0].clone())?;
+    let shared = Arc::new(Shared::new(cfg.rps.map(|r| 1e9 / r), cfg.requests));
+
+    // Build the workers, round-robin over the channels.
+    let mut owners = Vec::new();
+    let mut threads = Vec::new();
+    let mut next_ch = 0;
+    let mut transport = || -> Result<Transport, CliError> {
+        let ch = channels[next_ch % channels.len()].clone();
+        next_ch += 1;
+        Ok(Transport::new(target.client(ch)?, cfg.stream))
+    };
+    for w in 0..cfg.concurrency {
+        let layout = (cfg.threads > 0).then(Worker::new_layout);
+        owners.push(Worker::new(
+            w,
+            cfg.clone(),
+            shared.clone(),
+            transport()?,
+            layout.clone(),
+        ));
+        if let Some(layout) = layout {
+            for t in 0..cfg.threads {
+                threads.push(FaultThread::new(
+                    w * cfg.threads + t,
+                    cfg.clone(),
+                    shared.clone(),
+                    transport()?,
+                    layout.clone(),
+                ));
+            }
+        }
+    }
+
+    // Setup, all owners at once.
+    let mut setups = Vec::new();
+    for mut w in owners {
+        setups.push(tokio::spawn(async move { w.setup().await.map(|()| w) }));
+    }
+    let mut ready = Vec::new();
+    let mut setup_err = None;
+    for h in setups {
+        match h.await.expect("setup task panicked") {
+            Ok(w) => ready.push(w),
+            Err(s) => setup_err = Some(CliError::Rpc(s)),
+        }
+    }
+    if let Some(e) = setup_err {
+        return Err(e);
+    }
+
+    // Run.
+    let mut before = None;
+    if cfg.warmup.is_zero() {
+        before = stats::fetch(&mut control).await.ok();
+        shared.start_recording();
+    }
+    let owner_tasks: Vec<_> = ready.into_iter().map(|w| tokio::spawn(w.run())).collect();
+    let thread_tasks: Vec<_> = threads.into_iter().map(|t| tokio::spawn(t.run())).collect();
+    let ctrl_c = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                shared.stop.store(true, Ordering::Relaxed);
+            }
+        })
+    };
+    if !cfg.warmup.is_zero() {
+        sleep_unless_stopped(&shared, cfg.warmup).await;
+        before = stats::fetch(&mut control).await.ok();
+        shared.start_recording();
+    }
+    let t0 = *shared.t0.get().expect("recording started");
+    let timer = {
+        let shared = shared.clone();
+        let d = cfg.duration.filter(|d| !d.is_zero());
+        tokio::spawn(async move {
+            if let Some(d) = d {
+                tokio::time::sleep_until((t0 + d).into()).await;
+                shared.stop.store(true, Ordering::Relaxed);
+            }
+        })
+    };
+    let progress = cfg
+        .progress
+        .then(|| spawn_progress(&cfg, shared.clone(), t0));
+
+    let mut rec = Recorder::default();
+    let mut pids = Vec::new();
+    for h in owner_tasks {
+        let out = h.await.expect("worker task panicked");
+        rec.merge(&out.rec);
+        pids.extend(out.pids);
+    }
+    for h in thread_tasks {
+        rec.merge(&h.await.expect("fault thread panicked"));
+    }
+    let elapsed = t0.elapsed();
+    timer.abort();
+    ctrl_c.abort();
+    if let Some((bar, task)) = progress {
+        task.abort();
+        bar.finish_and_clear();
+    }
+    let after = stats::fetch(&mut control).await.ok();
+    let server = match (&before, &after) {
+        (Some(b), Some(a)) => Some(StatsDelta::between(b, a)),
+        _ => None,
+    };
+    // Cleanup, best effort and not measured.
+    for pid in pids {
+        let _ = control
+            .exit(vmasim_proto::v1::ExitRequest { pid })
+            .await;
+    }
+    let divergences = std::mem::take(&mut *shared.divergences.lock().expect("not poisoned"));
+    Ok(LoadResult {
+        config: (*cfg).clone(),
+        rec,
+        elapsed,
+        server,
+        divergences,
+    })
+}
+
+async fn sleep_unless_stopped(shared: &Shared, d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end && !shared.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50).min(end - Instant::now())).await;
+    }
+}
+
+/// A progress bar on stderr with the current rate; none if stderr is not a
+/// terminal.
+fn spawn_progress(
+    cfg: &LoadConfig,
+    shared: Arc<Shared>,
+    t0: Instant,
+) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let (len, by_time) = match (cfg.requests, cfg.duration.filter(|d| !d.is_zero())) {
+        (Some(n), _) => (n, false),
+        (None, Some(d)) => (d.as_millis() as u64, true),
+        (None, None) => (0, true),
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    let template = if len == 0 {
+        "{spinner} {elapsed_precise} {msg}"
+    } else {
+        "{bar:40.cyan/blue} {percent:>3}% {elapsed_precise} {msg}"
+    };
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        let mut last = (Instant::now(), 0u64, 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = Instant::now();
+            let done = shared.completed.load(Ordering::Relaxed);
+            let faults = shared.faults_done.load(Ordering::Relaxed);
+            let dt = now.duration_since(last.0).as_secs_f64().max(1e-3);
+            let rps = (done - last.1) as f64 / dt;
+            let fps = (faults - last.2) as f64 / dt;
+            last = (now, done, faults);
+            if by_time {
+                b.set_position(now.duration_since(t0).as_millis() as u64);
+            } else {
+                b.set_position(done);
+            }
+            b.set_message(format!("{done} req, {rps:.0} req/s, {fps:.0} faults/s"));
+        }
+    });
+    (bar, task)
+}

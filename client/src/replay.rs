@@ -1,0 +1,584 @@
+//! `vmasim replay`: re-issue a real program's address-space syscalls.
+//!
+//! Input is an strace log, parsed by [`crate::strace`]. Each traced task
+//! maps to a simulated process:
+//!
+//! * the first task of the log gets a fresh `Spawn` (or, with `--into PID`,
+//!   the existing process PID — e.g. one made by `spawn --from-maps` from
+//!   the program's own `/proc/PID/maps`);
+//! * `fork`/`vfork`/`clone` without `CLONE_VM`: `Fork` of the parent, the
+//!   child's pid maps to the new process; threads (`CLONE_VM`) map to the
+//!   same process as their creator;
+//! * `execve` (success): the old process is exited (unless it is the
+//!   `--into` one) and the task gets a fresh `Spawn`;
+//! * `exit`/`exit_group`: when the last task of a process is gone, `Exit`
+//!   (never for the `--into` process, which the replay did not create).
+//!
+//! Syscalls:
+//!
+//! * `mmap` is replayed at the address the kernel returned, with the
+//!   original flags plus `MAP_FIXED` (and without `MAP_FIXED_NOREPLACE`,
+//!   which would win over it), so the kernel's placement is reproduced
+//!   rather than predicted. Flags the server does not take are dropped
+//!   (counted) on a retry.
+//! * File mappings need a file id. The same path always gets the same id;
+//!   a path already mapped in the process (imported from maps) reuses that
+//!   VMA's id. A new path is *registered* with the server so that `Maps`
+//!   shows it: the replay spawns a throw-away process from a one-line maps
+//!   text naming the path, reads the file id the server assigned, and
+//!   exits it (the API has no other way to name a file). Without `-y` in
+//!   the log there is no path; the fd number stands in for it.
+//! * `munmap`, `mprotect`, `brk` as logged; `brk` results are compared
+//!   with the logged ones and a difference is reported.
+//! * `mremap` is simplified to unmap + map: in place, the tail is unmapped
+//!   (shrink) or a `MAP_FIXED` mapping with the same protection, sharing,
+//!   file and contiguous offset is added (grow, merged by the server as the
+//!   kernel's `vma_expand` would); moved, the old range is unmapped and a
+//!   new mapping made at the returned address. Page contents do not move
+//!   (the simulator does not need them to).
+//! * Calls that failed in the log (`= -1 E...`, `= ?`) are skipped, with
+//!   their error as the reason. Other syscalls are counted by name.
+//!
+//! A call that succeeded in the log but fails in the simulation is a
+//! divergence: it is listed and the command exits with code 10.
+
+use crate::cli::ReplayArgs;
+use crate::connect::Client;
+use crate::error::{CliError, code_name};
+use crate::strace::{self, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, Syscall, TraceLine};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use tonic::{Code, Status};
+use vmasim_proto::v1::{
+    BrkRequest, ExitRequest, ForkRequest, MapFlag, MapsRequest, MmapRequest, MprotectRequest,
+    MunmapRequest, SpawnRequest, VmaEntry,
+};
+
+/// The flag bits the proto documents (anything else may be refused).
+const PROTO_FLAGS: u32 = MapFlag::MapShared as u32
+    | MapFlag::MapPrivate as u32
+    | MapFlag::MapFixed as u32
+    | MapFlag::MapAnonymous as u32
+    | MapFlag::MapFixedNoreplace as u32;
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Calls applied, by syscall name.
+    pub applied: BTreeMap<String, u64>,
+    /// Calls skipped: (log line, reason).
+    pub skipped: Vec<(usize, String)>,
+    /// Syscalls not replayed (not address-space changing), by name.
+    pub other: BTreeMap<String, u64>,
+    /// Calls that succeeded in the log but not in the simulation, or gave
+    /// a different result: (log line, what happened).
+    pub diverged: Vec<(usize, String)>,
+    /// Notes (flags dropped, brk differences that did not fail a call).
+    pub notes: Vec<(usize, String)>,
+    /// Traced task -> simulated pid, in order of appearance.
+    pub processes: Vec<(Option<u32>, u32)>,
+    /// Parse errors of the log.
+    pub parse_errors: Vec<String>,
+}
+
+impl ReplayReport {
+    /// The text `vmasim replay` prints.
+    pub fn text(&self, verbose: bool) -> String {
+        let mut o = String::new();
+        let total: u64 = self.applied.values().sum();
+        let _ = writeln!(o, "applied {total} calls:");
+        for (k, n) in &self.applied {
+            let _ = writeln!(o, "  {k:<10} {n}");
+        }
+        let _ = writeln!(o, "skipped {} calls:", self.skipped.len());
+        let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+        for (_, r) in &self.skipped {
+            *reasons.entry(r.as_str()).or_default() += 1;
+        }
+        if verbose {
+            for (l, r) in &self.skipped {
+                let _ = writeln!(o, "  line {l}: {r}");
+            }
+        } else {
+            for (r, n) in reasons {
+                let _ = writeln!(o, "  {n} x {r}");
+            }
+        }
+        if !self.other.is_empty() {
+            let list: Vec<String> = self.other.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let _ = writeln!(o, "other syscalls (not replayed): {}", list.join(", "));
+        }
+        for (l, n) in &self.notes {
+            let _ = writeln!(o, "note: line {l}: {n}");
+        }
+        if !self.parse_errors.is_empty() {
+            let _ = writeln!(o, "unparsed lines: {}", self.parse_errors.len());
+            for e in self.parse_errors.iter().take(if verbose { usize::MAX } else { 5 }) {
+                let _ = writeln!(o, "  {e}");
+            }
+        }
+        let procs: Vec<String> = self
+            .processes
+            .iter()
+            .map(|(t, s)| match t {
+                Some(t) => format!("{t} -> {s}"),
+                None => format!("(traced) -> {s}"),
+            })
+            .collect();
+        let _ = writeln!(o, "processes (traced -> simulated): {}", procs.join(", "));
+        if !self.diverged.is_empty() {
+            let _ = writeln!(o, "DIVERGED on {} calls:", self.diverged.len());
+            for (l, d) in &self.diverged {
+                let _ = writeln!(o, "  line {l}: {d}");
+            }
+        }
+        o
+    }
+}
+
+/// Replay state.
+struct Replayer<'a> {
+    c: &'a mut Client,
+    /// Traced task -> simulated pid.
+    tasks: HashMap<Option<u32>, u32>,
+    /// The `--into` process (never exited by the replay).
+    into: Option<u32>,
+    /// Path (or "fd N") -> file id.
+    files: HashMap<String, u64>,
+    report: ReplayReport,
+    /// The flags the server refused once (so later calls drop them first).
+    refused_flags: bool,
+}
+
+fn status_text(s: &Status) -> String {
+    format!("{}: {}", code_name(s.code()), s.message())
+}
+
+/// Runs `vmasim replay`.
+pub async fn run(c: &mut Client, a: &ReplayArgs) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(&a.file)
+        .map_err(|e| CliError::Other(format!("cannot read {}: {e}", a.file.display())))?;
+    let report = replay(c, &text, a.into, a.from_line, a.to_line).await?;
+    let out = report.text(a.verbose);
+    if report.diverged.is_empty() {
+        Ok(out)
+    } else {
+        print!("{out}");
+        Err(CliError::Check(format!(
+            "replay diverged on {} calls",
+            report.diverged.len()
+        )))
+    }
+}
+
+/// Replays the calls of `text` that start on lines `[from, to)`.
+pub async fn replay(
+    c: &mut Client,
+    text: &str,
+    into: Option<u32>,
+    from: Option<usize>,
+    to: Option<usize>,
+) -> Result<ReplayReport, CliError> {
+    let (calls, errors) = strace::parse(text);
+    let mut r = Replayer {
+        c,
+        tasks: HashMap::new(),
+        into,
+        files: HashMap::new(),
+        report: ReplayReport {
+            parse_errors: errors.iter().map(|e| e.to_string()).collect(),
+            ..Default::default()
+        },
+        refused_flags: false,
+    };
+    if let Some(pid) = into {
+        // Learn the file ids of the imported files, by path.
+        let m = r.c.maps(MapsRequest { pid }).await?.into_inner();
+        r.learn_files(&m.entries);
+    }
+    let in_range = |t: &TraceLine| {
+        from.is_none_or(|f| t.line_no >= f) && to.is_none_or(|e| t.line_no < e)
+    };
+    for t in calls.iter().filter(|t| in_range(t)) {
+        r.apply(t).await?;
+    }
+    Ok(r.report)
+}
+
+impl Replayer<'_> {
+    fn learn_files(&mut self, entries: &[VmaEntry]) {
+        for e in entries {
+            if e.file_id != 0 && !e.path.is_empty() {
+                self.files.entry(e.path.clone()).or_insert(e.file_id);
+            }
+        }
+    }
+
+    fn applied(&mut self, name: &str) {
+        *self.report.applied.entry(name.to_string()).or_default() += 1;
+    }
+
+    fn skip(&mut self, line: usize, reason: String) {
+        self.report.skipped.push((line, reason));
+    }
+
+    fn diverge(&mut self, line: usize, what: String) {
+        self.report.diverged.push((line, what));
+    }
+
+    /// The simulated process of a task; the first task seen becomes the
+    /// root (the `--into` process or a fresh one).
+    async fn process(&mut self, task: Option<u32>) -> Result<Option<u32>, CliError> {
+        if let Some(p) = self.tasks.get(&task) {
+            return Ok(Some(*p));
+        }
+        if !self.tasks.is_empty() || !self.report.processes.is_empty() {
+            return Ok(None);
+        }
+        let pid = match self.into {
+            Some(p) => p,
+            None => self.c.spawn(SpawnRequest::default()).await?.into_inner().pid,
+        };
+        self.tasks.insert(task, pid);
+        self.report.processes.push((task, pid));
+        Ok(Some(pid))
+    }
+
+    /// The file id for a path (or fd), registering the path with the
+    /// server on first use.
+    async fn file_id(&mut self, path: Option<&str>, fd: i64) -> Result<u64, CliError> {
+        let key = path.map_or_else(|| format!("fd {fd}"), str::to_string);
+        if let Some(id) = self.files.get(&key) {
+            return Ok(*id);
+        }
+        let id = match path {
+            Some(p) if !p.contains('\n') => {
+                // Register the path: a throw-away process with one line
+                // naming it; the server assigns the id (see module docs).
+                let inode = 1 + (fnv1a(p) & 0x7fff_ffff_ffff);
+                let line = format!("10000-11000 r--p 00000000 00:00 {inode} {p}\n");
+                let pid = self
+                    .c
+                    .spawn(SpawnRequest { maps_text: line })
+                    .await?
+                    .into_inner()
+                    .pid;
+                let m = self.c.maps(MapsRequest { pid }).await?.into_inner();
+                let _ = self.c.exit(ExitRequest { pid }).await;
+                m.entries.first().map_or(0, |e| e.file_id)
+            }
+            _ => 0,
+        };
+        let id = if id != 0 {
+            id
+        } else {
+            // No path (strace without -y): a client-chosen id per fd.
+            (1u64 << 40) + fd.unsigned_abs()
+        };
+        self.files.insert(key, id);
+        Ok(id)
+    }
+
+    /// mmap with the server's flag set: tries the original flags, then
+    /// (after INVALID_ARGUMENT) the flags the proto documents.
+    async fn mmap(&mut self, line: usize, mut req: MmapRequest) -> Result<u64, Status> {
+        if self.refused_flags {
+            req.flags &= PROTO_FLAGS;
+        }
+        match self.c.mmap(req.clone()).await {
+            Ok(r) => Ok(r.into_inner().addr),
+            Err(s) if s.code() == Code::InvalidArgument && req.flags & !PROTO_FLAGS != 0 => {
+                self.refused_flags = true;
+                self.report.notes.push((
+                    line,
+                    format!(
+                        "server refused flags {:#x} ({}); replaying with the documented flags only",
+                        req.flags & !PROTO_FLAGS,
+                        s.message()
+                    ),
+                ));
+                req.flags &= PROTO_FLAGS;
+                Ok(self.c.mmap(req).await?.into_inner().addr)
+            }
+            Err(s) => Err(s),
+        }
+    }
+
+    async fn apply(&mut self, t: &TraceLine) -> Result<(), CliError> {
+        let line = t.line_no;
+        // Failed calls: skipped.
+        let failed = match &t.call {
+            Syscall::Mmap { ret, .. }
+            | Syscall::Munmap { ret, .. }
+            | Syscall::Mprotect { ret, .. }
+            | Syscall::Brk { ret, .. }
+            | Syscall::Mremap { ret, .. }
+            | Syscall::Execve { ret } => ret.as_ref().err().cloned(),
+            Syscall::Fork { child } | Syscall::Thread { child } => child.as_ref().err().cloned(),
+            Syscall::Exit { .. } => None,
+            Syscall::Other { name, .. } => {
+                *self.report.other.entry(name.clone()).or_default() += 1;
+                return Ok(());
+            }
+        };
+        let name = syscall_name(&t.call);
+        if let Some(e) = failed {
+            self.skip(line, format!("{name} failed in the trace ({e})"));
+            return Ok(());
+        }
+        let Some(pid) = self.process(t.pid).await? else {
+            let task = t.pid.map_or("?".into(), |p| p.to_string());
+            self.skip(line, format!("{name} of task {task}, not created in the replayed range"));
+            return Ok(());
+        };
+        match &t.call {
+            Syscall::Mmap {
+                length,
+                prot,
+                flags,
+                fd,
+                path,
+                offset,
+                ret,
+                ..
+            } => {
+                let addr = *ret.as_ref().expect("checked");
+                let anon = flags & MAP_ANONYMOUS != 0;
+                let file_id = if anon {
+                    0
+                } else {
+                    self.file_id(path.as_deref(), *fd).await?
+                };
+                let req = MmapRequest {
+                    pid,
+                    addr,
+                    length: *length,
+                    prot: prot & 0x7,
+                    flags: (flags | MAP_FIXED) & !MAP_FIXED_NOREPLACE,
+                    file_id,
+                    offset: if anon { 0 } else { *offset },
+                };
+                match self.mmap(line, req).await {
+                    Ok(a) if a == addr => self.applied(name),
+                    Ok(a) => self.diverge(line, format!("mmap at {addr:#x} returned {a:#x}")),
+                    Err(s) => self.diverge(line, format!("mmap at {addr:#x}: {}", status_text(&s))),
+                }
+            }
+            Syscall::Munmap { addr, length, .. } => {
+                let req = MunmapRequest {
+                    pid,
+                    addr: *addr,
+                    length: *length,
+                };
+                match self.c.munmap(req).await {
+                    Ok(_) => self.applied(name),
+                    Err(s) => self.diverge(line, format!("munmap {addr:#x}: {}", status_text(&s))),
+                }
+            }
+            Syscall::Mprotect {
+                addr, length, prot, ..
+            } => {
+                let req = MprotectRequest {
+                    pid,
+                    addr: *addr,
+                    length: *length,
+                    prot: prot & 0x7,
+                };
+                match self.c.mprotect(req).await {
+                    Ok(_) => self.applied(name),
+                    Err(s) => {
+                        self.diverge(line, format!("mprotect {addr:#x}: {}", status_text(&s)))
+                    }
+                }
+            }
+            Syscall::Brk { addr, ret } => {
+                let want = *ret.as_ref().expect("checked");
+                let got = self
+                    .c
+                    .brk(BrkRequest { pid, brk: *addr })
+                    .await?
+                    .into_inner();
+                self.applied(name);
+                if got.brk != want {
+                    let what = if *addr == 0 {
+                        format!(
+                            "brk(NULL) is {:#x} in the simulation, {want:#x} in the trace (start_brk {:#x})",
+                            got.brk, got.start_brk
+                        )
+                    } else {
+                        format!(
+                            "brk({addr:#x}) gave {:#x} in the simulation, {want:#x} in the trace (start_brk {:#x})",
+                            got.brk, got.start_brk
+                        )
+                    };
+                    self.diverge(line, what);
+                }
+            }
+            Syscall::Mremap {
+                old_addr,
+                old_len,
+                new_len,
+                ret,
+                ..
+            } => {
+                let new = *ret.as_ref().expect("checked");
+                match self.mremap(line, pid, *old_addr, *old_len, *new_len, new).await {
+                    Ok(()) => self.applied(name),
+                    Err(s) => self.diverge(line, format!("mremap {old_addr:#x}: {}", status_text(&s))),
+                }
+            }
+            Syscall::Fork { child } => {
+                let child = *child.as_ref().expect("checked");
+                match self.c.fork(ForkRequest { pid }).await {
+                    Ok(r) => {
+                        let sim = r.into_inner().child_pid;
+                        self.tasks.insert(Some(child), sim);
+                        self.report.processes.push((Some(child), sim));
+                        self.applied(name);
+                    }
+                    Err(s) => self.diverge(line, format!("fork: {}", status_text(&s))),
+                }
+            }
+            Syscall::Thread { child } => {
+                let child = *child.as_ref().expect("checked");
+                self.tasks.insert(Some(child), pid);
+                self.applied(name);
+            }
+            Syscall::Exit { .. } => {
+                self.tasks.remove(&t.pid);
+                if self.tasks.values().any(|p| *p == pid) {
+                    self.applied("exit (thread)");
+                } else if Some(pid) == self.into {
+                    self.skip(line, "exit of the --into process (kept)".into());
+                } else {
+                    match self.c.exit(ExitRequest { pid }).await {
+                        Ok(_) => self.applied(name),
+                        Err(s) => self.diverge(line, format!("exit: {}", status_text(&s))),
+                    }
+                }
+            }
+            Syscall::Execve { .. } => {
+                // The other threads die; the task gets a fresh mm.
+                self.tasks.retain(|_, p| *p != pid);
+                if Some(pid) != self.into {
+                    let _ = self.c.exit(ExitRequest { pid }).await;
+                }
+                let fresh = self.c.spawn(SpawnRequest::default()).await?.into_inner().pid;
+                self.tasks.insert(t.pid, fresh);
+                self.report.processes.push((t.pid, fresh));
+                self.applied(name);
+            }
+            Syscall::Other { .. } => unreachable!("handled above"),
+        }
+        Ok(())
+    }
+
+    /// mremap as unmap + map (see the module docs).
+    async fn mremap(
+        &mut self,
+        line: usize,
+        pid: u32,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        new: u64,
+    ) -> Result<(), Status> {
+        let maps = self.c.maps(MapsRequest { pid }).await?.into_inner();
+        let Some(e) = maps
+            .entries
+            .iter()
+            .find(|e| e.start <= old && old < e.end)
+            .cloned()
+        else {
+            return Err(Status::failed_precondition(format!(
+                "no VMA at {old:#x} to remap"
+            )));
+        };
+        let page = |x: u64| x.div_ceil(4096) * 4096;
+        let (old_len, new_len) = (page(old_len), page(new_len));
+        let flags = if e.shared {
+            MapFlag::MapShared as u32
+        } else {
+            MapFlag::MapPrivate as u32
+        } | if e.file_id == 0 {
+            MapFlag::MapAnonymous as u32
+        } else {
+            0
+        } | MapFlag::MapFixed as u32;
+        let offset_at = |a: u64| if e.file_id == 0 { 0 } else { e.offset + (a - e.start) };
+        if new == old {
+            if new_len < old_len {
+                self.c
+                    .munmap(MunmapRequest {
+                        pid,
+                        addr: old + new_len,
+                        length: old_len - new_len,
+                    })
+                    .await?;
+            } else if new_len > old_len {
+                let at = old + old_len;
+                self.mmap(
+                    line,
+                    MmapRequest {
+                        pid,
+                        addr: at,
+                        length: new_len - old_len,
+                        prot: e.prot,
+                        flags,
+                        file_id: e.file_id,
+                        offset: offset_at(at),
+                    },
+                )
+                .await?;
+            }
+        } else {
+            self.c
+                .munmap(MunmapRequest {
+                    pid,
+                    addr: old,
+                    length: old_len,
+                })
+                .await?;
+            self.mmap(
+                line,
+                MmapRequest {
+                    pid,
+                    addr: new,
+                    length: new_len,
+                    prot: e.prot,
+                    flags,
+                    file_id: e.file_id,
+                    offset: offset_at(old),
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The syscall's name for reports.
+fn syscall_name(c: &Syscall) -> &'static str {
+    match c {
+        Syscall::Mmap { .. } => "mmap",
+        Syscall::Munmap { .. } => "munmap",
+        Syscall::Mprotect { .. } => "mprotect",
+        Syscall::Brk { .. } => "brk",
+        Syscall::Mremap { .. } => "mremap",
+        Syscall::Fork { .. } => "fork",
+        Syscall::Thread { .. } => "thread",
+        Syscall::Exit { .. } => "exit",
+        Syscall::Execve { .. } => "execve",
+        Syscall::Other { .. } => "other",
+    }
+}
+
+/// FNV-1a, for stable synthetic inode numbers of registered paths.
+fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

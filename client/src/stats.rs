@@ -1,0 +1,255 @@
+//! Server counters: `vmasim stats` output and before/after deltas.
+//!
+//! [`fields`] lists every number of a `StatsResponse` once, with its name
+//! and whether it is a counter or a gauge; the table, the JSON, the deltas
+//! of `load`/`demo` and the HTML report all come from that one list, so a
+//! new field shows up everywhere by adding one line.
+
+use crate::error::CliError;
+use serde_json::{Map, Value, json};
+use vmasim_proto::v1::{FaultTotals, StatsResponse};
+
+/// Whether a number only grows (a `_total` metric) or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic since server start; deltas are meaningful.
+    Counter,
+    /// Current value.
+    Gauge,
+}
+
+/// Every numeric field of `s`: (name, value, kind), in proto order. The
+/// `reuse_detected` map entries follow as `reuse_detected{check}`.
+pub fn fields(s: &StatsResponse) -> Vec<(String, u64, Kind)> {
+    use Kind::*;
+    let f = s.faults.unwrap_or_default();
+    let mut v: Vec<(String, u64, Kind)> = [
+        ("vma_lock_success", s.vma_lock_success, Counter),
+        ("vma_lock_abort", s.vma_lock_abort, Counter),
+        ("vma_lock_retry", s.vma_lock_retry, Counter),
+        ("vma_lock_miss", s.vma_lock_miss, Counter),
+        ("mmap_lock_fallbacks", s.mmap_lock_fallbacks, Counter),
+        ("faults", f.faults, Counter),
+        ("faults_anon_zero_fill", f.anon_zero_fill, Counter),
+        ("faults_file_page", f.file_page, Counter),
+        ("faults_cow_break", f.cow_break, Counter),
+        ("faults_already_present", f.already_present, Counter),
+        ("faults_segv_maperr", f.segv_maperr, Counter),
+        ("faults_segv_accerr", f.segv_accerr, Counter),
+        ("faults_per_vma_lock", f.per_vma_lock, Counter),
+        ("faults_mmap_lock_fallback", f.mmap_lock_fallback, Counter),
+        ("faults_mmap_lock", f.mmap_lock, Counter),
+        ("fault_retries", f.retries, Counter),
+        ("vma_alloc_reused", s.vma_alloc_reused, Counter),
+        ("vma_alloc_fresh", s.vma_alloc_fresh, Counter),
+        ("vma_reuse_before_gp", s.vma_reuse_before_gp, Counter),
+        ("vma_frees", s.vma_frees, Counter),
+        ("call_rcu_made", s.call_rcu_made, Counter),
+        ("call_rcu_avoided", s.call_rcu_avoided, Counter),
+        ("grace_periods", s.grace_periods, Counter),
+        ("pool_slots_live", s.pool_slots_live, Gauge),
+        ("pool_slots_free", s.pool_slots_free, Gauge),
+        ("pool_slots_waiting", s.pool_slots_waiting, Gauge),
+        ("pool_slabs", s.pool_slabs, Gauge),
+        ("pool_capacity_slots", s.pool_capacity_slots, Gauge),
+        ("processes", s.processes, Gauge),
+        ("processes_spawned_total", s.processes_spawned_total, Counter),
+        ("vmas", s.vmas, Gauge),
+        ("rss_pages", s.rss_pages, Gauge),
+    ]
+    .into_iter()
+    .map(|(n, x, k)| (n.to_string(), x, k))
+    .collect();
+    let mut checks: Vec<_> = s.reuse_detected.iter().collect();
+    checks.sort();
+    for (check, n) in checks {
+        v.push((format!("reuse_detected{{{check}}}"), *n, Counter));
+    }
+    v
+}
+
+/// `vmasim stats` as an aligned two-column table.
+pub fn table(s: &StatsResponse) -> String {
+    let mut out = format!(
+        "{:<34} {}\n{:<34} {}\n",
+        "vma_cache", s.vma_cache, "fault_lock", s.fault_lock
+    );
+    for (name, v, kind) in fields(s) {
+        let tag = if kind == Kind::Gauge { " (gauge)" } else { "" };
+        out.push_str(&format!("{name:<34} {v}{tag}\n"));
+    }
+    out
+}
+
+/// `vmasim stats --json`: one flat object, the same names as the table.
+pub fn to_json(s: &StatsResponse) -> Value {
+    let mut m = Map::new();
+    m.insert("vma_cache".into(), json!(s.vma_cache));
+    m.insert("fault_lock".into(), json!(s.fault_lock));
+    for (name, v, _) in fields(s) {
+        m.insert(name, json!(v));
+    }
+    Value::Object(m)
+}
+
+/// What changed on the server between two `Stats` snapshots, plus the
+/// ratios people look at.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StatsDelta {
+    /// Server's VMA cache policy.
+    pub vma_cache: String,
+    /// Server's fault locking mode.
+    pub fault_lock: String,
+    /// Counter increments (gauges: the value after).
+    pub values: Vec<(String, u64)>,
+    /// reused / (reused + fresh) VMA allocations, 0..1.
+    pub reuse_rate: f64,
+    /// Reuses before a grace period / all reuses, 0..1.
+    pub reuse_before_gp_rate: f64,
+    /// call_rcu avoided / (made + avoided), 0..1.
+    pub call_rcu_avoided_rate: f64,
+    /// Lockless lookup retries per fault.
+    pub retries_per_fault: f64,
+}
+
+impl StatsDelta {
+    /// `after - before` for counters, `after` for gauges.
+    pub fn between(before: &StatsResponse, after: &StatsResponse) -> Self {
+        let b = fields(before);
+        let values: Vec<(String, u64)> = fields(after)
+            .into_iter()
+            .map(|(name, a, kind)| {
+                let prev = b.iter().find(|(n, ..)| *n == name).map_or(0, |x| x.1);
+                let v = match kind {
+                    Kind::Counter => a.saturating_sub(prev),
+                    Kind::Gauge => a,
+                };
+                (name, v)
+            })
+            .collect();
+        let mut d = StatsDelta {
+            vma_cache: after.vma_cache.clone(),
+            fault_lock: after.fault_lock.clone(),
+            values,
+            ..Default::default()
+        };
+        let reused = d.get("vma_alloc_reused");
+        d.reuse_rate = ratio(reused, reused + d.get("vma_alloc_fresh"));
+        d.reuse_before_gp_rate = ratio(d.get("vma_reuse_before_gp"), reused);
+        let made = d.get("call_rcu_made");
+        d.call_rcu_avoided_rate = ratio(d.get("call_rcu_avoided"), made + d.get("call_rcu_avoided"));
+        d.retries_per_fault = ratio(d.get("fault_retries"), d.get("faults"));
+        d
+    }
+
+    /// One value by name (0 if absent).
+    pub fn get(&self, name: &str) -> u64 {
+        self.values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |x| x.1)
+    }
+
+    /// The counters people look at first, as `(label, text)` rows.
+    pub fn summary_rows(&self) -> Vec<(String, String)> {
+        let reused = self.get("vma_alloc_reused");
+        let all = reused + self.get("vma_alloc_fresh");
+        vec![
+            ("mode".into(), format!("{} / {}", self.vma_cache, self.fault_lock)),
+            ("faults".into(), self.get("faults").to_string()),
+            (
+                "VMA reuse rate".into(),
+                format!("{} ({reused}/{all})", pct(self.reuse_rate)),
+            ),
+            (
+                "reuses before a grace period".into(),
+                format!("{} ({})", self.get("vma_reuse_before_gp"), pct(self.reuse_before_gp_rate)),
+            ),
+            (
+                "call_rcu made / avoided".into(),
+                format!(
+                    "{} / {} ({} avoided)",
+                    self.get("call_rcu_made"),
+                    self.get("call_rcu_avoided"),
+                    pct(self.call_rcu_avoided_rate)
+                ),
+            ),
+            (
+                "vma lock success/abort/retry/miss".into(),
+                format!(
+                    "{} / {} / {} / {}",
+                    self.get("vma_lock_success"),
+                    self.get("vma_lock_abort"),
+                    self.get("vma_lock_retry"),
+                    self.get("vma_lock_miss")
+                ),
+            ),
+            ("mmap_lock fallbacks".into(), self.get("mmap_lock_fallbacks").to_string()),
+            ("grace periods".into(), self.get("grace_periods").to_string()),
+        ]
+    }
+}
+
+/// a / b, or 0 when b is 0.
+pub fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// A 0..1 ratio as a percentage with one decimal.
+pub fn pct(r: f64) -> String {
+    format!("{:.1}%", r * 100.0)
+}
+
+/// Sums `b` into `a` (fault totals of several batches).
+pub fn add_totals(a: &mut FaultTotals, b: &FaultTotals) {
+    a.faults += b.faults;
+    a.anon_zero_fill += b.anon_zero_fill;
+    a.file_page += b.file_page;
+    a.cow_break += b.cow_break;
+    a.already_present += b.already_present;
+    a.segv_maperr += b.segv_maperr;
+    a.segv_accerr += b.segv_accerr;
+    a.per_vma_lock += b.per_vma_lock;
+    a.mmap_lock_fallback += b.mmap_lock_fallback;
+    a.mmap_lock += b.mmap_lock;
+    a.retries += b.retries;
+}
+
+/// Fetches `Stats` from the server.
+pub async fn fetch(client: &mut crate::connect::Client) -> Result<StatsResponse, CliError> {
+    Ok(client
+        .stats(vmasim_proto::v1::StatsRequest {})
+        .await?
+        .into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_of_counters_and_gauges() {
+        let before = StatsResponse {
+            vma_alloc_reused: 10,
+            vma_alloc_fresh: 10,
+            processes: 5,
+            call_rcu_avoided: 4,
+            ..Default::default()
+        };
+        let after = StatsResponse {
+            vma_alloc_reused: 40,
+            vma_alloc_fresh: 20,
+            processes: 3,
+            call_rcu_avoided: 14,
+            vma_cache: "typesafe".into(),
+            ..Default::default()
+        };
+        let d = StatsDelta::between(&before, &after);
+        assert_eq!(d.get("vma_alloc_reused"), 30);
+        assert_eq!(d.get("processes"), 3);
+        assert!((d.reuse_rate - 0.75).abs() < 1e-9);
+        assert!((d.call_rcu_avoided_rate - 1.0).abs() < 1e-9);
+        assert!(table(&after).contains("vma_alloc_reused"));
+        assert_eq!(to_json(&after)["vma_cache"], "typesafe");
+    }
+}

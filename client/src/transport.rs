@@ -1,0 +1,127 @@
+//! One operation, two ways to send it: a unary RPC or the `Session` stream.
+//!
+//! The load generator and the demo build every operation as a
+//! [`session_request::Op`] and get back a [`session_reply::Result`], so the
+//! same worker code runs over unary calls (`--stream` off) and over one
+//! bidirectional `Session` stream per worker (`--stream`). A reply with a
+//! non-zero `code` on the stream becomes the same `tonic::Status` the unary
+//! RPC would have returned, so callers see one error shape.
+
+use crate::connect::Client;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
+use vmasim_proto::v1::session_reply::Result as Reply;
+use vmasim_proto::v1::session_request::Op;
+use vmasim_proto::v1::{SessionReply, SessionRequest};
+
+/// How a worker talks to the server.
+pub enum Transport {
+    /// One unary RPC per operation.
+    Unary(Client),
+    /// One `Session` stream; one request in flight at a time, so replies
+    /// come back in the order of requests and latency is per operation.
+    Stream(Box<StreamConn>),
+}
+
+/// An open `Session` stream.
+pub struct StreamConn {
+    /// Kept to reopen the stream if it ends (e.g. after a server restart).
+    client: Client,
+    /// Requests go here; the receiving half is the request stream.
+    tx: Option<mpsc::Sender<SessionRequest>>,
+    /// Replies.
+    rx: Option<Streaming<SessionReply>>,
+    /// Id of the next request (echoed by the server, checked on reply).
+    next_id: u64,
+}
+
+impl StreamConn {
+    async fn open(&mut self) -> Result<(), Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let replies = self
+            .client
+            .session(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        self.tx = Some(tx);
+        self.rx = Some(replies);
+        Ok(())
+    }
+
+    async fn call(&mut self, op: Op) -> Result<Reply, Status> {
+        if self.tx.is_none() {
+            self.open().await?;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = SessionRequest { id, op: Some(op) };
+        let sent = self.tx.as_ref().expect("opened").send(req).await;
+        let reply = match sent {
+            Ok(()) => self.rx.as_mut().expect("opened").message().await,
+            Err(_) => Err(Status::unavailable("session stream closed")),
+        };
+        let reply = match reply {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                self.tx = None;
+                self.rx = None;
+                return Err(Status::unavailable("session stream ended"));
+            }
+            Err(s) => {
+                self.tx = None;
+                self.rx = None;
+                return Err(s);
+            }
+        };
+        if reply.id != id {
+            return Err(Status::internal(format!(
+                "session reply id {} for request {id}",
+                reply.id
+            )));
+        }
+        if reply.code != 0 {
+            return Err(Status::new(Code::from(reply.code), reply.message));
+        }
+        reply
+            .result
+            .ok_or_else(|| Status::internal("session reply without result"))
+    }
+}
+
+impl Transport {
+    /// A transport over `client`, streaming or not. The stream is opened
+    /// lazily on the first call.
+    pub fn new(client: Client, stream: bool) -> Self {
+        if stream {
+            Transport::Stream(Box::new(StreamConn {
+                client,
+                tx: None,
+                rx: None,
+                next_id: 1,
+            }))
+        } else {
+            Transport::Unary(client)
+        }
+    }
+
+    /// Runs one operation and returns its result.
+    pub async fn call(&mut self, op: Op) -> Result<Reply, Status> {
+        let c = match self {
+            Transport::Stream(s) => return s.call(op).await,
+            Transport::Unary(c) => c,
+        };
+        Ok(match op {
+            Op::Spawn(r) => Reply::Spawn(c.spawn(r).await?.into_inner()),
+            Op::Mmap(r) => Reply::Mmap(c.mmap(r).await?.into_inner()),
+            Op::Munmap(r) => Reply::Munmap(c.munmap(r).await?.into_inner()),
+            Op::Mprotect(r) => Reply::Mprotect(c.mprotect(r).await?.into_inner()),
+            Op::Brk(r) => Reply::Brk(c.brk(r).await?.into_inner()),
+            Op::Fault(r) => Reply::Fault(c.fault(r).await?.into_inner()),
+            Op::FaultBatch(r) => Reply::FaultBatch(c.fault_batch(r).await?.into_inner()),
+            Op::Fork(r) => Reply::Fork(c.fork(r).await?.into_inner()),
+            Op::Exit(r) => Reply::Exit(c.exit(r).await?.into_inner()),
+            Op::Maps(r) => Reply::Maps(c.maps(r).await?.into_inner()),
+        })
+    }
+}

@@ -1,0 +1,265 @@
+//! `vmasim-server`: parse flags, set up logging, bind, and hand over to
+//! [`vmasim_server::server::Server::serve`]. Nothing else lives here, so
+//! tests and the client's demo run exactly the server this binary runs.
+
+#[cfg(vmasim_loom)]
+fn main() {
+    // The model-checking build compiles only the engine's lock-free core.
+}
+
+#[cfg(not(vmasim_loom))]
+fn main() -> std::process::ExitCode {
+    imp::main()
+}
+
+#[cfg(not(vmasim_loom))]
+mod imp {
+    use clap::{Parser, ValueEnum};
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::process::ExitCode;
+    use std::time::Duration;
+    use vmasim_server::mm::fault::FaultLockMode;
+    use vmasim_server::mm::pool::CachePolicy;
+    use vmasim_server::mm::sim::SimConfig;
+    use vmasim_server::server::{Server, ServerConfig, TlsPem};
+
+    /// vmasim: simulated Linux address spaces (mm_struct + VMAs) served over
+    /// gRPC, to watch and measure the kernel's per-VMA locks and its
+    /// SLAB_TYPESAFE_BY_RCU VMA cache under real concurrency.
+    ///
+    /// Serves vmasim.v1.AddressSpace, grpc.health.v1.Health and server
+    /// reflection on --listen, and Prometheus metrics at /metrics on
+    /// --metrics-listen. Every flag can also be set through the environment
+    /// variable shown. SIGINT or SIGTERM: health goes NOT_SERVING, in-flight
+    /// calls finish (at most 10 s), exit 0.
+    #[derive(Debug, Parser)]
+    #[command(name = "vmasim-server", version, about, long_about)]
+    struct Args {
+        /// gRPC listen address.
+        #[arg(long, env = "VMASIM_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+
+        /// Prometheus metrics listen address (GET /metrics).
+        #[arg(long, env = "VMASIM_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+        metrics_listen: SocketAddr,
+
+        /// VMA cache free policy: typesafe (SLAB_TYPESAFE_BY_RCU, freed slots reused at once) or rcu (every free waits a grace period).
+        #[arg(long, env = "VMASIM_VMA_CACHE", value_enum, default_value_t = VmaCache::Typesafe)]
+        vma_cache: VmaCache,
+
+        /// Fault locking: per-vma (lock_vma_under_rcu, mmap_lock as fallback) or mmap-lock (every fault takes mmap_lock).
+        #[arg(long, env = "VMASIM_FAULT_LOCK", value_enum, default_value_t = FaultLock::PerVma)]
+        fault_lock: FaultLock,
+
+        /// Maximum live processes; more gets RESOURCE_EXHAUSTED.
+        #[arg(long, env = "VMASIM_MAX_PROCESSES", default_value_t = 4096)]
+        max_processes: usize,
+
+        /// vm.max_map_count: maximum VMAs per process.
+        #[arg(long, env = "VMASIM_MAX_MAP_COUNT", default_value_t = 65530)]
+        max_map_count: usize,
+
+        /// VMA cache capacity in slots (one slot per VMA, shared by all processes).
+        #[arg(long, env = "VMASIM_POOL_CAPACITY", default_value_t = 1 << 20)]
+        pool_capacity: u32,
+
+        /// Maximum addresses in one FaultBatch; more gets INVALID_ARGUMENT.
+        #[arg(long, env = "VMASIM_MAX_BATCH", default_value_t = 65536)]
+        max_batch: usize,
+
+        /// Maximum calls in flight (a Session stream counts as one); more get RESOURCE_EXHAUSTED at once.
+        #[arg(long, env = "VMASIM_CONCURRENCY_LIMIT", default_value_t = 1024)]
+        concurrency_limit: usize,
+
+        /// Server-side limit on the time to answer one call, e.g. 30s or 500ms.
+        #[arg(long, env = "VMASIM_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+        request_timeout: Duration,
+
+        /// Require `authorization: Bearer <token>` on every call but health checks.
+        #[arg(
+            long,
+            env = "VMASIM_AUTH_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "auth_token_file"
+        )]
+        auth_token: Option<String>,
+
+        /// Read the bearer token from this file (surrounding whitespace ignored).
+        #[arg(long, env = "VMASIM_AUTH_TOKEN_FILE")]
+        auth_token_file: Option<PathBuf>,
+
+        /// TLS certificate chain (PEM) for the gRPC listener; needs --tls-key.
+        #[arg(long, env = "VMASIM_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+
+        /// TLS private key (PEM) for the gRPC listener; needs --tls-cert.
+        #[arg(long, env = "VMASIM_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+
+        /// Log format on stderr (level via RUST_LOG, default info).
+        #[arg(long, env = "VMASIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+
+        /// Allow a non-loopback listen address without --auth-token.
+        #[arg(long, env = "VMASIM_INSECURE")]
+        insecure: bool,
+    }
+
+    #[derive(Debug, Clone, Copy, ValueEnum)]
+    enum VmaCache {
+        Typesafe,
+        Rcu,
+    }
+
+    #[derive(Debug, Clone, Copy, ValueEnum)]
+    enum FaultLock {
+        PerVma,
+        MmapLock,
+    }
+
+    #[derive(Debug, Clone, Copy, ValueEnum)]
+    enum LogFormat {
+        Text,
+        Json,
+    }
+
+    fn init_logging(format: LogFormat) {
+        use tracing_subscriber::EnvFilter;
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+    }
+
+    /// Turn the flags into a config; `Err` is a message for the user.
+    fn config(args: &Args) -> Result<ServerConfig, String> {
+        let auth_token = match (&args.auth_token, &args.auth_token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(path)) => {
+                let t = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?;
+                Some(t.trim().to_string())
+            }
+            (None, None) => None,
+        };
+        if auth_token.as_deref() == Some("") {
+            return Err("the auth token is empty".into());
+        }
+        if auth_token.is_none() && !args.insecure {
+            for (flag, addr) in [
+                ("--listen", args.listen),
+                ("--metrics-listen", args.metrics_listen),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return Err(format!(
+                        "refusing to listen on non-loopback {flag} {addr} without authentication: \
+                         pass --auth-token (or --auth-token-file), or --insecure if the network is private"
+                    ));
+                }
+            }
+        }
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some(TlsPem {
+                cert: std::fs::read(c).map_err(|e| format!("--tls-cert {}: {e}", c.display()))?,
+                key: std::fs::read(k).map_err(|e| format!("--tls-key {}: {e}", k.display()))?,
+            }),
+            _ => None,
+        };
+        if args.pool_capacity == 0 || args.max_processes == 0 || args.max_map_count == 0 {
+            return Err("--pool-capacity, --max-processes and --max-map-count must be > 0".into());
+        }
+        Ok(ServerConfig {
+            sim: SimConfig {
+                vma_cache: match args.vma_cache {
+                    VmaCache::Typesafe => CachePolicy::Typesafe,
+                    VmaCache::Rcu => CachePolicy::Rcu,
+                },
+                fault_lock: match args.fault_lock {
+                    FaultLock::PerVma => FaultLockMode::PerVma,
+                    FaultLock::MmapLock => FaultLockMode::MmapLock,
+                },
+                max_processes: args.max_processes,
+                max_map_count: args.max_map_count,
+                pool_capacity: args.pool_capacity,
+            },
+            max_batch: args.max_batch,
+            concurrency_limit: args.concurrency_limit.max(1),
+            request_timeout: args.request_timeout,
+            auth_token,
+            tls,
+            ..ServerConfig::default()
+        })
+    }
+
+    /// SIGINT or SIGTERM.
+    async fn shutdown_signal() {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install the SIGTERM handler: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+
+    pub fn main() -> ExitCode {
+        let args = Args::parse();
+        init_logging(args.log_format);
+        let cfg = match config(&args) {
+            Ok(c) => c,
+            Err(msg) => {
+                eprintln!("vmasim-server: {msg}");
+                return ExitCode::from(2);
+            }
+        };
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("vmasim-server: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = rt.block_on(async {
+            let grpc = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+            let metrics = tokio::net::TcpListener::bind(args.metrics_listen)
+                .await
+                .map_err(|e| format!("--metrics-listen {}: {e}", args.metrics_listen))?;
+            tracing::info!(
+                vma_cache = cfg.sim.vma_cache.as_str(),
+                fault_lock = cfg.sim.fault_lock.as_str(),
+                max_processes = cfg.sim.max_processes,
+                max_map_count = cfg.sim.max_map_count,
+                pool_capacity = cfg.sim.pool_capacity,
+                "vmasim-server {}",
+                env!("CARGO_PKG_VERSION")
+            );
+            Server::new(cfg)
+                .serve(grpc, Some(metrics), shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("vmasim-server: {msg}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,730 @@
+//! `vmasim.v1.AddressSpace` on top of the engine: validation, translation
+//! and error mapping, nothing else.
+//!
+//! Why shaped so:
+//!
+//! * **Validate, translate, call.** Every handler checks what the engine
+//!   cannot know (wire enums, pid 0, `--max-batch`, the flag bits the API
+//!   allows) and turns the request into one engine call. The engine
+//!   validates the rest (alignment, ranges, limits) and fails without
+//!   changing anything, so a failed RPC never leaves half an operation
+//!   behind. [`status_from`] maps [`MmError`] to a gRPC status with an
+//!   exhaustive match, so a new engine error cannot slip through unmapped.
+//! * **Blocking work off the async workers.** Writers (`mmap`, `munmap`,
+//!   `mprotect`, `brk`) take `mmap_lock` for write and may wait behind a
+//!   `fork` that holds it for O(VMAs); `fork`, `exit`, spawn-from-maps and
+//!   `maps` are O(VMAs) themselves. They run in `spawn_blocking`, so a long
+//!   writer never stalls the tokio workers that serve every other call. A
+//!   single fault is short (lockless on the per-VMA path) and runs inline;
+//!   a large `FaultBatch` goes to `spawn_blocking` too.
+//! * **One code path per operation.** The unary RPCs and the `Session`
+//!   stream call the same `op_*` functions, so a stream reply carries
+//!   exactly the status the unary call would have returned.
+//! * **Session backpressure.** One task per stream handles requests in
+//!   order and sends replies into a bounded channel of `stream_buffer`
+//!   entries. When the client stops reading, the channel fills, the task
+//!   stops reading requests, and HTTP/2 flow control pushes back on the
+//!   client: nothing is buffered without bound.
+
+use crate::mm::MmError;
+use crate::mm::TASK_SIZE;
+use crate::mm::fault::{self as mmfault, FaultResult, do_user_addr_fault};
+use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_mprotect, do_munmap, map};
+use crate::mm::proc_maps::MapsEntry;
+use crate::mm::race_lab;
+use crate::mm::sim::Simulator;
+use crate::mm::vma::vm_flags::{VM_ACCESS_FLAGS, VM_MAYSHARE};
+use crate::telemetry::Telemetry;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+use vmasim_proto::v1::address_space_server::AddressSpace;
+use vmasim_proto::v1::{self as pb, session_reply, session_request};
+
+/// Every `mmap` flag bit the API accepts (address_space.proto, `flags`).
+/// The engine knows more Linux flags; the API promises INVALID_ARGUMENT for
+/// anything but these.
+const API_MAP_FLAGS: u32 = map::MAP_SHARED
+    | map::MAP_PRIVATE
+    | map::MAP_FIXED
+    | map::MAP_ANONYMOUS
+    | map::MAP_FIXED_NOREPLACE;
+
+/// In a `FaultBatch`, one fault in this many is timed for
+/// `vmasim_fault_duration_seconds`. The batch's average is not the latency
+/// of any fault, so individual faults are sampled instead; timing every one
+/// would add two clock reads per fault to a throughput path.
+pub const FAULT_BATCH_SAMPLE: usize = 64;
+
+/// Batches up to this many addresses run inline on the async worker; larger
+/// ones go to `spawn_blocking` (a 64 Ki batch is milliseconds of work).
+const INLINE_BATCH: usize = 1024;
+
+/// Request-size limits the service enforces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Maximum addresses in one `FaultBatch`.
+    pub max_batch: usize,
+    /// Maximum size of a `maps_text`, bytes (the decoder already caps whole
+    /// messages; this gives a clear field-level error).
+    pub max_maps_text: usize,
+    /// Replies in flight per `Session` stream.
+    pub stream_buffer: usize,
+}
+
+/// The `AddressSpace` service. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct AddressSpaceService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sim: Arc<Simulator>,
+    telemetry: Arc<Telemetry>,
+    limits: Limits,
+    /// Becomes `true` when shutdown starts: open `Session` streams end with
+    /// UNAVAILABLE after the operation in hand, so the drain does not wait
+    /// for load generators that never hang up.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for AddressSpaceService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressSpaceService")
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Map an engine error to the status the API documents.
+pub fn status_from(e: MmError) -> Status {
+    let msg = e.to_string();
+    match e {
+        // Both messages start with the field name ("field: reason").
+        MmError::InvalidArgument { .. } | MmError::Overflow { .. } => Status::invalid_argument(msg),
+        MmError::NoSuchProcess(_) => Status::not_found(msg),
+        MmError::Exists { .. } => Status::already_exists(msg),
+        MmError::NotMapped { .. } => Status::failed_precondition(msg),
+        MmError::MapCountExceeded { .. }
+        | MmError::PoolExhausted { .. }
+        | MmError::TooManyProcesses { .. }
+        | MmError::NoSpace { .. } => Status::resource_exhausted(msg),
+    }
+}
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+fn check_pid(pid: u32) -> Result<u32, Status> {
+    if pid == 0 {
+        return Err(invalid("pid", "must be set (0 is never a process id)"));
+    }
+    Ok(pid)
+}
+
+/// A length the engine would round up: > 0 and, rounded, inside user space.
+fn check_length(len: u64) -> Result<(), Status> {
+    if len == 0 {
+        return Err(invalid("length", "must be greater than 0"));
+    }
+    if len > TASK_SIZE {
+        return Err(invalid(
+            "length",
+            format!("{len:#x} bytes does not fit in user space ({TASK_SIZE:#x} bytes)"),
+        ));
+    }
+    Ok(())
+}
+
+fn access_from(v: i32) -> Result<mmfault::Access, Status> {
+    match pb::Access::try_from(v) {
+        Ok(pb::Access::Read) => Ok(mmfault::Access::Read),
+        Ok(pb::Access::Write) => Ok(mmfault::Access::Write),
+        Ok(pb::Access::Exec) => Ok(mmfault::Access::Exec),
+        Err(_) => Err(invalid("access", format!("unknown value {v}"))),
+    }
+}
+
+fn outcome_to_pb(o: mmfault::FaultOutcome) -> pb::FaultOutcome {
+    use mmfault::FaultOutcome as O;
+    match o {
+        O::AnonZeroFill => pb::FaultOutcome::AnonZeroFill,
+        O::FilePage => pb::FaultOutcome::FilePage,
+        O::CowBreak => pb::FaultOutcome::CowBreak,
+        O::AlreadyPresent => pb::FaultOutcome::AlreadyPresent,
+        O::SegvMaperr => pb::FaultOutcome::SegvMaperr,
+        O::SegvAccerr => pb::FaultOutcome::SegvAccerr,
+    }
+}
+
+fn path_to_pb(p: mmfault::FaultPath) -> pb::FaultPath {
+    use mmfault::FaultPath as P;
+    match p {
+        P::PerVmaLock => pb::FaultPath::PerVmaLock,
+        P::MmapLockFallback => pb::FaultPath::MmapLockFallback,
+        P::MmapLock => pb::FaultPath::MmapLock,
+    }
+}
+
+/// Add one fault to `t`.
+fn count(t: &mut pb::FaultTotals, r: &FaultResult) {
+    use mmfault::{FaultOutcome as O, FaultPath as P};
+    t.faults += 1;
+    match r.outcome {
+        O::AnonZeroFill => t.anon_zero_fill += 1,
+        O::FilePage => t.file_page += 1,
+        O::CowBreak => t.cow_break += 1,
+        O::AlreadyPresent => t.already_present += 1,
+        O::SegvMaperr => t.segv_maperr += 1,
+        O::SegvAccerr => t.segv_accerr += 1,
+    }
+    match r.path {
+        P::PerVmaLock => t.per_vma_lock += 1,
+        P::MmapLockFallback => t.mmap_lock_fallback += 1,
+        P::MmapLock => t.mmap_lock += 1,
+    }
+    t.retries += u64::from(r.retries);
+}
+
+fn entry_to_pb(e: MapsEntry) -> pb::VmaEntry {
+    pb::VmaEntry {
+        start: e.start,
+        end: e.end,
+        // VM_READ/WRITE/EXEC have the PROT_* values.
+        prot: (e.vm_flags & VM_ACCESS_FLAGS) as u32,
+        shared: e.vm_flags & VM_MAYSHARE != 0,
+        offset: e.offset,
+        file_id: e.file_id,
+        path: e.path,
+        dev_major: e.dev_major,
+        dev_minor: e.dev_minor,
+        inode: e.inode,
+    }
+}
+
+/// Run `f` on the blocking pool. An engine panic becomes INTERNAL for this
+/// call instead of taking a worker (and the connection) down.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("engine task failed: {e}")))?
+}
+
+fn vma_count(mm: &crate::mm::mm_struct::MmStruct) -> u32 {
+    u32::try_from(mm.mmap_read_lock().map_count).unwrap_or(u32::MAX)
+}
+
+impl AddressSpaceService {
+    /// A service over `sim`, recording into `telemetry`. `shutdown` turns
+    /// `true` when the server starts shutting down.
+    pub fn new(
+        sim: Arc<Simulator>,
+        telemetry: Arc<Telemetry>,
+        limits: Limits,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sim,
+                telemetry,
+                limits,
+                shutdown,
+            }),
+        }
+    }
+
+    fn sim(&self) -> Arc<Simulator> {
+        self.inner.sim.clone()
+    }
+
+    async fn op_spawn(&self, req: pb::SpawnRequest) -> Result<pb::SpawnResponse, Status> {
+        let sim = self.sim();
+        if req.maps_text.is_empty() {
+            let pid = sim.spawn().map_err(status_from)?;
+            return Ok(pb::SpawnResponse { pid, vma_count: 0 });
+        }
+        let max = self.inner.limits.max_maps_text;
+        if req.maps_text.len() > max {
+            return Err(invalid(
+                "maps_text",
+                format!(
+                    "{} bytes exceeds the limit of {max} bytes",
+                    req.maps_text.len()
+                ),
+            ));
+        }
+        blocking(move || {
+            let pid = sim.spawn_from_maps(&req.maps_text).map_err(status_from)?;
+            // The process may already have been killed by another client;
+            // then it started with as many VMAs as the text has lines, which
+            // we no longer know, so report 0 rather than fail a done spawn.
+            let vma_count = sim.mm(pid).map(|mm| vma_count(&mm)).unwrap_or(0);
+            Ok(pb::SpawnResponse { pid, vma_count })
+        })
+        .await
+    }
+
+    async fn op_mmap(&self, req: pb::MmapRequest) -> Result<pb::MmapResponse, Status> {
+        let pid = check_pid(req.pid)?;
+        check_length(req.length)?;
+        let unknown = req.flags & !API_MAP_FLAGS;
+        if unknown != 0 {
+            return Err(invalid("flags", format!("unknown bits {unknown:#x}")));
+        }
+        if req.flags & map::MAP_SHARED_VALIDATE == map::MAP_SHARED_VALIDATE {
+            return Err(invalid(
+                "flags",
+                "exactly one of MAP_SHARED and MAP_PRIVATE is required, not both",
+            ));
+        }
+        let args = MmapArgs {
+            addr: req.addr,
+            len: req.length,
+            prot: req.prot,
+            flags: req.flags,
+            file: req.file_id,
+            offset: req.offset,
+        };
+        let sim = self.sim();
+        blocking(move || {
+            let mm = sim.mm(pid).map_err(status_from)?;
+            let addr = do_mmap(&mm, args).map_err(status_from)?;
+            Ok(pb::MmapResponse { addr })
+        })
+        .await
+    }
+
+    async fn op_munmap(&self, req: pb::MunmapRequest) -> Result<pb::MunmapResponse, Status> {
+        let pid = check_pid(req.pid)?;
+        check_length(req.length)?;
+        let sim = self.sim();
+        blocking(move || {
+            let mm = sim.mm(pid).map_err(status_from)?;
+            do_munmap(&mm, req.addr, req.length).map_err(status_from)?;
+            Ok(pb::MunmapResponse {
+                vma_count: vma_count(&mm),
+            })
+        })
+        .await
+    }
+
+    async fn op_mprotect(&self, req: pb::MprotectRequest) -> Result<pb::MprotectResponse, Status> {
+        let pid = check_pid(req.pid)?;
+        check_length(req.length)?;
+        let sim = self.sim();
+        blocking(move || {
+            let mm = sim.mm(pid).map_err(status_from)?;
+            do_mprotect(&mm, req.addr, req.length, req.prot).map_err(status_from)?;
+            Ok(pb::MprotectResponse {
+                vma_count: vma_count(&mm),
+            })
+        })
+        .await
+    }
+
+    async fn op_brk(&self, req: pb::BrkRequest) -> Result<pb::BrkResponse, Status> {
+        let pid = check_pid(req.pid)?;
+        let sim = self.sim();
+        blocking(move || {
+            let mm = sim.mm(pid).map_err(status_from)?;
+            let (brk, start_brk) = do_brk(&mm, req.brk).map_err(status_from)?;
+            Ok(pb::BrkResponse { brk, start_brk })
+        })
+        .await
+    }
+
+    /// One fault, inline: it is short, and on the per-VMA path it takes no
+    /// lock at all.
+    fn op_fault(&self, req: pb::FaultRequest) -> Result<pb::FaultResponse, Status> {
+        let pid = check_pid(req.pid)?;
+        let access = access_from(req.access)?;
+        let mm = self.inner.sim.mm(pid).map_err(status_from)?;
+        let t = Instant::now();
+        let r = do_user_addr_fault(&mm, req.addr, access);
+        self.inner.telemetry.record_fault(t.elapsed());
+        Ok(pb::FaultResponse {
+            outcome: outcome_to_pb(r.outcome) as i32,
+            path: path_to_pb(r.path) as i32,
+            retries: r.retries,
+        })
+    }
+
+    async fn op_fault_batch(
+        &self,
+        req: pb::FaultBatchRequest,
+    ) -> Result<pb::FaultBatchResponse, Status> {
+        let pid = check_pid(req.pid)?;
+        let access = access_from(req.access)?;
+        let max = self.inner.limits.max_batch;
+        if req.addrs.len() > max {
+            return Err(invalid(
+                "addrs",
+                format!(
+                    "{} addresses exceeds the server's --max-batch of {max}",
+                    req.addrs.len()
+                ),
+            ));
+        }
+        // One process lookup for the whole batch.
+        let mm = self.inner.sim.mm(pid).map_err(status_from)?;
+        let telemetry = self.inner.telemetry.clone();
+        let inline = req.addrs.len() <= INLINE_BATCH;
+        let run = move || {
+            let n = if req.totals_only { 0 } else { req.addrs.len() };
+            let mut resp = pb::FaultBatchResponse {
+                outcomes: Vec::with_capacity(n),
+                paths: Vec::with_capacity(n),
+                retries: Vec::with_capacity(n),
+                totals: None,
+            };
+            let mut totals = pb::FaultTotals::default();
+            for (i, &addr) in req.addrs.iter().enumerate() {
+                let r = if i % FAULT_BATCH_SAMPLE == 0 {
+                    let t = Instant::now();
+                    let r = do_user_addr_fault(&mm, addr, access);
+                    telemetry.record_fault(t.elapsed());
+                    r
+                } else {
+                    do_user_addr_fault(&mm, addr, access)
+                };
+                count(&mut totals, &r);
+                if !req.totals_only {
+                    resp.outcomes.push(outcome_to_pb(r.outcome) as i32);
+                    resp.paths.push(path_to_pb(r.path) as i32);
+                    resp.retries.push(r.retries);
+                }
+            }
+            resp.totals = Some(totals);
+            Ok(resp)
+        };
+        if inline { run() } else { blocking(run).await }
+    }
+
+    async fn op_fork(&self, req: pb::ForkRequest) -> Result<pb::ForkResponse, Status> {
+        let pid = check_pid(req.pid)?;
+        let sim = self.sim();
+        blocking(move || {
+            let child_pid = sim.fork(pid).map_err(status_from)?;
+            Ok(pb::ForkResponse { child_pid })
+        })
+        .await
+    }
+
+    async fn op_exit(&self, req: pb::ExitRequest) -> Result<pb::ExitResponse, Status> {
+        let pid = check_pid(req.pid)?;
+        let sim = self.sim();
+        blocking(move || {
+            let s = sim.exit(pid).map_err(status_from)?;
+            Ok(pb::ExitResponse {
+                vmas_freed: s.vmas_freed,
+                rss_pages_freed: s.rss_pages_freed,
+            })
+        })
+        .await
+    }
+
+    async fn op_maps(&self, req: pb::MapsRequest) -> Result<pb::MapsResponse, Status> {
+        let pid = check_pid(req.pid)?;
+        let sim = self.sim();
+        blocking(move || {
+            let m = sim.maps(pid).map_err(status_from)?;
+            Ok(pb::MapsResponse {
+                text: m.text,
+                entries: m.entries.into_iter().map(entry_to_pb).collect(),
+                brk: m.brk,
+                start_brk: m.start_brk,
+                rss_pages: m.rss_pages,
+            })
+        })
+        .await
+    }
+
+    fn op_stats(&self) -> pb::StatsResponse {
+        use mmfault::{FaultOutcome as O, FaultPath as P, ReuseCheck};
+        let sim = &self.inner.sim;
+        let cfg = sim.config();
+        let s = sim.stats();
+        let f = &s.faults;
+        pb::StatsResponse {
+            vma_cache: cfg.vma_cache.as_str().to_string(),
+            fault_lock: cfg.fault_lock.as_str().to_string(),
+            vma_lock_success: f.vma_lock[0],
+            vma_lock_abort: f.vma_lock[1],
+            vma_lock_retry: f.vma_lock[2],
+            vma_lock_miss: f.vma_lock[3],
+            mmap_lock_fallbacks: f.by_path(P::MmapLockFallback),
+            faults: Some(pb::FaultTotals {
+                faults: f.total(),
+                anon_zero_fill: f.by_outcome(O::AnonZeroFill),
+                file_page: f.by_outcome(O::FilePage),
+                cow_break: f.by_outcome(O::CowBreak),
+                already_present: f.by_outcome(O::AlreadyPresent),
+                segv_maperr: f.by_outcome(O::SegvMaperr),
+                segv_accerr: f.by_outcome(O::SegvAccerr),
+                per_vma_lock: f.by_path(P::PerVmaLock),
+                mmap_lock_fallback: f.by_path(P::MmapLockFallback),
+                mmap_lock: f.by_path(P::MmapLock),
+                retries: f.retries,
+            }),
+            vma_alloc_reused: s.pool.alloc_reused,
+            vma_alloc_fresh: s.pool.alloc_fresh,
+            vma_reuse_before_gp: s.pool.reuse_before_gp,
+            vma_frees: s.pool.frees,
+            call_rcu_made: s.pool.call_rcu,
+            call_rcu_avoided: s.pool.call_rcu_avoided,
+            grace_periods: s.pool.grace_periods,
+            pool_slots_live: s.pool.live,
+            pool_slots_free: s.pool.free,
+            pool_slots_waiting: s.pool.waiting,
+            pool_slabs: s.pool.slabs,
+            pool_capacity_slots: s.pool.live + s.pool.free + s.pool.waiting,
+            processes: s.processes,
+            processes_spawned_total: s.processes_created,
+            vmas: s.vmas,
+            rss_pages: s.rss_pages,
+            // Keys as address_space.proto documents them.
+            reuse_detected: ReuseCheck::ALL
+                .iter()
+                .map(|&c| {
+                    let key = match c {
+                        ReuseCheck::VmRefcnt => "vm_refcnt detached",
+                        ReuseCheck::VmMm => "vm_mm recheck",
+                        ReuseCheck::VmLockSeq => "vm_lock_seq recheck",
+                        ReuseCheck::Range => "range recheck",
+                    };
+                    (key.to_string(), f.reuse_detected[c as usize])
+                })
+                .collect(),
+        }
+    }
+
+    /// One `Session` operation, answered like its unary RPC.
+    async fn session_op(&self, req: pb::SessionRequest) -> pb::SessionReply {
+        use session_reply::Result as R;
+        use session_request::Op;
+        let result: Result<R, Status> = match req.op {
+            None => Err(invalid("op", "not set")),
+            Some(Op::Spawn(r)) => self.op_spawn(r).await.map(R::Spawn),
+            Some(Op::Mmap(r)) => self.op_mmap(r).await.map(R::Mmap),
+            Some(Op::Munmap(r)) => self.op_munmap(r).await.map(R::Munmap),
+            Some(Op::Mprotect(r)) => self.op_mprotect(r).await.map(R::Mprotect),
+            Some(Op::Brk(r)) => self.op_brk(r).await.map(R::Brk),
+            Some(Op::Fault(r)) => self.op_fault(r).map(R::Fault),
+            Some(Op::FaultBatch(r)) => self.op_fault_batch(r).await.map(R::FaultBatch),
+            Some(Op::Fork(r)) => self.op_fork(r).await.map(R::Fork),
+            Some(Op::Exit(r)) => self.op_exit(r).await.map(R::Exit),
+            Some(Op::Maps(r)) => self.op_maps(r).await.map(R::Maps),
+        };
+        match result {
+            Ok(r) => pb::SessionReply {
+                id: req.id,
+                code: Code::Ok as i32,
+                message: String::new(),
+                result: Some(r),
+            },
+            Err(s) => pb::SessionReply {
+                id: req.id,
+                code: s.code() as i32,
+                message: s.message().to_string(),
+                result: None,
+            },
+        }
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AddressSpace for AddressSpaceService {
+    async fn spawn(
+        &self,
+        r: Request<pb::SpawnRequest>,
+    ) -> Result<Response<pb::SpawnResponse>, Status> {
+        self.op_spawn(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn mmap(
+        &self,
+        r: Request<pb::MmapRequest>,
+    ) -> Result<Response<pb::MmapResponse>, Status> {
+        self.op_mmap(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn munmap(
+        &self,
+        r: Request<pb::MunmapRequest>,
+    ) -> Result<Response<pb::MunmapResponse>, Status> {
+        self.op_munmap(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn mprotect(
+        &self,
+        r: Request<pb::MprotectRequest>,
+    ) -> Result<Response<pb::MprotectResponse>, Status> {
+        self.op_mprotect(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn brk(&self, r: Request<pb::BrkRequest>) -> Result<Response<pb::BrkResponse>, Status> {
+        self.op_brk(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn fault(
+        &self,
+        r: Request<pb::FaultRequest>,
+    ) -> Result<Response<pb::FaultResponse>, Status> {
+        self.op_fault(r.into_inner()).map(Response::new)
+    }
+
+    async fn fault_batch(
+        &self,
+        r: Request<pb::FaultBatchRequest>,
+    ) -> Result<Response<pb::FaultBatchResponse>, Status> {
+        self.op_fault_batch(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn fork(
+        &self,
+        r: Request<pb::ForkRequest>,
+    ) -> Result<Response<pb::ForkResponse>, Status> {
+        self.op_fork(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn exit(
+        &self,
+        r: Request<pb::ExitRequest>,
+    ) -> Result<Response<pb::ExitResponse>, Status> {
+        self.op_exit(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn maps(
+        &self,
+        r: Request<pb::MapsRequest>,
+    ) -> Result<Response<pb::MapsResponse>, Status> {
+        self.op_maps(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn stats(
+        &self,
+        _: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        Ok(Response::new(self.op_stats()))
+    }
+
+    async fn list_race_scenarios(
+        &self,
+        _: Request<pb::ListRaceScenariosRequest>,
+    ) -> Result<Response<pb::ListRaceScenariosResponse>, Status> {
+        let mut scenarios: Vec<pb::RaceScenarioInfo> = race_lab::scenarios()
+            .into_iter()
+            .map(|s| pb::RaceScenarioInfo {
+                name: s.name.to_string(),
+                description: s.description.to_string(),
+            })
+            .collect();
+        // The API promises them sorted by name.
+        scenarios.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(pb::ListRaceScenariosResponse { scenarios }))
+    }
+
+    async fn race_scenario(
+        &self,
+        r: Request<pb::RaceScenarioRequest>,
+    ) -> Result<Response<pb::RaceScenarioResponse>, Status> {
+        let req = r.into_inner();
+        if req.name.is_empty() {
+            return Err(invalid("name", "must be set (see ListRaceScenarios)"));
+        }
+        let variant = pb::RaceVariant::try_from(req.variant)
+            .map_err(|_| invalid("variant", format!("unknown value {}", req.variant)))?;
+        let buggy = variant == pb::RaceVariant::Buggy;
+        // A scenario drives real threads through a private address space
+        // for a few milliseconds: off the async workers.
+        let report = blocking(move || {
+            race_lab::run(&req.name, buggy).map_err(|e| Status::not_found(e.to_string()))
+        })
+        .await?;
+        let verdict = match report.verdict {
+            race_lab::Verdict::Caught => pb::RaceVerdict::Caught,
+            race_lab::Verdict::Retried => pb::RaceVerdict::Retried,
+            race_lab::Verdict::UseAfterReuse => pb::RaceVerdict::UseAfterReuse,
+            race_lab::Verdict::Safe => pb::RaceVerdict::Safe,
+        };
+        Ok(Response::new(pb::RaceScenarioResponse {
+            name: report.name,
+            variant: variant as i32,
+            description: report.description,
+            timeline: report
+                .timeline
+                .into_iter()
+                .map(|s| pb::RaceStep {
+                    step: s.step,
+                    thread: s.thread,
+                    action: s.action,
+                    vm_refcnt: s.vm_refcnt,
+                    vm_lock_seq: s.vm_lock_seq,
+                    mm_lock_seq: s.mm_lock_seq,
+                    generation: s.generation,
+                })
+                .collect(),
+            verdict: verdict as i32,
+            caught_by: report.caught_by,
+            summary: report.summary,
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        r: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = r.into_inner();
+        let (tx, rx) = mpsc::channel(self.inner.limits.stream_buffer.max(1));
+        let this = self.clone();
+        let mut shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = shutdown.wait_for(|&s| s).await;
+            };
+            tokio::pin!(stop);
+            loop {
+                let next = tokio::select! {
+                    // Shutdown first: stop taking new work as soon as it
+                    // starts; the operation in hand has already finished.
+                    biased;
+                    _ = &mut stop => {
+                        let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
+                        return;
+                    }
+                    m = inbound.message() => m,
+                };
+                match next {
+                    Ok(Some(req)) => {
+                        let reply = this.session_op(req).await;
+                        // Blocks while `stream_buffer` replies are unread:
+                        // that is the backpressure. An error means the
+                        // client has gone.
+                        if tx.send(Ok(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The client closed its side: end the stream with OK.
+                    Ok(None) => return,
+                    // Undecodable message or transport error.
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,557 @@
+//! Prometheus metrics: names, descriptions, the per-server recorder, and the
+//! refresh from the engine's counters.
+//!
+//! Why shaped so:
+//!
+//! * **No global recorder.** Each [`Telemetry`] owns its own
+//!   [`PrometheusRecorder`] and records through handles registered on it, so
+//!   several servers can live in one process (integration tests; `vmasim
+//!   demo` runs a `typesafe` and an `rcu` server back to back) without their
+//!   numbers mixing.
+//! * **The engine is the source of truth.** Engine counters live in sharded
+//!   per-thread cells (see `mm::vmstat`); copying each event into a second
+//!   metrics counter on the fault path would double its cost. Instead
+//!   [`Telemetry::render`] reads [`SimStats`] once per scrape and sets the
+//!   exported counters to those absolute values (and the gauges to the
+//!   current ones). `Stats` and `/metrics` therefore show the same numbers.
+//! * **Only what the engine does not count is recorded live:** RPC latency
+//!   and status codes, and fault service latency.
+//! * **Every series exists from start-up.** Each metric (and each label
+//!   value of a bounded label set) is registered with 0 in
+//!   [`Telemetry::new`], so dashboards and recording rules never see "no
+//!   data" on an idle server.
+//!
+//! The names are a contract with `deploy/` (Grafana dashboard, recording
+//! rules, `.ci/deploy-check`); change them only together.
+
+use crate::mm::fault::{FaultOutcome, FaultPath, ReuseCheck};
+use crate::mm::sim::{SimConfig, SimStats};
+use crate::mm::{PAGE_SIZE, vmstat::VmaLockEvent};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tonic::Code;
+
+/// `vmasim_build_info{version,vma_cache,fault_lock}`: always 1.
+pub const BUILD_INFO: &str = "vmasim_build_info";
+/// `vmasim_vma_lock_total{result}`: per-VMA lock events (kernel `VMA_LOCK_*`).
+pub const VMA_LOCK: &str = "vmasim_vma_lock_total";
+/// Faults served under `mmap_lock` after a failed per-VMA attempt.
+pub const MMAP_LOCK_FALLBACKS: &str = "vmasim_mmap_lock_fallbacks_total";
+/// `vmasim_faults_total{outcome,path}`.
+pub const FAULTS: &str = "vmasim_faults_total";
+/// `vmasim_vma_allocations_total{source=reused|fresh}`.
+pub const VMA_ALLOCATIONS: &str = "vmasim_vma_allocations_total";
+/// Reused slots handed out before a grace period had passed.
+pub const VMA_REUSE_BEFORE_GP: &str = "vmasim_vma_reuse_before_grace_period_total";
+/// `vm_area_free` calls.
+pub const VMA_FREES: &str = "vmasim_vma_frees_total";
+/// Frees that went through `call_rcu`.
+pub const CALL_RCU: &str = "vmasim_call_rcu_total";
+/// Frees that did not need `call_rcu`.
+pub const CALL_RCU_AVOIDED: &str = "vmasim_call_rcu_avoided_total";
+/// Grace periods observed.
+pub const GRACE_PERIODS: &str = "vmasim_grace_periods_total";
+/// `vmasim_pool_slots{state=live|free|waiting}`.
+pub const POOL_SLOTS: &str = "vmasim_pool_slots";
+/// Slots in all allocated slabs.
+pub const POOL_CAPACITY_SLOTS: &str = "vmasim_pool_capacity_slots";
+/// Slabs allocated.
+pub const POOL_SLABS: &str = "vmasim_pool_slabs";
+/// Live processes.
+pub const PROCESSES: &str = "vmasim_processes";
+/// VMAs in all live processes.
+pub const VMAS: &str = "vmasim_vmas";
+/// Resident memory of all live processes, bytes.
+pub const RSS_BYTES: &str = "vmasim_rss_bytes";
+/// `vmasim_reuse_detected_total{check}`.
+pub const REUSE_DETECTED: &str = "vmasim_reuse_detected_total";
+/// `vmasim_rpc_duration_seconds{method}` histogram.
+pub const RPC_DURATION: &str = "vmasim_rpc_duration_seconds";
+/// `vmasim_rpc_requests_total{method,code}`.
+pub const RPC_REQUESTS: &str = "vmasim_rpc_requests_total";
+/// `vmasim_fault_duration_seconds` histogram.
+pub const FAULT_DURATION: &str = "vmasim_fault_duration_seconds";
+
+/// RPC latency buckets, seconds: 50 µs (a unary call on loopback) up to the
+/// default 30 s request timeout.
+const RPC_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Fault latency buckets, seconds: a lockless fault takes well under a
+/// microsecond, one that waits for `mmap_lock` behind a `fork` can take
+/// milliseconds.
+const FAULT_BUCKETS: &[f64] = &[
+    0.000_000_1,
+    0.000_000_25,
+    0.000_000_5,
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.001,
+    0.01,
+    0.1,
+];
+
+/// The methods of `vmasim.v1.AddressSpace`, the `method` label values that
+/// are registered at start-up.
+pub const METHODS: &[&str] = &[
+    "Spawn",
+    "Mmap",
+    "Munmap",
+    "Mprotect",
+    "Brk",
+    "Fault",
+    "FaultBatch",
+    "Fork",
+    "Exit",
+    "Maps",
+    "Stats",
+    "ListRaceScenarios",
+    "RaceScenario",
+    "Session",
+];
+
+/// The gRPC status name used as the `code` label (the canonical
+/// upper-snake spelling of the gRPC spec).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Handles of the metrics refreshed from [`SimStats`] at render time.
+struct EngineMetrics {
+    vma_lock: [Counter; 4],
+    mmap_lock_fallbacks: Counter,
+    faults: [[Counter; 3]; 6],
+    alloc_reused: Counter,
+    alloc_fresh: Counter,
+    reuse_before_gp: Counter,
+    frees: Counter,
+    call_rcu: Counter,
+    call_rcu_avoided: Counter,
+    grace_periods: Counter,
+    slots_live: Gauge,
+    slots_free: Gauge,
+    slots_waiting: Gauge,
+    capacity_slots: Gauge,
+    slabs: Gauge,
+    processes: Gauge,
+    vmas: Gauge,
+    rss_bytes: Gauge,
+    reuse_detected: [Counter; 4],
+}
+
+/// Per-method RPC handles, registered lazily per `code` (a bounded set: 17
+/// codes times a fixed list of methods).
+struct RpcMetrics {
+    duration: Histogram,
+    requests: Mutex<HashMap<Code, Counter>>,
+}
+
+/// One server's metrics.
+pub struct Telemetry {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    engine: EngineMetrics,
+    rpc: HashMap<&'static str, RpcMetrics>,
+    fault_duration: Histogram,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
+
+impl Telemetry {
+    /// A recorder with every metric described and registered at 0, and
+    /// `vmasim_build_info` set for `cfg`.
+    pub fn new(cfg: &SimConfig) -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), RPC_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(FAULT_DURATION.into()), FAULT_BUCKETS)
+            })
+            // Both bucket lists are non-empty constants: this cannot fail.
+            .expect("bucket lists are non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        describe(&recorder);
+
+        let r = &recorder;
+        let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            r.register_counter(&key(name, labels), &METADATA)
+        };
+        let gauge = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            r.register_gauge(&key(name, labels), &METADATA)
+        };
+
+        let build = Key::from_parts(
+            BUILD_INFO,
+            vec![
+                Label::new("version", env!("CARGO_PKG_VERSION")),
+                Label::new("vma_cache", cfg.vma_cache.as_str()),
+                Label::new("fault_lock", cfg.fault_lock.as_str()),
+            ],
+        );
+        r.register_gauge(&build, &METADATA).set(1.0);
+
+        const LOCK_RESULTS: [(VmaLockEvent, &str); 4] = [
+            (VmaLockEvent::VmaLockSuccess, "success"),
+            (VmaLockEvent::VmaLockAbort, "abort"),
+            (VmaLockEvent::VmaLockRetry, "retry"),
+            (VmaLockEvent::VmaLockMiss, "miss"),
+        ];
+        let engine = EngineMetrics {
+            vma_lock: LOCK_RESULTS.map(|(ev, result)| {
+                debug_assert!(LOCK_RESULTS[ev as usize].1 == result);
+                counter(VMA_LOCK, &[("result", result)])
+            }),
+            mmap_lock_fallbacks: counter(MMAP_LOCK_FALLBACKS, &[]),
+            faults: FaultOutcome::ALL.map(|o| {
+                FaultPath::ALL
+                    .map(|p| counter(FAULTS, &[("outcome", o.as_str()), ("path", p.as_str())]))
+            }),
+            alloc_reused: counter(VMA_ALLOCATIONS, &[("source", "reused")]),
+            alloc_fresh: counter(VMA_ALLOCATIONS, &[("source", "fresh")]),
+            reuse_before_gp: counter(VMA_REUSE_BEFORE_GP, &[]),
+            frees: counter(VMA_FREES, &[]),
+            call_rcu: counter(CALL_RCU, &[]),
+            call_rcu_avoided: counter(CALL_RCU_AVOIDED, &[]),
+            grace_periods: counter(GRACE_PERIODS, &[]),
+            slots_live: gauge(POOL_SLOTS, &[("state", "live")]),
+            slots_free: gauge(POOL_SLOTS, &[("state", "free")]),
+            slots_waiting: gauge(POOL_SLOTS, &[("state", "waiting")]),
+            capacity_slots: gauge(POOL_CAPACITY_SLOTS, &[]),
+            slabs: gauge(POOL_SLABS, &[]),
+            processes: gauge(PROCESSES, &[]),
+            vmas: gauge(VMAS, &[]),
+            rss_bytes: gauge(RSS_BYTES, &[]),
+            reuse_detected: ReuseCheck::ALL
+                .map(|c| counter(REUSE_DETECTED, &[("check", c.as_str())])),
+        };
+        // A gauge is only exported once it has been set.
+        for g in [
+            &engine.slots_live,
+            &engine.slots_free,
+            &engine.slots_waiting,
+            &engine.capacity_slots,
+            &engine.slabs,
+            &engine.processes,
+            &engine.vmas,
+            &engine.rss_bytes,
+        ] {
+            g.set(0.0);
+        }
+
+        let rpc = METHODS
+            .iter()
+            .map(|&m| {
+                let ok = counter(RPC_REQUESTS, &[("method", m), ("code", "OK")]);
+                let rm = RpcMetrics {
+                    duration: r.register_histogram(&key(RPC_DURATION, &[("method", m)]), &METADATA),
+                    requests: Mutex::new(HashMap::from([(Code::Ok, ok)])),
+                };
+                (m, rm)
+            })
+            .collect();
+        let fault_duration = r.register_histogram(&key(FAULT_DURATION, &[]), &METADATA);
+
+        Self {
+            recorder,
+            handle,
+            engine,
+            rpc,
+            fault_duration,
+        }
+    }
+
+    /// Record one finished RPC. `method` outside [`METHODS`] (health checks,
+    /// reflection) is counted under its own name only if it is one of the
+    /// few fixed names the server layer passes; the label set stays bounded.
+    pub fn record_rpc(&self, method: &'static str, code: Code, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(m) = self.rpc.get(method) {
+            m.duration.record(secs);
+            // The map is tiny and the lock is held for a lookup: far cheaper
+            // than the RPC it counts. Poison cannot leave it inconsistent.
+            let mut by_code = m.requests.lock().unwrap_or_else(|e| e.into_inner());
+            by_code
+                .entry(code)
+                .or_insert_with(|| {
+                    self.recorder.register_counter(
+                        &key(
+                            RPC_REQUESTS,
+                            &[("method", method), ("code", code_name(code))],
+                        ),
+                        &METADATA,
+                    )
+                })
+                .increment(1);
+        } else {
+            self.recorder
+                .register_histogram(&key(RPC_DURATION, &[("method", method)]), &METADATA)
+                .record(secs);
+            self.recorder
+                .register_counter(
+                    &key(
+                        RPC_REQUESTS,
+                        &[("method", method), ("code", code_name(code))],
+                    ),
+                    &METADATA,
+                )
+                .increment(1);
+        }
+    }
+
+    /// Record the service time of one page fault.
+    #[inline]
+    pub fn record_fault(&self, elapsed: Duration) {
+        self.fault_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Set the engine-derived metrics from `s`: counters to their absolute
+    /// values, gauges to the current ones.
+    pub fn refresh(&self, s: &SimStats) {
+        let e = &self.engine;
+        for (c, v) in e.vma_lock.iter().zip(s.faults.vma_lock) {
+            c.absolute(v);
+        }
+        e.mmap_lock_fallbacks
+            .absolute(s.faults.by_path(FaultPath::MmapLockFallback));
+        for (row, vals) in e.faults.iter().zip(s.faults.faults) {
+            for (c, v) in row.iter().zip(vals) {
+                c.absolute(v);
+            }
+        }
+        e.alloc_reused.absolute(s.pool.alloc_reused);
+        e.alloc_fresh.absolute(s.pool.alloc_fresh);
+        e.reuse_before_gp.absolute(s.pool.reuse_before_gp);
+        e.frees.absolute(s.pool.frees);
+        e.call_rcu.absolute(s.pool.call_rcu);
+        e.call_rcu_avoided.absolute(s.pool.call_rcu_avoided);
+        e.grace_periods.absolute(s.pool.grace_periods);
+        // Gauges are f64; counts up to 2^53 are exact.
+        e.slots_live.set(s.pool.live as f64);
+        e.slots_free.set(s.pool.free as f64);
+        e.slots_waiting.set(s.pool.waiting as f64);
+        e.capacity_slots
+            .set((s.pool.live + s.pool.free + s.pool.waiting) as f64);
+        e.slabs.set(s.pool.slabs as f64);
+        e.processes.set(s.processes as f64);
+        e.vmas.set(s.vmas as f64);
+        e.rss_bytes
+            .set(s.rss_pages.saturating_mul(PAGE_SIZE) as f64);
+        for (c, v) in e.reuse_detected.iter().zip(s.faults.reuse_detected) {
+            c.absolute(v);
+        }
+    }
+
+    /// The Prometheus text exposition of everything, after [`refresh`]
+    /// (`Self::refresh`) with `s`.
+    pub fn render(&self, s: &SimStats) -> String {
+        self.refresh(s);
+        self.handle.render()
+    }
+
+    /// Move recorded histogram samples into their buckets. Rendering does
+    /// this too; call it periodically so an unscraped server does not keep
+    /// every fault sample in memory.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    Key::from_parts(
+        name,
+        labels
+            .iter()
+            .map(|&(k, v)| Label::new(k, v))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// `# HELP` text (with units) for every metric.
+fn describe(r: &PrometheusRecorder) {
+    let c = |name: &'static str, unit: Unit, help: &'static str| {
+        r.describe_counter(name.into(), Some(unit), help.into())
+    };
+    let g = |name: &'static str, unit: Unit, help: &'static str| {
+        r.describe_gauge(name.into(), Some(unit), help.into())
+    };
+    let h = |name: &'static str, unit: Unit, help: &'static str| {
+        r.describe_histogram(name.into(), Some(unit), help.into())
+    };
+    g(
+        BUILD_INFO,
+        Unit::Count,
+        "Always 1; labels give the server version, VMA cache policy (typesafe|rcu) and fault locking mode (per-vma|mmap-lock).",
+    );
+    c(
+        VMA_LOCK,
+        Unit::Count,
+        "Per-VMA lock events by result (kernel VMA_LOCK_SUCCESS, _ABORT, _RETRY, _MISS).",
+    );
+    c(
+        MMAP_LOCK_FALLBACKS,
+        Unit::Count,
+        "Faults served under mmap_lock after a failed per-VMA lock attempt.",
+    );
+    c(
+        FAULTS,
+        Unit::Count,
+        "Page faults handled, by outcome and by the locking path that served them.",
+    );
+    c(
+        VMA_ALLOCATIONS,
+        Unit::Count,
+        "VMA allocations from the VMA cache, by source: a reused (previously freed) slot or a fresh one.",
+    );
+    c(
+        VMA_REUSE_BEFORE_GP,
+        Unit::Count,
+        "Reused VMA slots handed out before a grace period had passed since their free (SLAB_TYPESAFE_BY_RCU only).",
+    );
+    c(VMA_FREES, Unit::Count, "VMA frees (vm_area_free calls).");
+    c(
+        CALL_RCU,
+        Unit::Count,
+        "VMA frees that went through call_rcu (vma_cache=rcu).",
+    );
+    c(
+        CALL_RCU_AVOIDED,
+        Unit::Count,
+        "VMA frees that needed no call_rcu (vma_cache=typesafe).",
+    );
+    c(
+        GRACE_PERIODS,
+        Unit::Count,
+        "RCU grace periods (epoch advances) observed.",
+    );
+    g(
+        POOL_SLOTS,
+        Unit::Count,
+        "VMA cache slots by state: live (holding a VMA), free (on the free list), waiting (for a grace period).",
+    );
+    g(
+        POOL_CAPACITY_SLOTS,
+        Unit::Count,
+        "VMA cache slots in all allocated slabs (live + free + waiting).",
+    );
+    g(POOL_SLABS, Unit::Count, "VMA cache slabs allocated.");
+    g(PROCESSES, Unit::Count, "Live simulated processes.");
+    g(VMAS, Unit::Count, "VMAs in all live processes.");
+    g(
+        RSS_BYTES,
+        Unit::Bytes,
+        "Resident memory of all live processes in bytes (4 KiB pages; a COW-shared page counts in each process).",
+    );
+    c(
+        REUSE_DETECTED,
+        Unit::Count,
+        "Reuses of a VMA slot under a lockless reader caught in ordinary traffic, by the check that caught them.",
+    );
+    h(
+        RPC_DURATION,
+        Unit::Seconds,
+        "gRPC call duration in seconds, from request to end of response (whole stream for Session), by method.",
+    );
+    c(
+        RPC_REQUESTS,
+        Unit::Count,
+        "Finished gRPC calls by method and status code.",
+    );
+    h(
+        FAULT_DURATION,
+        Unit::Seconds,
+        "Service time of one page fault in seconds (every Fault, every Session fault, 1 in 64 faults of a FaultBatch).",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_server_exports_every_metric() {
+        let t = Telemetry::new(&SimConfig::default());
+        let text = t.render(&SimStats::default());
+        for name in [
+            BUILD_INFO,
+            VMA_LOCK,
+            MMAP_LOCK_FALLBACKS,
+            FAULTS,
+            VMA_ALLOCATIONS,
+            VMA_REUSE_BEFORE_GP,
+            VMA_FREES,
+            CALL_RCU,
+            CALL_RCU_AVOIDED,
+            GRACE_PERIODS,
+            POOL_SLOTS,
+            POOL_CAPACITY_SLOTS,
+            POOL_SLABS,
+            PROCESSES,
+            VMAS,
+            RSS_BYTES,
+            REUSE_DETECTED,
+            RPC_REQUESTS,
+        ] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+            assert!(
+                text.contains(&format!("\n{name}{{")) || text.contains(&format!("\n{name} ")),
+                "{name}:\n{text}"
+            );
+        }
+        for h in [RPC_DURATION, FAULT_DURATION] {
+            assert!(
+                text.contains(&format!("# TYPE {h} histogram")),
+                "{h}:\n{text}"
+            );
+            assert!(text.contains(&format!("{h}_bucket{{")), "{h}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn two_servers_do_not_share_numbers() {
+        let a = Telemetry::new(&SimConfig::default());
+        let b = Telemetry::new(&SimConfig::default());
+        a.record_rpc("Mmap", Code::InvalidArgument, Duration::from_millis(1));
+        assert!(
+            a.render(&SimStats::default())
+                .contains(r#"vmasim_rpc_requests_total{method="Mmap",code="INVALID_ARGUMENT"} 1"#)
+        );
+        assert!(!b.render(&SimStats::default()).contains("INVALID_ARGUMENT"));
+    }
+}

@@ -1,0 +1,519 @@
+//! Behaviour of the engine's operations against what Linux does, through
+//! the `Simulator` front door: placement, MAP_FIXED, splits, merges,
+//! mprotect's all-or-nothing rule, brk, fork/COW, exit, max_map_count,
+//! pool exhaustion, and the maps format.
+
+use vmasim_server::mm::fault::{Access, FaultOutcome, FaultPath, follow_pte};
+use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
+use vmasim_server::mm::pool::CachePolicy;
+use vmasim_server::mm::sim::{SimConfig, Simulator};
+use vmasim_server::mm::{MMAP_BASE, MmError, TASK_SIZE};
+
+const P: u64 = 4096;
+
+fn sim() -> Simulator {
+    Simulator::new(SimConfig::default())
+}
+
+fn anon(len: u64) -> MmapArgs {
+    MmapArgs {
+        len,
+        prot: PROT_READ | PROT_WRITE,
+        flags: MAP_PRIVATE | MAP_ANONYMOUS,
+        ..Default::default()
+    }
+}
+
+fn fixed(addr: u64, len: u64, prot: u32) -> MmapArgs {
+    MmapArgs {
+        addr,
+        len,
+        prot,
+        flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+        ..Default::default()
+    }
+}
+
+fn layout(s: &Simulator, pid: u32) -> Vec<(u64, u64, String)> {
+    s.maps(pid)
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| (e.start, e.end, e.perms()))
+        .collect()
+}
+
+#[test]
+fn placement_is_top_down_below_mmap_base_and_adjacent_anon_merges() {
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let a = s.mmap(pid, anon(2 * P)).unwrap();
+    assert_eq!(a, MMAP_BASE - 2 * P);
+    let b = s.mmap(pid, anon(P)).unwrap();
+    assert_eq!(b, a - P);
+    // Same flags, adjacent, contiguous anon offsets: one VMA, like Linux.
+    assert_eq!(layout(&s, pid), vec![(b, MMAP_BASE, "rw-p".into())]);
+}
+
+#[test]
+fn hint_is_used_when_free() {
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let a = s
+        .mmap(
+            pid,
+            MmapArgs {
+                addr: 0x2000_0000,
+                ..anon(P)
+            },
+        )
+        .unwrap();
+    assert_eq!(a, 0x2000_0000);
+    // Occupied hint: placed elsewhere, not an error.
+    let b = s
+        .mmap(
+            pid,
+            MmapArgs {
+                addr: 0x2000_0000,
+                ..anon(P)
+            },
+        )
+        .unwrap();
+    assert_ne!(b, a);
+}
+
+#[test]
+fn map_fixed_replaces_and_noreplace_refuses() {
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let base = 0x1000_0000;
+    s.mmap(pid, fixed(base, 4 * P, PROT_READ | PROT_WRITE))
+        .unwrap();
+    s.fault(pid, base + P, Access::Write).unwrap();
+    assert_eq!(s.maps(pid).unwrap().rss_pages, 1);
+    s.mmap(pid, fixed(base + P, P, PROT_READ)).unwrap();
+    assert_eq!(
+        layout(&s, pid),
+        vec![
+            (base, base + P, "rw-p".into()),
+            (base + P, base + 2 * P, "r--p".into()),
+            (base + 2 * P, base + 4 * P, "rw-p".into())
+        ]
+    );
+    // The replaced page's memory went away with it.
+    assert_eq!(s.maps(pid).unwrap().rss_pages, 0);
+    let before = s.maps(pid).unwrap();
+    let e = s
+        .mmap(
+            pid,
+            MmapArgs {
+                flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                ..fixed(base + 3 * P, 2 * P, PROT_READ)
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, MmError::Exists { .. }), "{e}");
+    assert_eq!(s.maps(pid).unwrap(), before);
+}
+
+#[test]
+fn munmap_splits_and_spans_holes() {
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let base = 0x1000_0000;
+    s.mmap(pid, fixed(base, 8 * P, PROT_READ)).unwrap();
+    s.mmap(pid, fixed(base + 10 * P, 2 * P, PROT_READ | PROT_EXEC))
+        .unwrap();
+    s.munmap(pid, base + 2 * P, 2 * P).unwrap();
+    assert_eq!(layout(&s, pid).len(), 3);
+    // Across a VMA end, a hole and into the next VMA.
+    s.munmap(pid, base + 7 * P, 4 * P).unwrap();
+    assert_eq!(
+        layout(&s, pid),
+        vec![
+            (base, base + 2 * P, "r--p".into()),
+            (base + 4 * P, base + 7 * P, "r--p".into()),
+            (base + 11 * P, base + 12 * P, "r-xp".into())
+        ]
+    );
+    // Unmapping nothing is fine.
+    s.munmap(pid, 0x5000_0000, P).unwrap();
+    assert!(matches!(
+        s.munmap(pid, base + 1, P),
+        Err(MmError::InvalidArgument { field: "addr", .. })
+    ));
+    assert!(matches!(
+        s.munmap(pid, base, 0),
+        Err(MmError::InvalidArgument {
+            field: "length",
+            ..
+        })
+    ));
+    assert!(s.munmap(pid, TASK_SIZE - P, 2 * P).is_err());
+}
+
+#[test]
+fn mprotect_splits_merges_back_and_is_all_or_nothing() {
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let base = 0x1000_0000;
+    s.mmap(pid, fixed(base, 4 * P, PROT_READ | PROT_WRITE))
+        .unwrap();
+    s.mprotect(pid, base + P, P, PROT_READ).unwrap();
+    assert_eq!(layout(&s, pid).len(), 3);
+    s.mprotect(pid, base + P, P, PROT_READ | PROT_WRITE)
+        .unwrap();
+    assert_eq!(layout(&s, pid), vec![(base, base + 4 * P, "rw-p".into())]);
+    // A hole in the range: ENOMEM, nothing changed.
+    s.mmap(pid, fixed(base + 5 * P, P, PROT_READ | PROT_WRITE))
+        .unwrap();
+    let before = s.maps(pid).unwrap();
+    let e = s.mprotect(pid, base, 6 * P, PROT_READ).unwrap_err();
+    assert!(matches!(e, MmError::NotMapped { .. }), "{e}");
+    assert_eq!(s.maps(pid).unwrap(), before);
+}
+
+#[test]
+fn faults_report_outcome_path_and_permissions() {
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let base = 0x1000_0000;
+    s.mmap(pid, fixed(base, 2 * P, PROT_READ)).unwrap();
+    let r = s.fault(pid, base, Access::Read).unwrap();
+    assert_eq!(r.outcome, FaultOutcome::AnonZeroFill);
+    assert_eq!(r.path, FaultPath::PerVmaLock);
+    assert_eq!(
+        s.fault(pid, base, Access::Write).unwrap().outcome,
+        FaultOutcome::SegvAccerr
+    );
+    assert_eq!(
+        s.fault(pid, base, Access::Exec).unwrap().outcome,
+        FaultOutcome::SegvAccerr
+    );
+    let miss = s.fault(pid, base + 2 * P, Access::Read).unwrap();
+    assert_eq!(miss.outcome, FaultOutcome::SegvMaperr);
+    assert_eq!(
+        miss.path,
+        FaultPath::MmapLockFallback,
+        "only mmap_lock may say MAPERR"
+    );
+    assert_eq!(
+        s.fault(pid, TASK_SIZE + 5, Access::Read).unwrap().outcome,
+        FaultOutcome::SegvMaperr
+    );
+    // First write to fresh anonymous memory needs an anon_vma: VMA_LOCK_RETRY.
+    let w = 0x2000_0000;
+    s.mmap(pid, fixed(w, P, PROT_READ | PROT_WRITE)).unwrap();
+    let r = s.fault(pid, w, Access::Write).unwrap();
+    assert_eq!(
+        (r.outcome, r.path, r.retries),
+        (FaultOutcome::AnonZeroFill, FaultPath::MmapLockFallback, 1)
+    );
+    let r = s.fault(pid, w, Access::Write).unwrap();
+    assert_eq!(
+        (r.outcome, r.path),
+        (FaultOutcome::AlreadyPresent, FaultPath::PerVmaLock)
+    );
+    let st = s.stats().faults;
+    assert_eq!(st.vma_lock[2], 1, "one VMA_LOCK_RETRY");
+    assert_eq!(s.maps(pid).unwrap().rss_pages, 1);
+}
+
+#[test]
+fn fork_shares_pages_copy_on_write() {
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let a = s.mmap(pid, anon(2 * P)).unwrap();
+    s.fault(pid, a, Access::Write).unwrap();
+    let child = s.fork(pid).unwrap();
+    assert_eq!(s.maps(child).unwrap().text, s.maps(pid).unwrap().text);
+    let pf = follow_pte(&s.mm(pid).unwrap(), a).unwrap() >> 12;
+    assert_eq!(
+        follow_pte(&s.mm(child).unwrap(), a).unwrap() >> 12,
+        pf,
+        "shared frame"
+    );
+    assert_eq!(
+        s.fault(child, a, Access::Read).unwrap().outcome,
+        FaultOutcome::AlreadyPresent
+    );
+    assert_eq!(
+        s.fault(child, a, Access::Write).unwrap().outcome,
+        FaultOutcome::CowBreak
+    );
+    assert_ne!(
+        follow_pte(&s.mm(child).unwrap(), a).unwrap() >> 12,
+        pf,
+        "child got a copy"
+    );
+    assert_eq!(
+        follow_pte(&s.mm(pid).unwrap(), a).unwrap() >> 12,
+        pf,
+        "parent kept its page"
+    );
+    assert_eq!(s.maps(child).unwrap().rss_pages, 1);
+    // munmap in the child does not touch the parent.
+    s.munmap(child, a, 2 * P).unwrap();
+    assert_eq!(s.maps(pid).unwrap().entries.len(), 1);
+}
+
+#[test]
+fn exit_frees_everything_and_pid_is_gone() {
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    for _ in 0..10 {
+        let a = s
+            .mmap(
+                pid,
+                MmapArgs {
+                    prot: PROT_READ,
+                    ..anon(P)
+                },
+            )
+            .unwrap();
+        s.mprotect(pid, a, P, PROT_NONE).unwrap_or(());
+        s.fault(pid, a, Access::Read).unwrap();
+    }
+    let n = s.maps(pid).unwrap().entries.len() as u32;
+    let st = s.exit(pid).unwrap();
+    assert_eq!(st.vmas_freed, n);
+    assert!(matches!(s.maps(pid), Err(MmError::NoSuchProcess(_))));
+    assert!(matches!(s.exit(pid), Err(MmError::NoSuchProcess(_))));
+    let p = s.stats().pool;
+    assert_eq!(p.live, 0);
+    assert_eq!(s.stats().processes, 0);
+}
+
+#[test]
+fn brk_grows_shrinks_and_refuses_collisions() {
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let (b0, start) = s.brk(pid, 0).unwrap();
+    assert_eq!(b0, start);
+    let (b1, _) = s.brk(pid, start + 3 * P + 100).unwrap();
+    assert_eq!(b1, start + 3 * P + 100);
+    let m = s.maps(pid).unwrap();
+    assert_eq!(m.entries.len(), 1);
+    assert_eq!(m.entries[0].path, "[heap]");
+    assert_eq!(m.entries[0].end, start + 4 * P);
+    assert_eq!(s.brk(pid, start + P).unwrap().0, start + P);
+    assert_eq!(s.maps(pid).unwrap().entries[0].end, start + P);
+    // Below the start: unchanged, like the kernel.
+    assert_eq!(s.brk(pid, start - P).unwrap().0, start + P);
+    // Into a mapping: unchanged.
+    s.mmap(pid, fixed(start + 10 * P, P, PROT_READ)).unwrap();
+    assert_eq!(s.brk(pid, start + 10 * P).unwrap().0, start + P);
+}
+
+#[test]
+fn max_map_count_is_enomem_with_nothing_half_applied() {
+    let s = Simulator::new(SimConfig {
+        max_map_count: 2,
+        ..SimConfig::default()
+    });
+    let pid = s.spawn().unwrap();
+    let base = 0x1000_0000;
+    s.mmap(pid, fixed(base, 4 * P, PROT_READ)).unwrap();
+    s.mmap(pid, fixed(base + 8 * P, P, PROT_READ)).unwrap();
+    let before = s.maps(pid).unwrap();
+    // Splitting the first VMA in the middle would make 3.
+    let e = s.munmap(pid, base + P, P).unwrap_err();
+    assert!(matches!(e, MmError::MapCountExceeded { limit: 2 }), "{e}");
+    assert_eq!(s.maps(pid).unwrap(), before);
+    let e = s.mprotect(pid, base + P, P, PROT_NONE).unwrap_err();
+    assert!(matches!(e, MmError::MapCountExceeded { .. }));
+    assert_eq!(s.maps(pid).unwrap(), before);
+    assert!(s.mmap(pid, fixed(base + 30 * P, P, PROT_READ)).is_err());
+    assert_eq!(s.maps(pid).unwrap(), before);
+    // Trimming an end keeps the count: allowed.
+    s.munmap(pid, base, P).unwrap();
+    // Adjacent and mergeable: no new VMA, allowed.
+    s.mmap(pid, fixed(base + 9 * P, P, PROT_READ)).unwrap();
+    assert_eq!(s.maps(pid).unwrap().entries.len(), 2);
+}
+
+#[test]
+fn pool_exhaustion_is_clean_and_recoverable() {
+    let s = Simulator::new(SimConfig {
+        pool_capacity: 64,
+        ..SimConfig::default()
+    });
+    let pid = s.spawn().unwrap();
+    let mut n = 0;
+    let err = loop {
+        match s.mmap(pid, fixed(0x1000_0000 + n * 2 * P, P, PROT_READ)) {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(n, 64);
+    assert!(
+        matches!(err, MmError::PoolExhausted { capacity: 64 }),
+        "{err}"
+    );
+    let before = s.maps(pid).unwrap();
+    assert!(s.fork(pid).is_err());
+    assert_eq!(s.maps(pid).unwrap(), before);
+    assert_eq!(s.stats().processes, 1, "failed fork leaves no child");
+    s.exit(pid).unwrap();
+    let pid = s.spawn().unwrap();
+    s.mmap(pid, anon(P)).unwrap();
+}
+
+#[test]
+fn process_limit() {
+    let s = Simulator::new(SimConfig {
+        max_processes: 2,
+        ..SimConfig::default()
+    });
+    let a = s.spawn().unwrap();
+    s.spawn().unwrap();
+    assert!(matches!(
+        s.spawn(),
+        Err(MmError::TooManyProcesses { limit: 2 })
+    ));
+    assert!(s.fork(a).is_err());
+    s.exit(a).unwrap();
+    s.spawn().unwrap();
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let cases = [
+        (MmapArgs { prot: 8, ..anon(P) }, "prot"),
+        (
+            MmapArgs {
+                flags: MAP_ANONYMOUS,
+                ..anon(P)
+            },
+            "flags",
+        ),
+        (
+            MmapArgs {
+                flags: MAP_PRIVATE | MAP_ANONYMOUS | 0x8000_0000,
+                ..anon(P)
+            },
+            "flags",
+        ),
+        (MmapArgs { len: 0, ..anon(P) }, "length"),
+        (
+            MmapArgs {
+                addr: 0x1001,
+                ..fixed(0x1001, P, PROT_READ)
+            },
+            "addr",
+        ),
+        (fixed(TASK_SIZE - P, 2 * P, PROT_READ), "addr"),
+        (fixed(0x1000, P, PROT_READ), "addr"),
+        (MmapArgs { file: 3, ..anon(P) }, "file_id"),
+        (
+            MmapArgs {
+                flags: MAP_PRIVATE,
+                ..anon(P)
+            },
+            "file_id",
+        ),
+        (
+            MmapArgs {
+                flags: MAP_PRIVATE,
+                file: 1,
+                offset: 5,
+                ..anon(P)
+            },
+            "offset",
+        ),
+    ];
+    for (args, field) in cases {
+        match s.mmap(pid, args) {
+            Err(MmError::InvalidArgument { field: f, .. }) => assert_eq!(f, field, "{args:?}"),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+    assert!(s.maps(pid).unwrap().entries.is_empty());
+    assert!(matches!(
+        s.mmap(99, anon(P)),
+        Err(MmError::NoSuchProcess(99))
+    ));
+}
+
+#[test]
+fn file_mappings_merge_only_with_contiguous_offsets() {
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let f = |addr, off| MmapArgs {
+        addr,
+        len: P,
+        prot: PROT_READ,
+        flags: MAP_PRIVATE | MAP_FIXED,
+        file: 7,
+        offset: off,
+    };
+    s.mmap(pid, f(0x1000_0000, 0)).unwrap();
+    s.mmap(pid, f(0x1000_1000, P)).unwrap();
+    assert_eq!(s.maps(pid).unwrap().entries.len(), 1);
+    s.mmap(pid, f(0x1000_2000, 5 * P)).unwrap();
+    assert_eq!(s.maps(pid).unwrap().entries.len(), 2);
+    assert_eq!(
+        s.fault(pid, 0x1000_0000, Access::Read).unwrap().outcome,
+        FaultOutcome::FilePage
+    );
+    assert_eq!(
+        s.fault(pid, 0x1000_0000, Access::Write).unwrap().outcome,
+        FaultOutcome::SegvAccerr
+    );
+}
+
+#[test]
+fn maps_text_is_kernel_format_and_round_trips() {
+    let text = "\
+555555554000-555555556000 r--p 00000000 fe:00 247030                     /usr/bin/cat
+555555556000-55555555b000 r-xp 00002000 fe:00 247030                     /usr/bin/cat
+55555555e000-55555555f000 rw-p 00009000 fe:00 247030                     /usr/bin/cat
+55555555f000-555555580000 rw-p 00000000 00:00 0                          [heap]
+7ffff7dd3000-7ffff7dd6000 rw-p 00000000 00:00 0 
+7ffff7fc3000-7ffff7fc7000 r--p 00000000 00:00 0                          [vvar]
+7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0                          [stack]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+";
+    let s = sim();
+    let pid = s.spawn_from_maps(text).unwrap();
+    let m = s.maps(pid).unwrap();
+    let expected: String = text
+        .lines()
+        .filter(|l| !l.contains("vsyscall"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(m.text, expected);
+    assert_eq!((m.start_brk, m.brk), (0x5555_5555_f000, 0x5555_5558_0000));
+    let e = s
+        .spawn_from_maps("00400000-00401000 r--q 0 0:0 0\n")
+        .unwrap_err();
+    assert!(e.to_string().contains("line 1"), "{e}");
+    assert_eq!(s.stats().processes, 1);
+}
+
+#[test]
+fn rcu_policy_defers_frees_and_typesafe_reuses_at_once() {
+    for policy in [CachePolicy::Typesafe, CachePolicy::Rcu] {
+        let s = Simulator::new(SimConfig {
+            vma_cache: policy,
+            ..SimConfig::default()
+        });
+        let pid = s.spawn().unwrap();
+        for _ in 0..100 {
+            let a = s.mmap(pid, anon(P)).unwrap();
+            s.munmap(pid, a, P).unwrap();
+        }
+        let p = s.stats().pool;
+        assert_eq!(p.frees, 100);
+        match policy {
+            CachePolicy::Typesafe => {
+                assert_eq!((p.call_rcu, p.call_rcu_avoided), (0, 100));
+                assert_eq!(p.alloc_reused, 99);
+            }
+            CachePolicy::Rcu => assert_eq!((p.call_rcu, p.call_rcu_avoided), (100, 0)),
+        }
+    }
+}
