@@ -45,6 +45,11 @@ pub enum Command {
         /// /proc/PID/maps file to import (`-` for stdin).
         #[arg(long, value_name = "FILE")]
         from_maps: Option<PathBuf>,
+        /// Heap start (page aligned). Default: the server derives it (the
+        /// `[heap]` line, else the end of the program's mappings). Replaying
+        /// a trace needs the traced one: the first `brk(NULL)` of the log.
+        #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+        start_brk: Option<u64>,
     },
     /// mmap(2); prints the address.
     Mmap {
@@ -341,7 +346,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         cmd => {
             let mut c = target.connect().await?;
             match cmd {
-                Command::Spawn { from_maps } => commands::spawn(&mut c, from_maps.as_deref()).await?,
+                Command::Spawn {
+                    from_maps,
+                    start_brk,
+                } => commands::spawn(&mut c, from_maps.as_deref(), start_brk.unwrap_or(0)).await?,
                 Command::Mmap {
                     pid,
                     length,

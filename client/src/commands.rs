@@ -14,19 +14,30 @@ use std::path::Path;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use vmasim_proto::v1::{
-    Access, BrkRequest, ExitRequest, FaultOutcome, FaultPath, FaultRequest, ForkRequest,
-    MapFlag, MapsRequest, MmapRequest, MprotectRequest, MunmapRequest, SpawnRequest,
+    Access, BrkRequest, ExitRequest, FaultOutcome, FaultPath, FaultRequest, ForkRequest, MapFlag,
+    MapsRequest, MmapRequest, MprotectRequest, MunmapRequest, SpawnRequest,
 };
 
-/// `spawn [--from-maps FILE]` (`-` reads stdin). Prints the pid.
-pub async fn spawn(c: &mut Client, from_maps: Option<&Path>) -> Result<String, CliError> {
+/// `spawn [--from-maps FILE] [--start-brk ADDR]` (`-` reads stdin). Prints
+/// the pid.
+pub async fn spawn(
+    c: &mut Client,
+    from_maps: Option<&Path>,
+    start_brk: u64,
+) -> Result<String, CliError> {
     let maps_text = match from_maps {
         None => String::new(),
         Some(p) if p == Path::new("-") => std::io::read_to_string(std::io::stdin())?,
         Some(p) => std::fs::read_to_string(p)
             .map_err(|e| CliError::Other(format!("cannot read {}: {e}", p.display())))?,
     };
-    let r = c.spawn(SpawnRequest { maps_text }).await?.into_inner();
+    let r = c
+        .spawn(SpawnRequest {
+            maps_text,
+            start_brk,
+        })
+        .await?
+        .into_inner();
     Ok(format!("{}\n", r.pid))
 }
 
@@ -115,19 +126,32 @@ pub async fn brk(c: &mut Client, pid: u32, addr: Option<u64>) -> Result<String, 
 /// Short name of a fault outcome (`ANON_ZERO_FILL`).
 pub fn outcome_name(o: i32) -> String {
     FaultOutcome::try_from(o)
-        .map(|v| v.as_str_name().trim_start_matches("FAULT_OUTCOME_").to_string())
+        .map(|v| {
+            v.as_str_name()
+                .trim_start_matches("FAULT_OUTCOME_")
+                .to_string()
+        })
         .unwrap_or_else(|_| format!("outcome {o}"))
 }
 
 /// Short name of a fault path (`PER_VMA_LOCK`).
 pub fn path_name(p: i32) -> String {
     FaultPath::try_from(p)
-        .map(|v| v.as_str_name().trim_start_matches("FAULT_PATH_").to_string())
+        .map(|v| {
+            v.as_str_name()
+                .trim_start_matches("FAULT_PATH_")
+                .to_string()
+        })
         .unwrap_or_else(|_| format!("path {p}"))
 }
 
 /// `fault PID ADDR [--write|--exec]`. Prints outcome, path and retries.
-pub async fn fault(c: &mut Client, pid: u32, addr: u64, access: Access) -> Result<String, CliError> {
+pub async fn fault(
+    c: &mut Client,
+    pid: u32,
+    addr: u64,
+    access: Access,
+) -> Result<String, CliError> {
     let r = c
         .fault(FaultRequest {
             pid,

@@ -85,7 +85,11 @@ impl Target {
     fn endpoint(&self) -> Result<Endpoint, CliError> {
         let mut url = self.url.clone();
         if !url.contains("://") {
-            let scheme = if self.tls_ca.is_some() { "https" } else { "http" };
+            let scheme = if self.tls_ca.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             url = format!("{scheme}://{url}");
         }
         let mut ep = Endpoint::from_shared(url.clone())

@@ -73,7 +73,10 @@ pub async fn run(o: &DemoOptions, server: Option<&Target>) -> Result<String, Cli
             eprintln!("running against {} for {:?} ...", t.url, o.duration);
             let r = load::run(cfg.clone(), t).await?;
             let s = Summary::new(&r);
-            let name = s.server.as_ref().map_or_else(|| t.url.clone(), |d| d.vma_cache.clone());
+            let name = s
+                .server
+                .as_ref()
+                .map_or_else(|| t.url.clone(), |d| d.vma_cache.clone());
             runs.push((name, s));
         }
         None => {
@@ -106,7 +109,11 @@ pub fn table(runs: &[(String, Summary)]) -> String {
             Box::new(move |s| {
                 s.server.as_ref().map_or("-".into(), |d| {
                     let r = get(s, "vma_alloc_reused");
-                    format!("{} ({r}/{})", pct(d.reuse_rate), r + get(s, "vma_alloc_fresh"))
+                    format!(
+                        "{} ({r}/{})",
+                        pct(d.reuse_rate),
+                        r + get(s, "vma_alloc_fresh")
+                    )
                 })
             }),
         ),
@@ -117,22 +124,57 @@ pub fn table(runs: &[(String, Summary)]) -> String {
         (
             "call_rcu made / avoided",
             Box::new(move |s| {
-                format!("{} / {}", get(s, "call_rcu_made"), get(s, "call_rcu_avoided"))
+                format!(
+                    "{} / {}",
+                    get(s, "call_rcu_made"),
+                    get(s, "call_rcu_avoided")
+                )
             }),
         ),
-        ("grace periods", Box::new(move |s| get(s, "grace_periods").to_string())),
-        ("vma lock success", Box::new(move |s| get(s, "vma_lock_success").to_string())),
-        ("vma lock abort", Box::new(move |s| get(s, "vma_lock_abort").to_string())),
-        ("vma lock retry", Box::new(move |s| get(s, "vma_lock_retry").to_string())),
-        ("vma lock miss", Box::new(move |s| get(s, "vma_lock_miss").to_string())),
-        ("mmap_lock fallbacks", Box::new(move |s| get(s, "mmap_lock_fallbacks").to_string())),
-        ("VMA allocs (reused + fresh)", Box::new(move |s| {
-            (get(s, "vma_alloc_reused") + get(s, "vma_alloc_fresh")).to_string()
-        })),
-        ("pool slots waiting for a GP (end)", Box::new(move |s| get(s, "pool_slots_waiting").to_string())),
-        ("RPC latency p50", Box::new(|s| format!("{:.3} ms", s.latency_ms.p50))),
-        ("RPC latency p99", Box::new(|s| format!("{:.3} ms", s.latency_ms.p99))),
-        ("RPCs (errors)", Box::new(|s| format!("{} ({})", s.count, s.errors))),
+        (
+            "grace periods",
+            Box::new(move |s| get(s, "grace_periods").to_string()),
+        ),
+        (
+            "vma lock success",
+            Box::new(move |s| get(s, "vma_lock_success").to_string()),
+        ),
+        (
+            "vma lock abort",
+            Box::new(move |s| get(s, "vma_lock_abort").to_string()),
+        ),
+        (
+            "vma lock retry",
+            Box::new(move |s| get(s, "vma_lock_retry").to_string()),
+        ),
+        (
+            "vma lock miss",
+            Box::new(move |s| get(s, "vma_lock_miss").to_string()),
+        ),
+        (
+            "mmap_lock fallbacks",
+            Box::new(move |s| get(s, "mmap_lock_fallbacks").to_string()),
+        ),
+        (
+            "VMA allocs (reused + fresh)",
+            Box::new(move |s| (get(s, "vma_alloc_reused") + get(s, "vma_alloc_fresh")).to_string()),
+        ),
+        (
+            "pool slots waiting for a GP (end)",
+            Box::new(move |s| get(s, "pool_slots_waiting").to_string()),
+        ),
+        (
+            "RPC latency p50",
+            Box::new(|s| format!("{:.3} ms", s.latency_ms.p50)),
+        ),
+        (
+            "RPC latency p99",
+            Box::new(|s| format!("{:.3} ms", s.latency_ms.p99)),
+        ),
+        (
+            "RPCs (errors)",
+            Box::new(|s| format!("{} ({})", s.count, s.errors)),
+        ),
     ];
     let lw = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let cells: Vec<Vec<String>> = rows
@@ -166,11 +208,13 @@ pub fn table(runs: &[(String, Summary)]) -> String {
     }
     if runs.len() == 2 {
         o.push_str(
-            "\ntypesafe: a freed VMA slot goes straight back to the free list (no call_rcu),\n\
-             so most allocations reuse a slot, many before a grace period has passed; the\n\
-             per-VMA lock's checks (vm_refcnt, vm_mm, vm_lock_seq, range) keep lockless\n\
-             faults safe. rcu: every free waits for a grace period via call_rcu, so slots\n\
-             are reused later and less. Try `vmasim race --list` to watch the checks work.\n",
+            "\ntypesafe: a freed VMA slot goes straight back to the free list (no call_rcu)\n\
+             and is often handed out again before a grace period has passed; the per-VMA\n\
+             lock's checks (vm_refcnt, vm_mm, vm_lock_seq, range) keep lockless faults safe.\n\
+             rcu: every free costs a call_rcu and the slot waits for a grace period before\n\
+             it can be reused. Non-OK replies are expected ones (MAP_FIXED_NOREPLACE over a\n\
+             mapping, mprotect over a hole, faults racing an exit). Watch the checks work:\n\
+             `vmasim race --list`.\n",
         );
     }
     o

@@ -131,10 +131,11 @@ pub fn parse_map_flags(s: &str) -> Result<u32, String> {
 /// seconds (`0` = no limit where the command allows it).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
+    if let Ok(secs) = t.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(secs));
     }
     humantime::parse_duration(t).map_err(|e| format!("`{s}` is not a duration (e.g. 30s, 2m): {e}"))
 }
@@ -185,7 +186,10 @@ mod tests {
     fn flags() {
         assert_eq!(parse_map_flags("private,anonymous").unwrap(), 0x22);
         assert_eq!(parse_map_flags("MAP_SHARED|MAP_FIXED").unwrap(), 0x11);
-        assert_eq!(parse_map_flags("private,fixed-noreplace").unwrap(), 0x10_0002);
+        assert_eq!(
+            parse_map_flags("private,fixed-noreplace").unwrap(),
+            0x10_0002
+        );
         assert_eq!(parse_map_flags("0x22").unwrap(), 0x22);
         assert!(parse_map_flags("private,bogus").is_err());
     }

@@ -43,7 +43,11 @@ pub async fn run(client: &mut Client, name: &str, buggy: bool) -> Result<String,
 /// The timeline as a table plus a verdict line.
 pub fn render(r: &RaceScenarioResponse) -> String {
     let variant = RaceVariant::try_from(r.variant)
-        .map(|v| v.as_str_name().trim_start_matches("RACE_VARIANT_").to_lowercase())
+        .map(|v| {
+            v.as_str_name()
+                .trim_start_matches("RACE_VARIANT_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| r.variant.to_string());
     let mut out = format!("{} ({variant}): {}\n\n", r.name, r.description);
     let header = [
@@ -89,21 +93,27 @@ pub fn render(r: &RaceScenarioResponse) -> String {
         l.trim_end().to_string() + "\n"
     };
     out.push_str(&line(header));
-    out.push_str(&line(w.map(|n| "-".repeat(n)).each_ref().map(|s| s.as_str())));
+    out.push_str(&line(
+        w.map(|n| "-".repeat(n)).each_ref().map(|s| s.as_str()),
+    ));
     for row in &rows {
         out.push_str(&line(row.each_ref().map(|s| s.as_str())));
     }
     let verdict = RaceVerdict::try_from(r.verdict)
-        .map(|v| v.as_str_name().trim_start_matches("RACE_VERDICT_").to_string())
+        .map(|v| {
+            v.as_str_name()
+                .trim_start_matches("RACE_VERDICT_")
+                .to_string()
+        })
         .unwrap_or_else(|_| r.verdict.to_string());
     out.push('\n');
     if r.caught_by.is_empty() {
-        out.push_str(&format!("verdict: {verdict}: {}\n", r.summary));
+        out.push_str(&format!("verdict: {verdict}\n"));
     } else {
-        out.push_str(&format!(
-            "verdict: {verdict} (caught by {}): {}\n",
-            r.caught_by, r.summary
-        ));
+        out.push_str(&format!("verdict: {verdict} (caught by {})\n", r.caught_by));
+    }
+    if !r.summary.is_empty() {
+        out.push_str(&format!("{}\n", r.summary));
     }
     out
 }
@@ -139,8 +149,11 @@ mod tests {
             summary: "s".into(),
         };
         let t = render(&r);
-        assert!(t.contains("verdict: CAUGHT (caught by vm_refcnt detached): s"));
-        let lines: Vec<&str> = t.lines().filter(|l| l.contains("reader") || l.contains("writer")).collect();
+        assert!(t.contains("verdict: CAUGHT (caught by vm_refcnt detached)\ns\n"));
+        let lines: Vec<&str> = t
+            .lines()
+            .filter(|l| l.contains("reader") || l.contains("writer"))
+            .collect();
         assert_eq!(lines[0].find("mas_walk"), lines[1].find("vma_mark"));
     }
 }

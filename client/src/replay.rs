@@ -28,8 +28,13 @@
 //!   text naming the path, reads the file id the server assigned, and
 //!   exits it (the API has no other way to name a file). Without `-y` in
 //!   the log there is no path; the fd number stands in for it.
-//! * `munmap`, `mprotect`, `brk` as logged; `brk` results are compared
-//!   with the logged ones and a difference is reported.
+//! * `munmap`, `mprotect` as logged. In a process that started from a
+//!   fresh `Spawn`, a range that is not mapped is skipped (the kernel
+//!   mapped it at execve; the trace does not show that).
+//! * `brk` relative to the heap start: the first `brk(NULL)` of a process
+//!   gives the traced heap start; if the simulated one differs (the API
+//!   cannot set it; the kernel randomizes it), every later break is shifted
+//!   by the difference, and the result is compared with the logged one.
 //! * `mremap` is simplified to unmap + map: in place, the tail is unmapped
 //!   (shrink) or a `MAP_FIXED` mapping with the same protection, sharing,
 //!   file and contiguous offset is added (grow, merged by the server as the
@@ -113,7 +118,11 @@ impl ReplayReport {
         }
         if !self.parse_errors.is_empty() {
             let _ = writeln!(o, "unparsed lines: {}", self.parse_errors.len());
-            for e in self.parse_errors.iter().take(if verbose { usize::MAX } else { 5 }) {
+            for e in self
+                .parse_errors
+                .iter()
+                .take(if verbose { usize::MAX } else { 5 })
+            {
                 let _ = writeln!(o, "  {e}");
             }
         }
@@ -148,6 +157,13 @@ struct Replayer<'a> {
     report: ReplayReport,
     /// The flags the server refused once (so later calls drop them first).
     refused_flags: bool,
+    /// Per simulated process: simulated heap start minus the traced one
+    /// (learnt from the first `brk(NULL)`), inherited by fork children.
+    brk_delta: HashMap<u32, i128>,
+    /// Simulated processes that start from a fresh `Spawn` (no `--into`):
+    /// they lack what the kernel mapped at execve (the program, the
+    /// loader, the stack), which the trace does not show.
+    fresh: std::collections::HashSet<u32>,
 }
 
 fn status_text(s: &Status) -> String {
@@ -190,15 +206,16 @@ pub async fn replay(
             ..Default::default()
         },
         refused_flags: false,
+        brk_delta: HashMap::new(),
+        fresh: Default::default(),
     };
     if let Some(pid) = into {
         // Learn the file ids of the imported files, by path.
         let m = r.c.maps(MapsRequest { pid }).await?.into_inner();
         r.learn_files(&m.entries);
     }
-    let in_range = |t: &TraceLine| {
-        from.is_none_or(|f| t.line_no >= f) && to.is_none_or(|e| t.line_no < e)
-    };
+    let in_range =
+        |t: &TraceLine| from.is_none_or(|f| t.line_no >= f) && to.is_none_or(|e| t.line_no < e);
     for t in calls.iter().filter(|t| in_range(t)) {
         r.apply(t).await?;
     }
@@ -226,6 +243,21 @@ impl Replayer<'_> {
         self.report.diverged.push((line, what));
     }
 
+    /// A failed munmap/mprotect/mremap: in a fresh process a range that is
+    /// not mapped is most likely one the kernel mapped at execve (not in
+    /// the trace), so the call is skipped; anywhere else it diverged.
+    fn failed(&mut self, line: usize, pid: u32, what: String, s: &Status) {
+        if self.fresh.contains(&pid) && s.code() == Code::FailedPrecondition {
+            self.skip(
+                line,
+                "range not mapped in the simulation (mapped by the kernel at execve, not in the trace)"
+                    .into(),
+            );
+        } else {
+            self.diverge(line, format!("{what}: {}", status_text(s)));
+        }
+    }
+
     /// The simulated process of a task; the first task seen becomes the
     /// root (the `--into` process or a fresh one).
     async fn process(&mut self, task: Option<u32>) -> Result<Option<u32>, CliError> {
@@ -237,7 +269,16 @@ impl Replayer<'_> {
         }
         let pid = match self.into {
             Some(p) => p,
-            None => self.c.spawn(SpawnRequest::default()).await?.into_inner().pid,
+            None => {
+                let pid = self
+                    .c
+                    .spawn(SpawnRequest::default())
+                    .await?
+                    .into_inner()
+                    .pid;
+                self.fresh.insert(pid);
+                pid
+            }
         };
         self.tasks.insert(task, pid);
         self.report.processes.push((task, pid));
@@ -259,7 +300,10 @@ impl Replayer<'_> {
                 let line = format!("10000-11000 r--p 00000000 00:00 {inode} {p}\n");
                 let pid = self
                     .c
-                    .spawn(SpawnRequest { maps_text: line })
+                    .spawn(SpawnRequest {
+                        maps_text: line,
+                        start_brk: 0,
+                    })
                     .await?
                     .into_inner()
                     .pid;
@@ -285,7 +329,7 @@ impl Replayer<'_> {
         if self.refused_flags {
             req.flags &= PROTO_FLAGS;
         }
-        match self.c.mmap(req.clone()).await {
+        match self.c.mmap(req).await {
             Ok(r) => Ok(r.into_inner().addr),
             Err(s) if s.code() == Code::InvalidArgument && req.flags & !PROTO_FLAGS != 0 => {
                 self.refused_flags = true;
@@ -328,7 +372,10 @@ impl Replayer<'_> {
         }
         let Some(pid) = self.process(t.pid).await? else {
             let task = t.pid.map_or("?".into(), |p| p.to_string());
-            self.skip(line, format!("{name} of task {task}, not created in the replayed range"));
+            self.skip(
+                line,
+                format!("{name} of task {task}, not created in the replayed range"),
+            );
             return Ok(());
         };
         match &t.call {
@@ -372,7 +419,7 @@ impl Replayer<'_> {
                 };
                 match self.c.munmap(req).await {
                     Ok(_) => self.applied(name),
-                    Err(s) => self.diverge(line, format!("munmap {addr:#x}: {}", status_text(&s))),
+                    Err(s) => self.failed(line, pid, format!("munmap {addr:#x}"), &s),
                 }
             }
             Syscall::Mprotect {
@@ -386,33 +433,13 @@ impl Replayer<'_> {
                 };
                 match self.c.mprotect(req).await {
                     Ok(_) => self.applied(name),
-                    Err(s) => {
-                        self.diverge(line, format!("mprotect {addr:#x}: {}", status_text(&s)))
-                    }
+                    Err(s) => self.failed(line, pid, format!("mprotect {addr:#x}"), &s),
                 }
             }
             Syscall::Brk { addr, ret } => {
                 let want = *ret.as_ref().expect("checked");
-                let got = self
-                    .c
-                    .brk(BrkRequest { pid, brk: *addr })
-                    .await?
-                    .into_inner();
+                self.brk(line, pid, *addr, want).await?;
                 self.applied(name);
-                if got.brk != want {
-                    let what = if *addr == 0 {
-                        format!(
-                            "brk(NULL) is {:#x} in the simulation, {want:#x} in the trace (start_brk {:#x})",
-                            got.brk, got.start_brk
-                        )
-                    } else {
-                        format!(
-                            "brk({addr:#x}) gave {:#x} in the simulation, {want:#x} in the trace (start_brk {:#x})",
-                            got.brk, got.start_brk
-                        )
-                    };
-                    self.diverge(line, what);
-                }
             }
             Syscall::Mremap {
                 old_addr,
@@ -422,9 +449,12 @@ impl Replayer<'_> {
                 ..
             } => {
                 let new = *ret.as_ref().expect("checked");
-                match self.mremap(line, pid, *old_addr, *old_len, *new_len, new).await {
+                match self
+                    .mremap(line, pid, *old_addr, *old_len, *new_len, new)
+                    .await
+                {
                     Ok(()) => self.applied(name),
-                    Err(s) => self.diverge(line, format!("mremap {old_addr:#x}: {}", status_text(&s))),
+                    Err(s) => self.failed(line, pid, format!("mremap {old_addr:#x}"), &s),
                 }
             }
             Syscall::Fork { child } => {
@@ -432,6 +462,12 @@ impl Replayer<'_> {
                 match self.c.fork(ForkRequest { pid }).await {
                     Ok(r) => {
                         let sim = r.into_inner().child_pid;
+                        if let Some(d) = self.brk_delta.get(&pid).copied() {
+                            self.brk_delta.insert(sim, d);
+                        }
+                        if self.fresh.contains(&pid) {
+                            self.fresh.insert(sim);
+                        }
                         self.tasks.insert(Some(child), sim);
                         self.report.processes.push((Some(child), sim));
                         self.applied(name);
@@ -463,12 +499,62 @@ impl Replayer<'_> {
                 if Some(pid) != self.into {
                     let _ = self.c.exit(ExitRequest { pid }).await;
                 }
-                let fresh = self.c.spawn(SpawnRequest::default()).await?.into_inner().pid;
+                let fresh = self
+                    .c
+                    .spawn(SpawnRequest::default())
+                    .await?
+                    .into_inner()
+                    .pid;
+                self.fresh.insert(fresh);
                 self.tasks.insert(t.pid, fresh);
                 self.report.processes.push((t.pid, fresh));
                 self.applied(name);
             }
             Syscall::Other { .. } => unreachable!("handled above"),
+        }
+        Ok(())
+    }
+
+    /// brk, relative to the heap start: the simulated process may have its
+    /// heap elsewhere than the traced one (see the module docs).
+    async fn brk(&mut self, line: usize, pid: u32, addr: u64, want: u64) -> Result<(), CliError> {
+        if addr == 0 || !self.brk_delta.contains_key(&pid) {
+            let got = self.c.brk(BrkRequest { pid, brk: 0 }).await?.into_inner();
+            let delta = i128::from(got.brk) - i128::from(if addr == 0 { want } else { got.brk });
+            if addr == 0 && delta != 0 && !self.brk_delta.contains_key(&pid) {
+                self.report.notes.push((
+                    line,
+                    format!(
+                        "heap of pid {pid} is at {:#x} in the simulation, {want:#x} in the trace: brk is replayed relative to it",
+                        got.brk
+                    ),
+                ));
+            }
+            self.brk_delta.entry(pid).or_insert(delta);
+            if addr == 0 {
+                return Ok(());
+            }
+        }
+        let delta = self.brk_delta[&pid];
+        let shift = |x: u64| u64::try_from(i128::from(x) + delta).unwrap_or(0);
+        let got = self
+            .c
+            .brk(BrkRequest {
+                pid,
+                brk: shift(addr),
+            })
+            .await?
+            .into_inner();
+        if got.brk != shift(want) {
+            self.diverge(
+                line,
+                format!(
+                    "brk({:#x}) gave {:#x} in the simulation; the trace's {want:#x} corresponds to {:#x}",
+                    shift(addr),
+                    got.brk,
+                    shift(want)
+                ),
+            );
         }
         Ok(())
     }
@@ -505,7 +591,13 @@ impl Replayer<'_> {
         } else {
             0
         } | MapFlag::MapFixed as u32;
-        let offset_at = |a: u64| if e.file_id == 0 { 0 } else { e.offset + (a - e.start) };
+        let offset_at = |a: u64| {
+            if e.file_id == 0 {
+                0
+            } else {
+                e.offset + (a - e.start)
+            }
+        };
         if new == old {
             if new_len < old_len {
                 self.c

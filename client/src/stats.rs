@@ -53,7 +53,11 @@ pub fn fields(s: &StatsResponse) -> Vec<(String, u64, Kind)> {
         ("pool_slabs", s.pool_slabs, Gauge),
         ("pool_capacity_slots", s.pool_capacity_slots, Gauge),
         ("processes", s.processes, Gauge),
-        ("processes_spawned_total", s.processes_spawned_total, Counter),
+        (
+            "processes_spawned_total",
+            s.processes_spawned_total,
+            Counter,
+        ),
         ("vmas", s.vmas, Gauge),
         ("rss_pages", s.rss_pages, Gauge),
     ]
@@ -137,7 +141,8 @@ impl StatsDelta {
         d.reuse_rate = ratio(reused, reused + d.get("vma_alloc_fresh"));
         d.reuse_before_gp_rate = ratio(d.get("vma_reuse_before_gp"), reused);
         let made = d.get("call_rcu_made");
-        d.call_rcu_avoided_rate = ratio(d.get("call_rcu_avoided"), made + d.get("call_rcu_avoided"));
+        d.call_rcu_avoided_rate =
+            ratio(d.get("call_rcu_avoided"), made + d.get("call_rcu_avoided"));
         d.retries_per_fault = ratio(d.get("fault_retries"), d.get("faults"));
         d
     }
@@ -155,7 +160,10 @@ impl StatsDelta {
         let reused = self.get("vma_alloc_reused");
         let all = reused + self.get("vma_alloc_fresh");
         vec![
-            ("mode".into(), format!("{} / {}", self.vma_cache, self.fault_lock)),
+            (
+                "mode".into(),
+                format!("{} / {}", self.vma_cache, self.fault_lock),
+            ),
             ("faults".into(), self.get("faults").to_string()),
             (
                 "VMA reuse rate".into(),
@@ -163,7 +171,11 @@ impl StatsDelta {
             ),
             (
                 "reuses before a grace period".into(),
-                format!("{} ({})", self.get("vma_reuse_before_gp"), pct(self.reuse_before_gp_rate)),
+                format!(
+                    "{} ({})",
+                    self.get("vma_reuse_before_gp"),
+                    pct(self.reuse_before_gp_rate)
+                ),
             ),
             (
                 "call_rcu made / avoided".into(),
@@ -184,8 +196,14 @@ impl StatsDelta {
                     self.get("vma_lock_miss")
                 ),
             ),
-            ("mmap_lock fallbacks".into(), self.get("mmap_lock_fallbacks").to_string()),
-            ("grace periods".into(), self.get("grace_periods").to_string()),
+            (
+                "mmap_lock fallbacks".into(),
+                self.get("mmap_lock_fallbacks").to_string(),
+            ),
+            (
+                "grace periods".into(),
+                self.get("grace_periods").to_string(),
+            ),
         ]
     }
 }

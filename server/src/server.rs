@@ -11,7 +11,7 @@
 //! The stack, outermost first:
 //!
 //! 1. tonic's transport (HTTP/2, optional TLS, decode limits per service);
-//! 2. [`RpcLayer`], one tower layer for everything that must see *every*
+//! 2. `RpcLayer`, one tower layer for everything that must see *every*
 //!    call, including the ones it refuses: the global concurrency limit
 //!    (RESOURCE_EXHAUSTED at once when full, never a queue; health checks
 //!    exempt so a busy server still answers its probes), the request
@@ -21,7 +21,7 @@
 //!    reflection (health exempt, so probes work without the token), then
 //!    the service.
 //!
-//! The server's own timeout is done in [`RpcLayer`] rather than with
+//! The server's own timeout is done in `RpcLayer` rather than with
 //! tonic's `Server::timeout`, because tonic applies that outside custom
 //! layers, where the metrics would not see the calls it cuts off. A
 //! client's `grpc-timeout` is still honoured by tonic.

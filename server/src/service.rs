@@ -27,13 +27,13 @@
 //!   client: nothing is buffered without bound.
 
 use crate::mm::MmError;
-use crate::mm::TASK_SIZE;
 use crate::mm::fault::{self as mmfault, FaultResult, do_user_addr_fault};
 use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_mprotect, do_munmap, map};
 use crate::mm::proc_maps::MapsEntry;
 use crate::mm::race_lab;
 use crate::mm::sim::Simulator;
 use crate::mm::vma::vm_flags::{VM_ACCESS_FLAGS, VM_MAYSHARE};
+use crate::mm::{PAGE_SIZE, TASK_SIZE};
 use crate::telemetry::Telemetry;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,13 +46,9 @@ use vmasim_proto::v1::address_space_server::AddressSpace;
 use vmasim_proto::v1::{self as pb, session_reply, session_request};
 
 /// Every `mmap` flag bit the API accepts (address_space.proto, `flags`).
-/// The engine knows more Linux flags; the API promises INVALID_ARGUMENT for
-/// anything but these.
-const API_MAP_FLAGS: u32 = map::MAP_SHARED
-    | map::MAP_PRIVATE
-    | map::MAP_FIXED
-    | map::MAP_ANONYMOUS
-    | map::MAP_FIXED_NOREPLACE;
+/// Every `MapFlag` of the proto: the Linux flags the engine knows. Anything
+/// else is INVALID_ARGUMENT.
+const API_MAP_FLAGS: u32 = map::MAP_KNOWN;
 
 /// In a `FaultBatch`, one fault in this many is timed for
 /// `vmasim_fault_duration_seconds`. The batch's average is not the latency
@@ -246,8 +242,18 @@ impl AddressSpaceService {
 
     async fn op_spawn(&self, req: pb::SpawnRequest) -> Result<pb::SpawnResponse, Status> {
         let sim = self.sim();
+        let start_brk = match req.start_brk {
+            0 => None,
+            b if b % PAGE_SIZE != 0 || b >= TASK_SIZE => {
+                return Err(invalid(
+                    "start_brk",
+                    format!("{b:#x} must be page aligned and below {TASK_SIZE:#x}"),
+                ));
+            }
+            b => Some(b),
+        };
         if req.maps_text.is_empty() {
-            let pid = sim.spawn().map_err(status_from)?;
+            let pid = sim.spawn_from_maps("", start_brk).map_err(status_from)?;
             return Ok(pb::SpawnResponse { pid, vma_count: 0 });
         }
         let max = self.inner.limits.max_maps_text;
@@ -261,7 +267,9 @@ impl AddressSpaceService {
             ));
         }
         blocking(move || {
-            let pid = sim.spawn_from_maps(&req.maps_text).map_err(status_from)?;
+            let pid = sim
+                .spawn_from_maps(&req.maps_text, start_brk)
+                .map_err(status_from)?;
             // The process may already have been killed by another client;
             // then it started with as many VMAs as the text has lines, which
             // we no longer know, so report 0 rather than fail a done spawn.
@@ -506,6 +514,12 @@ impl AddressSpaceService {
     }
 
     /// One `Session` operation, answered like its unary RPC.
+    /// Run one `Session` operation exactly as the stream does (used by the
+    /// stream task and by the dispatch fuzzer).
+    pub async fn dispatch(&self, req: pb::SessionRequest) -> pb::SessionReply {
+        self.session_op(req).await
+    }
+
     async fn session_op(&self, req: pb::SessionRequest) -> pb::SessionReply {
         use session_reply::Result as R;
         use session_request::Op;

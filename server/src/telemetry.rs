@@ -227,17 +227,16 @@ impl Telemetry {
         );
         r.register_gauge(&build, &METADATA).set(1.0);
 
-        const LOCK_RESULTS: [(VmaLockEvent, &str); 4] = [
-            (VmaLockEvent::VmaLockSuccess, "success"),
-            (VmaLockEvent::VmaLockAbort, "abort"),
-            (VmaLockEvent::VmaLockRetry, "retry"),
-            (VmaLockEvent::VmaLockMiss, "miss"),
-        ];
+        // `FaultStats::vma_lock` is indexed by `VmaLockEvent`.
+        const _: () = assert!(
+            VmaLockEvent::VmaLockSuccess as usize == 0
+                && VmaLockEvent::VmaLockAbort as usize == 1
+                && VmaLockEvent::VmaLockRetry as usize == 2
+                && VmaLockEvent::VmaLockMiss as usize == 3
+        );
         let engine = EngineMetrics {
-            vma_lock: LOCK_RESULTS.map(|(ev, result)| {
-                debug_assert!(LOCK_RESULTS[ev as usize].1 == result);
-                counter(VMA_LOCK, &[("result", result)])
-            }),
+            vma_lock: ["success", "abort", "retry", "miss"]
+                .map(|result| counter(VMA_LOCK, &[("result", result)])),
             mmap_lock_fallbacks: counter(MMAP_LOCK_FALLBACKS, &[]),
             faults: FaultOutcome::ALL.map(|o| {
                 FaultPath::ALL
@@ -297,9 +296,9 @@ impl Telemetry {
         }
     }
 
-    /// Record one finished RPC. `method` outside [`METHODS`] (health checks,
-    /// reflection) is counted under its own name only if it is one of the
-    /// few fixed names the server layer passes; the label set stays bounded.
+    /// Record one finished RPC. `method` is one of [`METHODS`] or one of the
+    /// few other fixed names the server layer passes (health, reflection,
+    /// `unknown`), so the label set stays bounded.
     pub fn record_rpc(&self, method: &'static str, code: Code, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         if let Some(m) = self.rpc.get(method) {
@@ -378,8 +377,8 @@ impl Telemetry {
         }
     }
 
-    /// The Prometheus text exposition of everything, after [`refresh`]
-    /// (`Self::refresh`) with `s`.
+    /// The Prometheus text exposition of everything, after
+    /// [`Self::refresh`] with `s`.
     pub fn render(&self, s: &SimStats) -> String {
         self.refresh(s);
         self.handle.render()

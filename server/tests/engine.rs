@@ -478,7 +478,7 @@ fn maps_text_is_kernel_format_and_round_trips() {
 ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
 ";
     let s = sim();
-    let pid = s.spawn_from_maps(text).unwrap();
+    let pid = s.spawn_from_maps(text, None).unwrap();
     let m = s.maps(pid).unwrap();
     let expected: String = text
         .lines()
@@ -488,7 +488,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
     assert_eq!(m.text, expected);
     assert_eq!((m.start_brk, m.brk), (0x5555_5555_f000, 0x5555_5558_0000));
     let e = s
-        .spawn_from_maps("00400000-00401000 r--q 0 0:0 0\n")
+        .spawn_from_maps("00400000-00401000 r--q 0 0:0 0\n", None)
         .unwrap_err();
     assert!(e.to_string().contains("line 1"), "{e}");
     assert_eq!(s.stats().processes, 1);

@@ -121,6 +121,39 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     sum
 }
 
+/// `promtool check metrics` must accept the exposition (skipped, loudly,
+/// where Debian's `prometheus` package is not installed).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("promtool not found: exposition lint skipped");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && msg.trim().is_empty(),
+        "promtool check metrics:\n{msg}"
+    );
+}
+
 fn small_cfg() -> ServerConfig {
     ServerConfig {
         sim: SimConfig {
@@ -285,6 +318,7 @@ async fn every_rpc() {
     let sp = c
         .spawn(pb::SpawnRequest {
             maps_text: text.into(),
+            start_brk: 0,
         })
         .await
         .unwrap()
@@ -591,7 +625,8 @@ async fn errors_change_nothing() {
         InvalidArgument,
         "maps_text: line 1",
         c2.spawn(pb::SpawnRequest {
-            maps_text: "garbage\n".into()
+            maps_text: "garbage\n".into(),
+            start_brk: 0,
         })
     );
 
@@ -1220,8 +1255,12 @@ async fn concurrent_traffic_adds_up() {
     faults += forks; // one fault per child
 
     let mut c = srv.client().await;
+    // Some failures, so non-OK codes show up in the exposition too.
+    assert!(c.maps(pb::MapsRequest { pid: 0 }).await.is_err());
+    assert!(c.maps(pb::MapsRequest { pid: 77_777 }).await.is_err());
     let s = stats(&mut c).await;
     let text = srv.metrics_text().await;
+    promtool_check(&text);
     let s2 = stats(&mut c).await;
     let t = s.faults.unwrap();
     assert_eq!(t.faults, faults, "every fault sent was counted once");

@@ -52,7 +52,13 @@ fn histogram_svg(s: &Summary) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img"><title>Latency histogram</title>"#
     );
     let n = s.histogram.len().max(1) as f64;
-    let maxc = s.histogram.iter().map(|b| b.count).max().unwrap_or(0).max(1) as f64;
+    let maxc = s
+        .histogram
+        .iter()
+        .map(|b| b.count)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
     let (pw, ph) = (W - PAD_L - PAD_R, H - PAD_T - PAD_B);
     let bw = pw / n;
     axes(&mut o, maxc, "requests");
@@ -119,8 +125,20 @@ fn throughput_svg(s: &Summary) -> String {
     );
     let (pw, ph) = (W - PAD_L - PAD_R, H - PAD_T - PAD_B);
     let n = s.timeline.len().max(1) as f64;
-    let maxr = s.timeline.iter().map(|x| x.requests).max().unwrap_or(0).max(1) as f64;
-    let maxf = s.timeline.iter().map(|x| x.faults).max().unwrap_or(0).max(1) as f64;
+    let maxr = s
+        .timeline
+        .iter()
+        .map(|x| x.requests)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let maxf = s
+        .timeline
+        .iter()
+        .map(|x| x.faults)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
     axes(&mut o, maxr, "requests/s");
     let bw = pw / n;
     let mut pts = Vec::new();
@@ -204,12 +222,27 @@ td{font-family:monospace}th{background:#f4f4f4;font-weight:normal}
         &mut o,
         "Summary",
         &[
-            ("requests".into(), format!("{} ({} errors, {})", s.count, s.errors, s.error_rate())),
+            (
+                "requests".into(),
+                format!("{} ({} errors, {})", s.count, s.errors, s.error_rate()),
+            ),
             ("measured time".into(), format!("{:.2} s", s.total_secs)),
             ("requests/s".into(), format!("{:.1}", s.rps)),
-            ("simulated faults/s".into(), format!("{:.1}", s.faults_per_sec)),
-            ("latency min / mean / max".into(), format!("{:.3} / {:.3} / {:.3} ms", l.min, l.mean, l.max)),
-            ("latency p50 / p90 / p99 / p99.9".into(), format!("{:.3} / {:.3} / {:.3} / {:.3} ms", l.p50, l.p90, l.p99, l.p999)),
+            (
+                "simulated faults/s".into(),
+                format!("{:.1}", s.faults_per_sec),
+            ),
+            (
+                "latency min / mean / max".into(),
+                format!("{:.3} / {:.3} / {:.3} ms", l.min, l.mean, l.max),
+            ),
+            (
+                "latency p50 / p90 / p99 / p99.9".into(),
+                format!(
+                    "{:.3} / {:.3} / {:.3} / {:.3} ms",
+                    l.p50, l.p90, l.p99, l.p999
+                ),
+            ),
         ],
     );
     o.push_str("<h2>Latency histogram</h2>\n");
@@ -222,21 +255,37 @@ td{font-family:monospace}th{background:#f4f4f4;font-weight:normal}
     };
     table(&mut o, "Operations", &rows(&s.operations));
     table(&mut o, "Status codes", &rows(&s.status_codes));
-    table(&mut o, "Fault outcomes (client side)", &rows(&s.fault_outcomes));
+    table(
+        &mut o,
+        "Fault outcomes (client side)",
+        &rows(&s.fault_outcomes),
+    );
     match &s.server {
         Some(d) => {
-            table(&mut o, "Server-side counters (delta over the run)", &d.summary_rows());
+            table(
+                &mut o,
+                "Server-side counters (delta over the run)",
+                &d.summary_rows(),
+            );
             let all: Vec<(String, String)> = d
                 .values
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect();
-            table(&mut o, "All server counters (gauges: value at the end)", &all);
+            table(
+                &mut o,
+                "All server counters (gauges: value at the end)",
+                &all,
+            );
         }
         None => o.push_str("<p>Server Stats unavailable.</p>\n"),
     }
     if !s.divergences.is_empty() {
-        let _ = write!(o, r#"<h2 class="bad">Verify: {} divergence(s)</h2>"#, s.divergences.len());
+        let _ = write!(
+            o,
+            r#"<h2 class="bad">Verify: {} divergence(s)</h2>"#,
+            s.divergences.len()
+        );
         for d in &s.divergences {
             let _ = write!(o, "<pre>{}</pre>", esc(&d.to_string()));
         }

@@ -18,10 +18,12 @@
 //! previous reply arrived, so `--concurrency` requests are in flight.
 //! **Open loop** (`--rps R`): requests are due on a fixed schedule (one
 //! every 1/R s, shared by all workers); a worker takes the next slot,
-//! waits for it and sends. Latency is measured from the slot's time, not
+//! waits for it and sends. A worker that takes a slot already in the past
+//! (all workers were busy) measures latency from the slot's time, not
 //! from the actual send: if the server stalls, the requests that *should*
 //! have gone out meanwhile are charged the wait (coordinated omission
-//! corrected, as wrk2 does). `--concurrency` then caps the requests in
+//! corrected, as wrk2 does). A worker on time measures from its wake-up,
+//! so the timer's 1 ms granularity is not charged to the server. `--concurrency` then caps the requests in
 //! flight; when every worker is busy the schedule runs late and latency
 //! shows it.
 //!
@@ -136,7 +138,11 @@ impl LoadConfig {
             self.threads,
             self.processes,
             self.connections,
-            if self.stream { "Session stream" } else { "unary" },
+            if self.stream {
+                "Session stream"
+            } else {
+                "unary"
+            },
             self.batch,
             self.mix,
             if self.verify { ", verified" } else { "" }
@@ -167,10 +173,10 @@ pub async fn run(cfg: LoadConfig, target: &Target) -> Result<LoadResult, CliErro
     if cfg.processes == 0 {
         return Err(CliError::Usage("--processes must be at least 1".into()));
     }
-    if let Some(r) = cfg.rps {
-        if !(r.is_finite() && r > 0.0) {
-            return Err(CliError::Usage("--rps must be > 0".into()));
-        }
+    if let Some(r) = cfg.rps
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(CliError::Usage("--rps must be > 0".into()));
     }
     let cfg = Arc::new(cfg);
     let mut channels = Vec::new();
@@ -234,6 +240,7 @@ pub async fn run(cfg: LoadConfig, target: &Target) -> Result<LoadResult, CliErro
         before = stats::fetch(&mut control).await.ok();
         shared.start_recording();
     }
+    shared.sched0.get_or_init(Instant::now);
     let owner_tasks: Vec<_> = ready.into_iter().map(|w| tokio::spawn(w.run())).collect();
     let thread_tasks: Vec<_> = threads.into_iter().map(|t| tokio::spawn(t.run())).collect();
     let ctrl_c = {
@@ -288,9 +295,7 @@ pub async fn run(cfg: LoadConfig, target: &Target) -> Result<LoadResult, CliErro
     };
     // Cleanup, best effort and not measured.
     for pid in pids {
-        let _ = control
-            .exit(vmasim_proto::v1::ExitRequest { pid })
-            .await;
+        let _ = control.exit(vmasim_proto::v1::ExitRequest { pid }).await;
     }
     let divergences = std::mem::take(&mut *shared.divergences.lock().expect("not poisoned"));
     Ok(LoadResult {

@@ -124,7 +124,14 @@ mod tests {
     fn record_and_merge() {
         let t0 = Instant::now();
         let mut a = Recorder::default();
-        a.record(OpKind::Fault, t0, t0, t0 + Duration::from_micros(100), Code::Ok, 16);
+        a.record(
+            OpKind::Fault,
+            t0,
+            t0,
+            t0 + Duration::from_micros(100),
+            Code::Ok,
+            16,
+        );
         let mut b = Recorder::default();
         b.record(
             OpKind::Mmap,

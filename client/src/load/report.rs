@@ -179,21 +179,40 @@ impl Summary {
         let l = &self.latency_ms;
         let _ = writeln!(o, "Summary:");
         let _ = writeln!(o, "  Run:          {}", self.description);
-        let _ = writeln!(o, "  Count:        {} requests ({} errors)", self.count, self.errors);
+        let _ = writeln!(
+            o,
+            "  Count:        {} requests ({} errors)",
+            self.count, self.errors
+        );
         let _ = writeln!(o, "  Total:        {:.2} s", self.total_secs);
         let _ = writeln!(o, "  Slowest:      {:.3} ms", l.max);
         let _ = writeln!(o, "  Fastest:      {:.3} ms", l.min);
         let _ = writeln!(o, "  Average:      {:.3} ms", l.mean);
         let _ = writeln!(o, "  Requests/sec: {:.1}", self.rps);
-        let _ = writeln!(o, "  Faults/sec:   {:.1} (simulated; {} faults)", self.faults_per_sec, self.faults);
+        let _ = writeln!(
+            o,
+            "  Faults/sec:   {:.1} (simulated; {} faults)",
+            self.faults_per_sec, self.faults
+        );
         let _ = writeln!(o, "\nResponse time histogram:");
-        let maxc = self.histogram.iter().map(|b| b.count).max().unwrap_or(0).max(1);
+        let maxc = self
+            .histogram
+            .iter()
+            .map(|b| b.count)
+            .max()
+            .unwrap_or(0)
+            .max(1);
         for b in &self.histogram {
             let bar = "∎".repeat(((b.count as f64 / maxc as f64) * 40.0).round() as usize);
             let _ = writeln!(o, "  {:>10.3} ms [{:>9}] |{bar}", b.upper_ms, b.count);
         }
         let _ = writeln!(o, "\nLatency distribution:");
-        for (q, v) in [("50", l.p50), ("90", l.p90), ("99", l.p99), ("99.9", l.p999)] {
+        for (q, v) in [
+            ("50", l.p50),
+            ("90", l.p90),
+            ("99", l.p99),
+            ("99.9", l.p999),
+        ] {
             let _ = writeln!(o, "  {q:>4} % in {v:.3} ms");
         }
         let _ = writeln!(o, "\nOperations:");
@@ -214,7 +233,11 @@ impl Summary {
                 for (k, v) in d.summary_rows() {
                     let _ = writeln!(o, "  {k:<36} {v}");
                 }
-                let _ = writeln!(o, "  {:<36} {:.4}", "retries per fault", d.retries_per_fault);
+                let _ = writeln!(
+                    o,
+                    "  {:<36} {:.4}",
+                    "retries per fault", d.retries_per_fault
+                );
             }
             None => {
                 let _ = writeln!(o, "\nServer-side: Stats unavailable");
@@ -247,7 +270,11 @@ impl Summary {
         row("summary", "total_secs", format!("{:.6}", self.total_secs));
         row("summary", "rps", format!("{:.3}", self.rps));
         row("summary", "faults", self.faults.to_string());
-        row("summary", "faults_per_sec", format!("{:.3}", self.faults_per_sec));
+        row(
+            "summary",
+            "faults_per_sec",
+            format!("{:.3}", self.faults_per_sec),
+        );
         let l = &self.latency_ms;
         for (k, v) in [
             ("min", l.min),
@@ -261,7 +288,11 @@ impl Summary {
             row("latency_ms", k, format!("{v:.6}"));
         }
         for b in &self.histogram {
-            row("histogram_le_ms", &format!("{:.6}", b.upper_ms), b.count.to_string());
+            row(
+                "histogram_le_ms",
+                &format!("{:.6}", b.upper_ms),
+                b.count.to_string(),
+            );
         }
         for (k, n) in &self.operations {
             row("operation", k, n.to_string());
@@ -273,15 +304,27 @@ impl Summary {
             row("fault", k, n.to_string());
         }
         for s in &self.timeline {
-            row("requests_per_second", &s.second.to_string(), s.requests.to_string());
-            row("faults_per_second", &s.second.to_string(), s.faults.to_string());
+            row(
+                "requests_per_second",
+                &s.second.to_string(),
+                s.requests.to_string(),
+            );
+            row(
+                "faults_per_second",
+                &s.second.to_string(),
+                s.faults.to_string(),
+            );
         }
         if let Some(d) = &self.server {
             for (k, v) in &d.values {
                 row("server", k, v.to_string());
             }
             row("server", "reuse_rate", format!("{:.6}", d.reuse_rate));
-            row("server", "call_rcu_avoided_rate", format!("{:.6}", d.call_rcu_avoided_rate));
+            row(
+                "server",
+                "call_rcu_avoided_rate",
+                format!("{:.6}", d.call_rcu_avoided_rate),
+            );
         }
         o
     }
@@ -328,12 +371,17 @@ fn histogram(h: &hdrhistogram::Histogram<u64>, n: usize) -> Vec<Bucket> {
         vec![h.max()]
     } else {
         let r = (hi / lo).powf(1.0 / n as f64);
-        (1..=n).map(|i| (lo * r.powi(i as i32)).ceil() as u64).collect()
+        (1..=n)
+            .map(|i| (lo * r.powi(i as i32)).ceil() as u64)
+            .collect()
     };
     let mut counts = vec![0u64; bounds.len()];
     for v in h.iter_recorded() {
         let x = v.value_iterated_to();
-        let i = bounds.iter().position(|&b| x <= b).unwrap_or(bounds.len() - 1);
+        let i = bounds
+            .iter()
+            .position(|&b| x <= b)
+            .unwrap_or(bounds.len() - 1);
         counts[i] += v.count_at_value();
     }
     bounds
@@ -361,9 +409,17 @@ pub(crate) mod tests_support {
         let mut rec = Recorder::default();
         for i in 0..1000u64 {
             let start = t0 + Duration::from_millis(i * 3);
-            let code = if i % 100 == 0 { Code::NotFound } else { Code::Ok };
+            let code = if i % 100 == 0 {
+                Code::NotFound
+            } else {
+                Code::Ok
+            };
             rec.record(
-                if i % 10 == 0 { OpKind::Mmap } else { OpKind::Fault },
+                if i % 10 == 0 {
+                    OpKind::Mmap
+                } else {
+                    OpKind::Fault
+                },
                 t0,
                 start,
                 start + Duration::from_micros(50 + i * 7),

@@ -118,7 +118,10 @@ impl Expect {
         if ok {
             Ok(())
         } else {
-            Err(format!("expected {self:?}, server said {}", o.as_str_name()))
+            Err(format!(
+                "expected {self:?}, server said {}",
+                o.as_str_name()
+            ))
         }
     }
 }
@@ -182,6 +185,12 @@ impl ShadowMm {
         self.vmas.len()
     }
 
+    /// Number of VMAs after coalescing indistinguishable neighbours: about
+    /// what the server (which merges) has.
+    pub fn distinct_len(&self) -> usize {
+        self.norm_self().len()
+    }
+
     /// No VMA at all.
     pub fn is_empty(&self) -> bool {
         self.vmas.is_empty()
@@ -208,10 +217,10 @@ impl ShadowMm {
 
     /// True if no VMA intersects [start, end).
     pub fn is_free(&self, start: u64, end: u64) -> bool {
-        if let Some((_, v)) = self.vmas.range(..start).next_back() {
-            if v.end > start {
-                return false;
-            }
+        if let Some((_, v)) = self.vmas.range(..start).next_back()
+            && v.end > start
+        {
+            return false;
         }
         self.vmas.range(start..end).next().is_none()
     }
@@ -411,7 +420,10 @@ mod tests {
         m.protect(0x14000, 0x15000, R);
         assert_eq!(m.len(), 3);
         assert_eq!(m.expect_fault(0x14000, Access::Write), Expect::AccErr);
-        assert_eq!(m.expect_fault(0x14fff, Access::Read), Expect::PageIn { file: false });
+        assert_eq!(
+            m.expect_fault(0x14fff, Access::Read),
+            Expect::PageIn { file: false }
+        );
         assert_eq!(m.expect_fault(0x20000, Access::Read), Expect::MapErr);
         assert_eq!(m.expect_fault(0x15000, Access::Exec), Expect::AccErr);
         m.unmap(0x12000, 0x16000);
@@ -419,20 +431,32 @@ mod tests {
         assert!(!m.fully_mapped(0x10000, 0x20000));
         assert!(m.fully_mapped(0x16000, 0x20000));
         // The server merged nothing here; after munmap its layout is two VMAs.
-        let server = [entry(0x10000, 0x12000, RW, 0, 0), entry(0x16000, 0x20000, RW, 0, 0)];
+        let server = [
+            entry(0x10000, 0x12000, RW, 0, 0),
+            entry(0x16000, 0x20000, RW, 0, 0),
+        ];
         assert_eq!(m.diff_entries(&server), None);
     }
 
     #[test]
     fn merged_server_layout_matches_split_model() {
         let mut m = ShadowMm::new(0, 0);
-        m.map(0x10000, 0x20000, RW, false, Backing::File { id: 7, offset: 0 });
+        m.map(
+            0x10000,
+            0x20000,
+            RW,
+            false,
+            Backing::File { id: 7, offset: 0 },
+        );
         m.protect(0x14000, 0x15000, R);
         m.protect(0x14000, 0x15000, RW); // merged back on the server
         let server = [entry(0x10000, 0x20000, RW, 7, 0)];
         assert_eq!(m.diff_entries(&server), None);
         // A wrong offset on the server is a difference.
-        let bad = [entry(0x10000, 0x14000, RW, 7, 0), entry(0x14000, 0x20000, RW, 7, 0x1000)];
+        let bad = [
+            entry(0x10000, 0x14000, RW, 7, 0),
+            entry(0x14000, 0x20000, RW, 7, 0x1000),
+        ];
         assert!(m.diff_entries(&bad).is_some());
     }
 
@@ -448,10 +472,30 @@ mod tests {
 
     #[test]
     fn expectations_check_outcomes() {
-        assert!(Expect::MapErr.check(FaultOutcome::SegvMaperr as i32).is_ok());
-        assert!(Expect::MapErr.check(FaultOutcome::AnonZeroFill as i32).is_err());
-        assert!(Expect::PageIn { file: false }.check(FaultOutcome::FilePage as i32).is_err());
-        assert!(Expect::PageIn { file: true }.check(FaultOutcome::FilePage as i32).is_ok());
-        assert!(Expect::AccErr.check(FaultOutcome::Unspecified as i32).is_err());
+        assert!(
+            Expect::MapErr
+                .check(FaultOutcome::SegvMaperr as i32)
+                .is_ok()
+        );
+        assert!(
+            Expect::MapErr
+                .check(FaultOutcome::AnonZeroFill as i32)
+                .is_err()
+        );
+        assert!(
+            Expect::PageIn { file: false }
+                .check(FaultOutcome::FilePage as i32)
+                .is_err()
+        );
+        assert!(
+            Expect::PageIn { file: true }
+                .check(FaultOutcome::FilePage as i32)
+                .is_ok()
+        );
+        assert!(
+            Expect::AccErr
+                .check(FaultOutcome::Unspecified as i32)
+                .is_err()
+        );
     }
 }

@@ -38,7 +38,7 @@ use vmasim_proto::v1::{
 
 /// Operations kept for a divergence report.
 const HISTORY: usize = 20;
-/// A process with this many VMAs (model count) maps no more.
+/// A process with this many VMAs (coalesced model count) maps no more.
 const MAX_VMAS: usize = 96;
 /// Lowest address MAP_FIXED may use (vm.mmap_min_addr).
 const MMAP_MIN_ADDR: u64 = 0x10000;
@@ -55,8 +55,9 @@ pub struct Shared {
     pub recording: AtomicBool,
     /// Start of measurement.
     pub t0: OnceLock<Instant>,
-    /// Start of the open-loop schedule.
-    pub sched0: Instant,
+    /// Start of the open-loop schedule (set when the load starts, after
+    /// setup, so setup time is not charged to the first requests).
+    pub sched0: OnceLock<Instant>,
     /// Open loop: time between two intended sends, in ns.
     pub interval_ns: Option<f64>,
     /// Open loop: next slot of the schedule.
@@ -80,7 +81,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             recording: AtomicBool::new(false),
             t0: OnceLock::new(),
-            sched0: Instant::now(),
+            sched0: OnceLock::new(),
             interval_ns,
             ticket: AtomicU64::new(0),
             issued: AtomicU64::new(0),
@@ -99,29 +100,39 @@ impl Shared {
 
     /// Waits for the right to send one request. `None`: the run is over.
     /// `Some(Some(t))`: open loop, the request was due at `t` (latency is
-    /// measured from there). `Some(None)`: closed loop, send now.
+    /// measured from there, or from the wake-up if it was not late).
+    /// `Some(None)`: closed loop, send now.
     async fn admit(&self) -> Option<Option<Instant>> {
         if self.stop.load(Ordering::Relaxed) {
             return None;
         }
-        if let Some(limit) = self.limit {
-            if self.recording.load(Ordering::Acquire)
-                && self.issued.fetch_add(1, Ordering::Relaxed) >= limit
-            {
-                self.stop.store(true, Ordering::Relaxed);
-                return None;
-            }
+        if let Some(limit) = self.limit
+            && self.recording.load(Ordering::Acquire)
+            && self.issued.fetch_add(1, Ordering::Relaxed) >= limit
+        {
+            self.stop.store(true, Ordering::Relaxed);
+            return None;
         }
         let Some(iv) = self.interval_ns else {
             return Some(None);
         };
         let k = self.ticket.fetch_add(1, Ordering::Relaxed);
-        let due = self.sched0 + Duration::from_nanos((k as f64 * iv) as u64);
-        tokio::time::sleep_until(due.into()).await;
-        if self.stop.load(Ordering::Relaxed) {
+        let due =
+            *self.sched0.get_or_init(Instant::now) + Duration::from_nanos((k as f64 * iv) as u64);
+        let behind = due <= Instant::now();
+        if !behind {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        // A request counted against --requests is sent even if the budget
+        // ran out meanwhile; otherwise a stop during the wait cancels it.
+        if self.limit.is_none() && self.stop.load(Ordering::Relaxed) {
             return None;
         }
-        Some(Some(due))
+        // Behind schedule (every worker was busy): latency counts from when
+        // the request was due, the coordinated-omission correction. On
+        // time: from the wake-up, so the timer's 1 ms granularity is not
+        // charged to the server.
+        Some(Some(if behind { due } else { Instant::now() }))
     }
 
     fn record(&self, rec: &mut Recorder, kind: OpKind, start: Instant, code: Code, faults: u64) {
@@ -327,11 +338,11 @@ impl Worker {
 
     /// Amends the last history entry with the reply.
     fn note_reply(&mut self, f: impl FnOnce() -> String) {
-        if self.cfg.verify {
-            if let Some(last) = self.history.back_mut() {
-                last.push_str(" -> ");
-                last.push_str(&f());
-            }
+        if self.cfg.verify
+            && let Some(last) = self.history.back_mut()
+        {
+            last.push_str(" -> ");
+            last.push_str(&f());
         }
     }
 
@@ -396,7 +407,7 @@ impl Worker {
             .iter()
             .any(|(_, v)| v.backing != Backing::Heap);
         kind = match kind {
-            OpKind::Mmap if self.procs[i].mm.len() >= MAX_VMAS => OpKind::Munmap,
+            OpKind::Mmap if self.procs[i].mm.distinct_len() >= MAX_VMAS => OpKind::Munmap,
             OpKind::Munmap | OpKind::Mprotect if !has_vma => OpKind::Mmap,
             OpKind::Fork if self.procs.len() >= 2 * self.cfg.processes.max(1) => OpKind::Exit,
             k => k,
@@ -575,13 +586,22 @@ impl Worker {
             Ok(Reply::Spawn(s)) => s.pid,
             Ok(_) => return Err("wrong reply type to spawn".into()),
             Err(s) if self.cfg.verify => {
-                return Err(format!("spawn failed: {}: {}", crate::error::code_name(s.code()), s.message()));
+                return Err(format!(
+                    "spawn failed: {}: {}",
+                    crate::error::code_name(s.code()),
+                    s.message()
+                ));
             }
             Err(_) => return Ok(Step::Next),
         };
         self.note(|| format!("brk pid {pid} query"));
         let Some(r) = self
-            .call(OpKind::Brk, Op::Brk(BrkRequest { pid, brk: 0 }), 0, admitted)
+            .call(
+                OpKind::Brk,
+                Op::Brk(BrkRequest { pid, brk: 0 }),
+                0,
+                admitted,
+            )
             .await
         else {
             return Ok(Step::Stopped);
@@ -1014,7 +1034,9 @@ impl FaultThread {
         t: Transport,
         layout: Arc<RwLock<Layout>>,
     ) -> Self {
-        let rng = StdRng::seed_from_u64(cfg.seed ^ (0x5851_f42d_4c95_7f2d_u64.wrapping_mul(id as u64 + 1)));
+        let rng = StdRng::seed_from_u64(
+            cfg.seed ^ (0x5851_f42d_4c95_7f2d_u64.wrapping_mul(id as u64 + 1)),
+        );
         FaultThread {
             cfg,
             shared,
@@ -1132,26 +1154,51 @@ mod tests {
         let w = worker_with(mm);
         // The true answers pass.
         assert!(
-            w.check_fault(0, 0x7f00_0000_0010, Access::Write, FaultOutcome::AnonZeroFill as i32)
-                .is_ok()
+            w.check_fault(
+                0,
+                0x7f00_0000_0010,
+                Access::Write,
+                FaultOutcome::AnonZeroFill as i32
+            )
+            .is_ok()
         );
         assert!(
-            w.check_fault(0, 0x1234_0000, Access::Read, FaultOutcome::SegvMaperr as i32)
-                .is_ok()
+            w.check_fault(
+                0,
+                0x1234_0000,
+                Access::Read,
+                FaultOutcome::SegvMaperr as i32
+            )
+            .is_ok()
         );
         // Corrupted: a fault in a hole reported as served, a mapped page
         // reported as SEGV_MAPERR, a read-write page refusing a write.
         let e = w
-            .check_fault(0, 0x1234_0000, Access::Read, FaultOutcome::AnonZeroFill as i32)
+            .check_fault(
+                0,
+                0x1234_0000,
+                Access::Read,
+                FaultOutcome::AnonZeroFill as i32,
+            )
             .unwrap_err();
         assert!(e.contains("pid 42") && e.contains("MapErr"), "{e}");
         assert!(
-            w.check_fault(0, 0x7f00_0000_0000, Access::Read, FaultOutcome::SegvMaperr as i32)
-                .is_err()
+            w.check_fault(
+                0,
+                0x7f00_0000_0000,
+                Access::Read,
+                FaultOutcome::SegvMaperr as i32
+            )
+            .is_err()
         );
         assert!(
-            w.check_fault(0, 0x7f00_0000_0000, Access::Write, FaultOutcome::SegvAccerr as i32)
-                .is_err()
+            w.check_fault(
+                0,
+                0x7f00_0000_0000,
+                Access::Write,
+                FaultOutcome::SegvAccerr as i32
+            )
+            .is_err()
         );
     }
 

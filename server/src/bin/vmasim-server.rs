@@ -129,6 +129,8 @@ mod imp {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            // Colours only for a person at a terminal, not for log files.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr);
         match format {
             LogFormat::Text => builder.init(),

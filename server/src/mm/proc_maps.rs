@@ -274,7 +274,13 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>, MapsParseError> {
 /// Load parsed maps into the empty `mm`. Imported VMAs never merge with
 /// each other (they are what the kernel left), and anonymous private ones
 /// get distinct `anon_vma`s so later operations don't merge them either.
-pub fn import_maps(mm: &MmStruct, lines: &[MapsLine]) -> Result<(), MmError> {
+/// `start_brk`, if given, places the heap (the kernel randomises it, so a
+/// maps text alone cannot say where an empty heap starts).
+pub fn import_maps(
+    mm: &MmStruct,
+    lines: &[MapsLine],
+    start_brk: Option<u64>,
+) -> Result<(), MmError> {
     let mut w = Writer::lock(mm)?;
     let ctx = mm.ctx.clone();
     let mut heap: Option<(u64, u64)> = None;
@@ -314,7 +320,10 @@ pub fn import_maps(mm: &MmStruct, lines: &[MapsLine]) -> Result<(), MmError> {
             return Err(e);
         }
     }
-    if let Some((s, e)) = heap {
+    if let Some(b) = start_brk {
+        w.w.state.start_brk = b;
+        w.w.state.brk = heap.map_or(b, |(_, e)| e.max(b));
+    } else if let Some((s, e)) = heap {
         w.w.state.start_brk = s;
         w.w.state.brk = e;
     } else if let Some(last_file_end) = lines

@@ -168,13 +168,14 @@ impl Simulator {
         self.install(|pid| Ok(Arc::new(MmStruct::new(pid, self.ctx.clone(), None))))
     }
 
-    /// A process whose layout is a `/proc/PID/maps` text.
-    pub fn spawn_from_maps(&self, text: &str) -> Result<u32, MmError> {
+    /// A process whose layout is a `/proc/PID/maps` text (may be empty),
+    /// with the heap starting at `start_brk` if given.
+    pub fn spawn_from_maps(&self, text: &str, start_brk: Option<u64>) -> Result<u32, MmError> {
         let lines = parse_maps(text)
             .map_err(|e| MmError::inval("maps_text", format!("line {}: {}", e.line, e.reason)))?;
         self.install(|pid| {
             let mm = Arc::new(MmStruct::new(pid, self.ctx.clone(), None));
-            import_maps(&mm, &lines)?;
+            import_maps(&mm, &lines, start_brk)?;
             Ok(mm)
         })
     }

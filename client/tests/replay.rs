@@ -1,0 +1,210 @@
+//! The replay test of `client/testdata-src/README.md`: import the traced
+//! program's first `/proc/self/maps` snapshot, replay its strace log
+//! between the two markers into it, and compare the result with the second
+//! snapshot on start, end, perms, offset (file mappings) and path.
+//!
+//! The comparison is exact. It holds because the replay reproduces the
+//! two things a maps snapshot alone does not say: the heap start (the
+//! kernel randomises it; `spawn --start-brk` takes the log's first
+//! `brk(NULL)`), and the flags that block merges without showing in maps
+//! (`MAP_NORESERVE` -> `VM_NORESERVE`, `MAP_STACK` -> `VM_NOHUGEPAGE`),
+//! which the replay passes through.
+
+use assert_cmd::Command;
+use std::path::PathBuf;
+use vmasim_client::embedded::{Cache, Embedded};
+
+struct TestServer {
+    url: String,
+    _srv: Embedded,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn server() -> TestServer {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let srv = rt
+        .block_on(Embedded::start(Cache::Typesafe, false))
+        .unwrap();
+    TestServer {
+        url: srv.url.clone(),
+        _srv: srv,
+        _rt: rt,
+    }
+}
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// Runs vmasim; returns (success, stdout, stderr).
+fn vmasim(s: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let out = Command::cargo_bin("vmasim")
+        .unwrap()
+        .env_remove("VMASIM_TOKEN")
+        .env("VMASIM_SERVER", &s.url)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// One maps line, as compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Line {
+    start: u64,
+    end: u64,
+    perms: String,
+    /// File mappings only (maps shows 0 for anonymous ones anyway).
+    offset: u64,
+    /// `None` when paths of file mappings are not compared.
+    path: Option<String>,
+    file: bool,
+}
+
+fn parse_maps(text: &str, file_paths: bool) -> Vec<Line> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.ends_with("[vsyscall]")) // accepted and ignored by Spawn
+        .map(|l| {
+            let mut it = l.split_whitespace();
+            let range = it.next().unwrap();
+            let perms = it.next().unwrap().to_string();
+            let offset = u64::from_str_radix(it.next().unwrap(), 16).unwrap();
+            let _dev = it.next().unwrap();
+            let inode: u64 = it.next().unwrap().parse().unwrap();
+            let path: String = it.collect::<Vec<_>>().join(" ");
+            let (a, b) = range.split_once('-').unwrap();
+            let file = inode != 0;
+            Line {
+                start: u64::from_str_radix(a, 16).unwrap(),
+                end: u64::from_str_radix(b, 16).unwrap(),
+                perms,
+                offset: if file { offset } else { 0 },
+                path: if file && !file_paths {
+                    None
+                } else {
+                    Some(path)
+                },
+                file,
+            }
+        })
+        .collect()
+}
+
+fn marker_line(log: &str, len: &str) -> usize {
+    log.lines()
+        .position(|l| l.contains("madvise(") && l.contains(&format!(", {len}, MADV_NORMAL)")))
+        .expect("marker")
+        + 1
+}
+
+/// Spawns from `maps-before`, replays between the markers, returns
+/// (replay stdout, final maps text).
+fn replay(s: &TestServer, prefix: &str) -> (String, String) {
+    let before = data(&format!("{prefix}.maps-before"));
+    let log_path = data(&format!("{prefix}.strace"));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    // The kernel randomised the heap start; the log's first brk(NULL) says
+    // where it was.
+    let start_brk = log
+        .lines()
+        .find_map(|l| {
+            l.split_once("brk(NULL)")
+                .and_then(|(_, r)| r.split("= ").nth(1))
+        })
+        .expect("a brk(NULL) in the log")
+        .trim()
+        .to_string();
+    let (ok, pid, err) = vmasim(
+        s,
+        &[
+            "spawn",
+            "--from-maps",
+            before.to_str().unwrap(),
+            "--start-brk",
+            &start_brk,
+        ],
+    );
+    assert!(ok, "{err}");
+    let pid = pid.trim().to_string();
+    let (m1, m2) = (marker_line(&log, "28672"), marker_line(&log, "45056"));
+    let (ok, out, err) = vmasim(
+        s,
+        &[
+            "replay",
+            log_path.to_str().unwrap(),
+            "--into",
+            &pid,
+            "--from-line",
+            &(m1 + 1).to_string(),
+            "--to-line",
+            &m2.to_string(),
+        ],
+    );
+    assert!(ok, "replay failed:\n{out}\n{err}");
+    let (ok, maps, err) = vmasim(s, &["maps", &pid]);
+    assert!(ok, "{err}");
+    (out, maps)
+}
+
+/// Compares, tolerating only the gaps the replay reported.
+fn compare(report: &str, actual_text: &str, expected_text: &str, file_paths: bool) {
+    let actual = parse_maps(actual_text, file_paths);
+    let expected = parse_maps(expected_text, file_paths);
+    assert_eq!(
+        actual, expected,
+        "replay:\n{report}\nactual:\n{actual_text}\nexpected:\n{expected_text}"
+    );
+}
+
+#[test]
+fn memprog_replay_reproduces_maps_after() {
+    let s = server();
+    let (report, maps) = replay(&s, "memprog");
+    // The failing calls were skipped, the child was forked and exited.
+    assert!(
+        report.contains("mmap failed in the trace (EEXIST)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("munmap failed in the trace (EINVAL)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("mmap failed in the trace (ENOMEM)"),
+        "{report}"
+    );
+    assert!(report.contains("4925 -> "), "{report}");
+    assert!(!report.contains("DIVERGED"), "{report}");
+    let expected = std::fs::read_to_string(data("memprog.maps-after")).unwrap();
+    compare(&report, &maps, &expected, true);
+}
+
+#[test]
+fn memprog_without_f_and_y_replays_the_parent() {
+    let s = server();
+    let (report, maps) = replay(&s, "memprog-nof");
+    assert!(!report.contains("DIVERGED"), "{report}");
+    let expected = std::fs::read_to_string(data("memprog-nof.maps-after")).unwrap();
+    // No -y: file mappings have no path in the log; compare them without.
+    compare(&report, &maps, &expected, false);
+}
+
+#[test]
+fn python_log_replays_without_divergence() {
+    let s = server();
+    let (ok, out, err) = vmasim(&s, &["replay", data("python.strace").to_str().unwrap()]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("execve") && out.contains("thread"), "{out}");
+    assert!(out.contains("other syscalls (not replayed)"), "{out}");
+}

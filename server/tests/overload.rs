@@ -1,0 +1,670 @@
+//! Overload: a server with a low global concurrency limit (8 calls) and a
+//! small VMA cache (256 slots), driven far past both, and a client that
+//! stops reading its `Session` replies.
+//!
+//! What this proves:
+//!
+//! * **Concurrency limit.** With every slot held, 80 concurrent calls over
+//!   four connections (10× the limit) are all refused with
+//!   RESOURCE_EXHAUSTED at once, none queued (a queued call would wait for
+//!   slots that are never released and trip the hang guard); the calls
+//!   holding the slots keep working. Under plain contention, every call is
+//!   either answered correctly or refused, and a refused call did nothing
+//!   (the fault and mapping totals equal those of the accepted calls).
+//! * **Pool capacity.** 2048 attempted VMAs against 256 slots: exactly the
+//!   pool's worth succeed, the rest get RESOURCE_EXHAUSTED naming the VMA
+//!   cache, a refused `mmap`/`fork` changes nothing, and exiting the
+//!   processes returns every slot.
+//! * **Health** answers SERVING throughout (polled concurrently: health
+//!   checks are exempt from the limit).
+//! * **Memory.** The whole test process (server, clients, every request in
+//!   flight) stays under [`RSS_BOUND_MIB`] resident.
+//! * **Stalled clients** (see [`stalled_session_is_bounded_and_freed_on_drop`]).
+//!
+//! Timeouts here only catch hangs; nothing asserts how fast anything is.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use vmasim_proto::v1::address_space_client::AddressSpaceClient;
+use vmasim_proto::v1::{self as pb, session_reply, session_request::Op};
+use vmasim_server::mm::sim::{SimConfig, Simulator};
+use vmasim_server::server::{SERVICE_NAME, Server, ServerConfig};
+
+const LIMIT: usize = 8;
+const POOL: u32 = 256;
+/// The resident-memory bound for the whole test process: the server, all
+/// clients and every request in flight. Far above what the tests need (a
+/// few tens of MiB); it catches unbounded buffering, not small growth.
+const RSS_BOUND_MIB: u64 = 512;
+/// Guard against hangs only.
+const HANG: Duration = Duration::from_secs(20);
+
+const PAGE: u64 = 4096;
+const RW: u32 = 0x1 | 0x2;
+const PRIVATE_ANON: u32 = 0x02 | 0x20;
+const MAP_FIXED: u32 = 0x10;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+struct TestServer {
+    addr: std::net::SocketAddr,
+    sim: Arc<Simulator>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), BoxError>>>,
+}
+
+impl TestServer {
+    async fn start(cfg: ServerConfig) -> Self {
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = grpc.local_addr().unwrap();
+        let server = Server::new(cfg);
+        let sim = server.simulator().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(grpc, None, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            sim,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Channel::from_shared(format!("http://{}", self.addr)).unwrap()
+    }
+
+    /// A new connection.
+    async fn channel(&self) -> Channel {
+        self.endpoint().connect().await.unwrap()
+    }
+
+    async fn client(&self) -> AddressSpaceClient<Channel> {
+        AddressSpaceClient::new(self.channel().await)
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(HANG, self.task.take().unwrap())
+            .await
+            .expect("shutdown hung")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn overload_cfg() -> ServerConfig {
+    ServerConfig {
+        sim: SimConfig {
+            pool_capacity: POOL,
+            max_processes: 1024,
+            ..SimConfig::default()
+        },
+        concurrency_limit: LIMIT,
+        ..ServerConfig::default()
+    }
+}
+
+/// Resident set size of this process, from /proc/self/status.
+fn rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kb / 1024
+}
+
+fn check_rss(when: &str) {
+    let rss = rss_mib();
+    eprintln!("VmRSS {when}: {rss} MiB (bound {RSS_BOUND_MIB} MiB)");
+    assert!(
+        rss < RSS_BOUND_MIB,
+        "{when}: resident {rss} MiB, bound {RSS_BOUND_MIB} MiB"
+    );
+}
+
+/// Polls health on its own connection until told to stop; every answer
+/// must be SERVING. Returns how many checks it made.
+fn health_poller(ch: Channel) -> (watch::Sender<bool>, JoinHandle<u64>) {
+    let (tx, mut rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut h = HealthClient::new(ch);
+        let mut n = 0u64;
+        loop {
+            let r = tokio::time::timeout(
+                HANG,
+                h.check(tonic_health::pb::HealthCheckRequest {
+                    service: SERVICE_NAME.into(),
+                }),
+            )
+            .await
+            .expect("health check hung")
+            .expect("health check failed");
+            assert_eq!(r.into_inner().status(), ServingStatus::Serving);
+            n += 1;
+            tokio::select! {
+                _ = rx.wait_for(|&s| s) => return n,
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    });
+    (tx, task)
+}
+
+async fn stop_poller(p: (watch::Sender<bool>, JoinHandle<u64>)) -> u64 {
+    p.0.send(true).unwrap();
+    let n = tokio::time::timeout(HANG, p.1).await.unwrap().unwrap();
+    assert!(n > 0);
+    n
+}
+
+async fn spawn(c: &mut AddressSpaceClient<Channel>) -> u32 {
+    c.spawn(pb::SpawnRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pid
+}
+
+async fn mmap_anon(c: &mut AddressSpaceClient<Channel>, pid: u32, len: u64) -> u64 {
+    c.mmap(pb::MmapRequest {
+        pid,
+        length: len,
+        prot: RW,
+        flags: PRIVATE_ANON,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .addr
+}
+
+/// Bytes mapped in `pid`.
+async fn mapped(c: &mut AddressSpaceClient<Channel>, pid: u32) -> u64 {
+    let m = c.maps(pb::MapsRequest { pid }).await.unwrap().into_inner();
+    m.entries.iter().map(|e| e.end - e.start).sum()
+}
+
+fn is_concurrency_refusal(s: &tonic::Status) -> bool {
+    s.code() == Code::ResourceExhausted && s.message().contains("concurrency limit")
+}
+
+/// One of the calls thrown at the server: a fault batch or an mmap.
+enum Outcome {
+    Batch(u64),
+    Mmap,
+    Refused,
+}
+
+async fn one_call(
+    mut c: AddressSpaceClient<Channel>,
+    i: usize,
+    pid: u32,
+    base: u64,
+    batch: usize,
+) -> Result<Outcome, tonic::Status> {
+    let call = async {
+        if i.is_multiple_of(2) {
+            let addrs: Vec<u64> = (0..batch as u64).map(|k| base + (k % 64) * PAGE).collect();
+            c.fault_batch(pb::FaultBatchRequest {
+                pid,
+                addrs,
+                access: pb::Access::Write as i32,
+                totals_only: false,
+            })
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                assert_eq!(r.outcomes.len(), batch);
+                Outcome::Batch(r.totals.unwrap().faults)
+            })
+        } else {
+            c.mmap(pb::MmapRequest {
+                pid,
+                length: PAGE,
+                prot: RW,
+                flags: PRIVATE_ANON,
+                ..Default::default()
+            })
+            .await
+            .map(|_| Outcome::Mmap)
+        }
+    };
+    match tokio::time::timeout(HANG, call).await {
+        Err(_) => panic!("call {i} hung: neither answered nor refused"),
+        Ok(Ok(o)) => Ok(o),
+        Ok(Err(s)) if is_concurrency_refusal(&s) => Ok(Outcome::Refused),
+        Ok(Err(s)) => Err(s),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excess_calls_are_refused_at_once_and_accepted_calls_complete() {
+    let srv = TestServer::start(overload_cfg()).await;
+    let mut c = srv.client().await;
+    let pid = spawn(&mut c).await;
+    let base = mmap_anon(&mut c, pid, 64 * PAGE).await;
+    let poller = health_poller(srv.channel().await);
+    let conns: Vec<AddressSpaceClient<Channel>> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(srv.client().await);
+        }
+        v
+    };
+
+    // Phase 1: every slot held by an open Session stream (each proven open
+    // by a round trip), then 10x the limit in concurrent calls.
+    let mut sessions = Vec::new();
+    for i in 0..LIMIT {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut replies = conns[i % conns.len()]
+            .clone()
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(pb::SessionRequest {
+            id: 0,
+            op: Some(Op::Fault(pb::FaultRequest {
+                pid,
+                addr: base,
+                access: 0,
+            })),
+        })
+        .await
+        .unwrap();
+        let r = replies.message().await.unwrap().unwrap();
+        assert_eq!(r.code, 0, "{r:?}");
+        sessions.push((tx, replies));
+    }
+    let faults_before = srv.sim.stats().faults.total();
+    let mapped_before = srv.sim.maps(pid).unwrap().entries.len();
+    let calls: Vec<_> = (0..10 * LIMIT)
+        .map(|i| tokio::spawn(one_call(conns[i % conns.len()].clone(), i, pid, base, 4096)))
+        .collect();
+    for (i, t) in calls.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(Outcome::Refused) => {}
+            Ok(_) => panic!("call {i} ran although every slot was taken"),
+            Err(s) => panic!("call {i}: {s:?}"),
+        }
+    }
+    // The refused calls did nothing.
+    assert_eq!(srv.sim.stats().faults.total(), faults_before);
+    assert_eq!(srv.sim.maps(pid).unwrap().entries.len(), mapped_before);
+    // The calls holding the slots still work.
+    for (i, (tx, replies)) in sessions.iter_mut().enumerate() {
+        tx.send(pb::SessionRequest {
+            id: 1,
+            op: Some(Op::FaultBatch(pb::FaultBatchRequest {
+                pid,
+                addrs: vec![base; 100],
+                access: 0,
+                totals_only: true,
+            })),
+        })
+        .await
+        .unwrap();
+        let r = tokio::time::timeout(HANG, replies.message())
+            .await
+            .expect("session hung")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.code, 0, "session {i}: {r:?}");
+        match r.result {
+            Some(session_reply::Result::FaultBatch(b)) => {
+                assert_eq!(b.totals.unwrap().faults, 100)
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+    // Closing our side ends each stream with OK and frees its slot.
+    for (tx, mut replies) in sessions {
+        drop(tx);
+        let end = tokio::time::timeout(HANG, replies.message())
+            .await
+            .expect("session end hung")
+            .unwrap();
+        assert!(end.is_none(), "unexpected reply {end:?}");
+    }
+
+    // Phase 2: plain contention. Each call is answered in full or refused,
+    // and the totals are exactly those of the answered calls.
+    let faults_before = stats(&mut c).await.faults.unwrap().faults;
+    let mapped_before = mapped(&mut c, pid).await;
+    let calls: Vec<_> = (0..10 * LIMIT)
+        .map(|i| {
+            tokio::spawn(one_call(
+                conns[i % conns.len()].clone(),
+                i,
+                pid,
+                base,
+                16384,
+            ))
+        })
+        .collect();
+    let (mut faults, mut mmaps, mut refused) = (0u64, 0u64, 0u64);
+    for (i, t) in calls.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(Outcome::Batch(n)) => faults += n,
+            Ok(Outcome::Mmap) => mmaps += 1,
+            Ok(Outcome::Refused) => refused += 1,
+            Err(s) => panic!("call {i}: {s:?}"),
+        }
+    }
+    eprintln!(
+        "contention: {} calls, {refused} refused, {mmaps} mmaps and {} batches answered",
+        10 * LIMIT,
+        faults / 16384
+    );
+    assert!(faults + mmaps > 0, "every call refused");
+    assert_eq!(
+        stats(&mut c).await.faults.unwrap().faults - faults_before,
+        faults
+    );
+    assert_eq!(mapped(&mut c, pid).await - mapped_before, mmaps * PAGE);
+
+    let checks = stop_poller(poller).await;
+    eprintln!("health: {checks} checks, all SERVING");
+    check_rss("after 2 x 80 concurrent calls");
+    srv.shutdown().await;
+}
+
+async fn stats(c: &mut AddressSpaceClient<Channel>) -> pb::StatsResponse {
+    c.stats(pb::StatsRequest {}).await.unwrap().into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_exhaustion_is_resource_exhausted_and_recovers() {
+    const PROCS: u64 = 4;
+    const PER_PROC: u64 = 512;
+    let srv = TestServer::start(overload_cfg()).await;
+    let mut c = srv.client().await;
+    let poller = health_poller(srv.channel().await);
+    let mut pids = Vec::new();
+    for _ in 0..PROCS {
+        pids.push(spawn(&mut c).await);
+    }
+
+    // PROCS workers (<= LIMIT: none is refused for concurrency), each on
+    // its own connection, mapping one page every other page (no merges, so
+    // one VMA per success): 2048 attempts, 8x the pool.
+    let mut workers = Vec::new();
+    for &pid in &pids {
+        let mut c = srv.client().await;
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut refused) = (0u64, 0u64);
+            for i in 0..PER_PROC {
+                let r = tokio::time::timeout(
+                    HANG,
+                    c.mmap(pb::MmapRequest {
+                        pid,
+                        addr: 0x1000_0000 + i * 2 * PAGE,
+                        length: PAGE,
+                        prot: RW,
+                        flags: PRIVATE_ANON | MAP_FIXED,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .expect("mmap hung");
+                match r {
+                    Ok(_) => ok += 1,
+                    Err(s) => {
+                        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                        assert!(
+                            s.message().contains("VMA cache exhausted")
+                                && s.message().contains(&POOL.to_string()),
+                            "the message names the pool and its size: {s:?}"
+                        );
+                        refused += 1;
+                    }
+                }
+            }
+            (ok, refused)
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for w in workers {
+        let (o, r) = w.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    let s = stats(&mut c).await;
+    eprintln!(
+        "pool: {ok} VMAs mapped, {refused} refused; live {} free {} waiting {}",
+        s.pool_slots_live, s.pool_slots_free, s.pool_slots_waiting
+    );
+    assert_eq!(ok + refused, PROCS * PER_PROC);
+    assert_eq!(ok, u64::from(POOL), "exactly the pool's worth fits");
+    assert_eq!(s.vmas, ok);
+    assert_eq!(s.pool_slots_live, u64::from(POOL));
+
+    // A fork needs slots too: refused, and nothing changes.
+    let before = c
+        .maps(pb::MapsRequest { pid: pids[0] })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = c.fork(pb::ForkRequest { pid: pids[0] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("VMA cache exhausted"), "{e:?}");
+    let after = c
+        .maps(pb::MapsRequest { pid: pids[0] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before, after);
+    assert_eq!(stats(&mut c).await.processes, PROCS);
+
+    // Everything comes back.
+    for &pid in &pids {
+        c.exit(pb::ExitRequest { pid }).await.unwrap();
+    }
+    let s = stats(&mut c).await;
+    assert_eq!(s.pool_slots_live, 0, "{s:?}");
+    assert_eq!(s.vmas, 0);
+    let pid = spawn(&mut c).await;
+    mmap_anon(&mut c, pid, PAGE).await;
+
+    let checks = stop_poller(poller).await;
+    eprintln!("health: {checks} checks, all SERVING");
+    check_rss("after pool exhaustion");
+    srv.shutdown().await;
+}
+
+/// A client opens a `Session`, sends requests as fast as it can and never
+/// reads a reply.
+///
+/// Stated behaviour: the server handles requests in order and queues at
+/// most `stream_buffer` replies per stream; beyond that its stream task
+/// stops reading requests, so HTTP/2 flow control stops the client. What
+/// the stalled stream can pin is therefore bounded: `stream_buffer` + 1
+/// replies in the server, plus the bytes the transport holds (the client's
+/// receive window, hyper's per-stream send buffer of 400 KiB, tonic's
+/// encode buffer, and on the request side the server's receive window of
+/// 1 MiB, hyper's default). Other clients are unaffected, and when the
+/// client goes away the stream task ends and its concurrency slot is
+/// released.
+///
+/// Here: `stream_buffer` 8, fault batches of 4096 addresses (replies of
+/// ~12 KiB), a client window of 64 KiB, so the transport holds about
+/// 0.5 MiB of replies; the bound allows twice that: at most
+/// `stream_buffer + 1 + 1 MiB / 12 KiB` (= 94) of the 10 000 requests the
+/// client tries to send are consumed (about 17 in practice).
+///
+/// "Goes away" means its connection closes (a client that exits or
+/// crashes). A client that only drops the response stream but keeps its
+/// connection may not free the stream: hyper's client sends RST_STREAM
+/// for a call dropped before its response headers, but after them it waits
+/// for the request-body pipe, which the server's flow control keeps
+/// blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_session_is_bounded_and_freed_on_drop() {
+    const STREAM_BUFFER: usize = 8;
+    const BATCH: u64 = 4096;
+    const N: u64 = 10_000;
+    let srv = TestServer::start(ServerConfig {
+        stream_buffer: STREAM_BUFFER,
+        concurrency_limit: 2,
+        ..overload_cfg()
+    })
+    .await;
+    let mut c = srv.client().await;
+    let pid = spawn(&mut c).await;
+    let base = mmap_anon(&mut c, pid, 64 * PAGE).await;
+
+    // The stalled client: its own runtime (so that it can go away the way
+    // a crashed or exited client does) and its own connection with the
+    // smallest HTTP/2 windows.
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    {
+        let sent = sent.clone();
+        let endpoint = srv
+            .endpoint()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535);
+        client_rt.spawn(async move {
+            let ch = endpoint.connect().await.unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            // Never read.
+            let _replies = AddressSpaceClient::new(ch)
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            for id in 0..N {
+                let addrs = (0..BATCH).map(|k| base + (k % 64) * PAGE).collect();
+                let req = pb::SessionRequest {
+                    id,
+                    op: Some(Op::FaultBatch(pb::FaultBatchRequest {
+                        pid,
+                        addrs,
+                        access: 0,
+                        totals_only: false,
+                    })),
+                };
+                if tx.send(req).await.is_err() {
+                    return;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            std::future::pending::<()>().await;
+        });
+    }
+
+    // Wait until the server stops consuming (the fault counter holds still
+    // for a while); the guard only catches a server that never stops.
+    let consumed = tokio::time::timeout(HANG, async {
+        let (mut last, mut still) = (u64::MAX, 0);
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = srv.sim.stats().faults.total();
+            if now == last {
+                still += 1;
+                if still == 10 {
+                    return now / BATCH;
+                }
+            } else {
+                (last, still) = (now, 0);
+            }
+        }
+    })
+    .await
+    .expect("the server never stopped reading the stalled stream");
+    let reply_bytes = 3 * BATCH + 16;
+    let bound = STREAM_BUFFER as u64 + 1 + (1 << 20) / reply_bytes;
+    eprintln!(
+        "stalled stream: client sent {} requests, server consumed {consumed} (bound {bound})",
+        sent.load(Ordering::Relaxed)
+    );
+    assert!(consumed <= bound, "consumed {consumed} > bound {bound}");
+    assert!(
+        sent.load(Ordering::Relaxed) < N,
+        "the client was never stopped"
+    );
+
+    // Others are served as usual meanwhile (one slot is left).
+    let mut other = srv.client().await;
+    let p2 = tokio::time::timeout(HANG, spawn(&mut other))
+        .await
+        .expect("spawn hung");
+    let a2 = mmap_anon(&mut other, p2, PAGE).await;
+    let f = other
+        .fault(pb::FaultRequest {
+            pid: p2,
+            addr: a2,
+            access: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f.outcome(), pb::FaultOutcome::AnonZeroFill);
+    let h = HealthClient::new(srv.channel().await)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: SERVICE_NAME.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.status(), ServingStatus::Serving);
+    check_rss("with a stalled stream");
+
+    // The stalled client goes away (its runtime, and with it its
+    // connection, is torn down): the server drops the stream, its task
+    // ends, and both slots are free again (two concurrent streams work).
+    // Freeing is asynchronous, so retry a refused attempt until the guard.
+    client_rt.shutdown_background();
+    tokio::time::timeout(HANG, async {
+        loop {
+            let mut opened = Vec::new();
+            for _ in 0..2 {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                match other
+                    .clone()
+                    .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                {
+                    Ok(r) => opened.push((tx, r.into_inner())),
+                    Err(s) if is_concurrency_refusal(&s) => break,
+                    Err(s) => panic!("{s:?}"),
+                }
+            }
+            if opened.len() < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            for (tx, replies) in &mut opened {
+                tx.send(pb::SessionRequest {
+                    id: 1,
+                    op: Some(Op::Maps(pb::MapsRequest { pid })),
+                })
+                .await
+                .unwrap();
+                let r = replies.message().await.unwrap().unwrap();
+                assert_eq!(r.code, 0, "{r:?}");
+            }
+            return;
+        }
+    })
+    .await
+    .expect("the stalled stream's slot was never released");
+    srv.shutdown().await;
+}
