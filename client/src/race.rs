@@ -67,8 +67,19 @@ pub fn render(r: &RaceScenarioResponse) -> String {
                 s.step.to_string(),
                 s.thread.clone(),
                 s.action.clone(),
-                s.vm_refcnt.to_string(),
-                s.vm_lock_seq.to_string(),
+                // VMA_LOCK_OFFSET is easier to see in hex.
+                if s.vm_refcnt >= 0x4000_0000 {
+                    format!("{:#x}", s.vm_refcnt)
+                } else {
+                    s.vm_refcnt.to_string()
+                },
+                // u64::MAX: never write-locked since allocation
+                // (UINT_MAX upstream).
+                if s.vm_lock_seq == u64::MAX {
+                    "-".to_string()
+                } else {
+                    s.vm_lock_seq.to_string()
+                },
                 s.mm_lock_seq.to_string(),
                 s.generation.to_string(),
             ]

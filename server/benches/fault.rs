@@ -3,10 +3,11 @@
 //! * `fault_single`: one thread faulting on already-populated pages, the
 //!   lockless fast path end to end (RCU walk, `vma_start_read`, PTE check,
 //!   counters). Per-fault time is the figure.
-//! * `fault_vs_churn`: faults in one VMA while another thread loops
-//!   mmap/munmap in the same mm, `per-vma` vs `mmap-lock` mode. With
-//!   `mmap-lock`, every fault queues behind the writer; with per-VMA locks,
-//!   faults in an untouched VMA never meet it.
+//! * `fault_vs_churn`: faults in one VMA while another thread churns the
+//!   same mm the way a JIT or an allocator does (mmap, mprotect flips,
+//!   munmap), `per-vma` vs `mmap-lock` mode. With `mmap-lock`, every fault
+//!   queues behind the writer; with per-VMA locks, faults in an untouched
+//!   VMA never meet it.
 //!
 //! `cargo bench -p vmasim-server --bench fault`
 
@@ -87,6 +88,11 @@ fn bench_churn(c: &mut Criterion) {
                         )
                         .unwrap();
                     sim.fault(pid, a, Access::Write).unwrap();
+                    for _ in 0..4 {
+                        sim.mprotect(pid, a, 16 * 4096, PROT_READ).unwrap();
+                        sim.mprotect(pid, a, 16 * 4096, PROT_READ | PROT_WRITE)
+                            .unwrap();
+                    }
                     sim.munmap(pid, a, 16 * 4096).unwrap();
                 }
             })

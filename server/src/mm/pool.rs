@@ -351,8 +351,47 @@ impl VmaCache {
 
     /// `vm_area_free`. The VMA must be detached.
     pub fn vm_area_free(&self, idx: VmaIdx) {
-        let guard = crate::mm::rcu::rcu_read_lock();
-        self.vm_area_free_with(idx, &guard);
+        match self.policy {
+            // The typesafe free needs no read section: it pins only when a
+            // grace-period marker must be queued, which is rare.
+            CachePolicy::Typesafe => self.free_typesafe(idx, None),
+            CachePolicy::Rcu => {
+                let guard = crate::mm::rcu::rcu_read_lock();
+                self.vm_area_free_with(idx, &guard);
+            }
+        }
+    }
+
+    fn free_typesafe(&self, idx: VmaIdx, guard: Option<&RcuReadGuard>) {
+        let vma = self.get(idx);
+        assert_eq!(
+            vma.vm_refcnt.load(Ordering::Acquire),
+            0,
+            "freeing an attached vma"
+        );
+        self.counters.inc(FREES);
+        // Relaxed: cosmetic, see vm_area_free_with.
+        vma.vm_mm.store(0, Ordering::Relaxed);
+        self.free_typesafe_checked(idx, guard);
+    }
+
+    /// The typesafe free after the common checks: no `call_rcu`, the slot is
+    /// reusable at once; a grace-period cookie is kept to count reuses that
+    /// come before a grace period.
+    fn free_typesafe_checked(&self, idx: VmaIdx, guard: Option<&RcuReadGuard>) {
+        self.counters.inc(CALL_RCU_AVOIDED);
+        // Relaxed: read back by vm_area_alloc after popping, ordered by the
+        // free list's Release/Acquire.
+        self.get(idx)
+            .freed_cookie
+            .store(self.rcu.get_state_synchronize_rcu(), Ordering::Relaxed);
+        if self.rcu.gp_needed() {
+            match guard {
+                Some(g) => self.rcu.request_gp(g),
+                None => self.rcu.request_gp(&crate::mm::rcu::rcu_read_lock()),
+            }
+        }
+        self.push_free(idx);
     }
 
     /// `vm_area_free` inside an RCU read section the caller already holds.
@@ -368,15 +407,7 @@ impl VmaCache {
         // before attach); readers never rely on it.
         vma.vm_mm.store(0, Ordering::Relaxed);
         match self.policy {
-            CachePolicy::Typesafe => {
-                self.counters.inc(CALL_RCU_AVOIDED);
-                // Relaxed: read back by vm_area_alloc after popping, ordered
-                // by the free list's Release/Acquire.
-                vma.freed_cookie
-                    .store(self.rcu.get_state_synchronize_rcu(), Ordering::Relaxed);
-                self.rcu.request_gp(guard);
-                self.push_free(idx);
-            }
+            CachePolicy::Typesafe => self.free_typesafe_checked(idx, Some(guard)),
             CachePolicy::Rcu => {
                 self.counters.inc(CALL_RCU);
                 // The callback runs after a grace period, so the cookie is

@@ -92,8 +92,11 @@ impl Rcu {
         // so only n + 1 is guaranteed to cover readers pinned now.
         let cookie = self.gp.started.load(Ordering::Acquire) + 1;
         // Relaxed: a hint to the marker callback; a missed hint only delays
-        // the observation, it never makes a cookie complete early.
-        self.gp.wanted.store(true, Ordering::Relaxed);
+        // the observation, it never makes a cookie complete early. Load
+        // first so the common case (already wanted) writes no shared line.
+        if !self.gp.wanted.load(Ordering::Relaxed) {
+            self.gp.wanted.store(true, Ordering::Relaxed);
+        }
         cookie
     }
 
@@ -111,9 +114,19 @@ impl Rcu {
 
     /// Start a marker if none is in flight and one was asked for.
     pub fn request_gp(&self, guard: &RcuReadGuard) {
-        if self.gp.wanted.load(Ordering::Relaxed) {
+        if self.gp_needed() {
             start_marker(&self.gp, guard);
         }
+    }
+
+    /// Is a marker wanted and none in flight? Two plain loads: callers on
+    /// hot paths check this before pinning, so that the common case (a
+    /// marker already in flight) costs no pin and no shared-line write.
+    #[inline]
+    pub fn gp_needed(&self) -> bool {
+        // Relaxed: a stale answer only delays or duplicates a check;
+        // start_marker's swap decides.
+        self.gp.wanted.load(Ordering::Relaxed) && !self.gp.in_flight.load(Ordering::Relaxed)
     }
 
     /// Wait for a full grace period (`synchronize_rcu`). Must not be called

@@ -47,4 +47,8 @@ impl Rcu {
     }
     /// No-op.
     pub fn request_gp(&self, _guard: &RcuReadGuard) {}
+    /// Never.
+    pub fn gp_needed(&self) -> bool {
+        false
+    }
 }
