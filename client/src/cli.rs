@@ -2,7 +2,7 @@
 //!
 //! `main.rs` only parses [`Cli`] and calls [`run`]; every subcommand's
 //! logic lives in its own module ([`crate::commands`], [`crate::race`],
-//! [`crate::load`], [`crate::demo`], [`crate::replay`]).
+//! [`crate::load`], [`crate::demo`], [`crate::bench`], [`crate::replay`]).
 
 use crate::commands::{self, MmapArgs};
 use crate::connect::{DEFAULT_SERVER, Target};
@@ -23,7 +23,7 @@ use vmasim_proto::v1::Access;
 #[command(name = "vmasim", version, about, long_about = None)]
 pub struct Cli {
     /// Server URL (http://HOST:PORT, or https:// with --tls-ca).
-    /// `demo` without it starts its own servers in-process.
+    /// `demo` and `bench` without it start their own servers in-process.
     #[arg(long, global = true, env = "VMASIM_SERVER")]
     pub server: Option<String>,
     /// Bearer token, sent as `authorization: Bearer TOKEN`.
@@ -162,6 +162,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Load generator (ghz-like report).
     Load(Box<LoadArgs>),
+    /// The README's benchmarks in one run: unary Fault vs a no-op call,
+    /// bulk faults/s (FaultBatch, Session stream), latency at half the max rate.
+    Bench(BenchArgs),
     /// Replay an strace log (-e trace=memory,process) against simulated processes.
     Replay(ReplayArgs),
 }
@@ -190,6 +193,32 @@ pub struct DemoArgs {
     /// RNG seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// `bench` arguments.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Measured time per phase.
+    #[arg(short = 'z', long, value_parser = parse_duration, default_value = "5s")]
+    pub duration: Duration,
+    /// Unmeasured time before each kind of call is first measured.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    pub warmup: Duration,
+    /// Workers: requests in flight (closed loop), max in flight (open loop).
+    #[arg(short = 'c', long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Connections (HTTP/2 channels) to spread the workers over.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Addresses per FaultBatch (and pages each worker populates).
+    #[arg(long, default_value_t = 1024)]
+    pub batch: usize,
+    /// VMA cache of the embedded server (ignored with --server).
+    #[arg(long, value_enum, default_value = "typesafe")]
+    pub cache: crate::embedded::Cache,
+    /// Also write the figures as JSON.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// `load` arguments.
@@ -339,6 +368,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             crate::demo::run(&o, server).await?
         }
         Command::Load(a) => return run_load(a, &target).await,
+        Command::Bench(a) => return run_bench(a, cli.server.as_ref().map(|_| &target)).await,
         Command::Replay(a) => {
             let mut c = target.connect().await?;
             crate::replay::run(&mut c, a).await?
@@ -411,13 +441,37 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                         crate::race::run(&mut c, name, *variant == Variant::Buggy).await?
                     }
                 }
-                Command::Health | Command::Demo(_) | Command::Load(_) | Command::Replay(_) => {
+                Command::Health
+                | Command::Demo(_)
+                | Command::Load(_)
+                | Command::Bench(_)
+                | Command::Replay(_) => {
                     unreachable!("handled above")
                 }
             }
         }
     };
     print!("{out}");
+    Ok(())
+}
+
+async fn run_bench(a: &BenchArgs, server: Option<&Target>) -> Result<(), CliError> {
+    let o = crate::bench::BenchOptions {
+        duration: a.duration,
+        warmup: a.warmup,
+        concurrency: a.concurrency,
+        connections: a.connections,
+        batch: a.batch,
+        cache: a.cache,
+        progress: true,
+    };
+    // The three sections are printed as their phases finish; the table
+    // repeats the figures in one place for the README.
+    let r = crate::bench::run(&o, server).await?;
+    print!("{}", r.table());
+    if let Some(p) = &a.output {
+        r.write_json(p)?;
+    }
     Ok(())
 }
 

@@ -143,6 +143,12 @@ impl Target {
     /// A health client on a new connection.
     pub async fn health(&self) -> Result<Health, CliError> {
         let ch = self.channel().await?;
+        self.health_client(ch)
+    }
+
+    /// A health client on an existing channel (with the same interceptor as
+    /// [`Target::client`], so both kinds of call cost the client the same).
+    pub fn health_client(&self, ch: Channel) -> Result<Health, CliError> {
         let auth = Auth::new(self.token.as_deref())?;
         Ok(HealthClient::with_interceptor(ch, auth))
     }

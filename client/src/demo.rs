@@ -221,7 +221,7 @@ pub fn table(runs: &[(String, Summary)]) -> String {
 }
 
 /// 1234567.8 -> "1.23M".
-fn human(v: f64) -> String {
+pub(crate) fn human(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if v >= 1e3 {

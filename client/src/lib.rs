@@ -18,8 +18,11 @@
 //! * [`load`]: the load generator (workers, mix, shadow model for
 //!   `--verify`, recorder, text/JSON/CSV/HTML reports).
 //! * [`demo`]: typesafe vs rcu, side by side.
+//! * [`bench`]: the README's benchmarks (unary vs no-op, bulk faults/s,
+//!   latency at half the max rate) in one run.
 //! * [`embedded`]: an in-process server on 127.0.0.1:0.
 //! * [`strace`]: strace log parser; [`replay`]: applies it to processes.
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod connect;

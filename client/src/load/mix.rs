@@ -12,7 +12,8 @@ use std::fmt;
 use std::str::FromStr;
 
 /// One kind of operation. `Spawn` and `Maps` are never drawn from a mix:
-/// the worker issues them to set up processes and to verify layouts.
+/// the worker issues them to set up processes and to verify layouts;
+/// `Health` only `vmasim bench` sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OpKind {
     /// `Fault` (batch 1) or `FaultBatch`.
@@ -33,11 +34,14 @@ pub enum OpKind {
     Spawn,
     /// `Maps` (verification).
     Maps,
+    /// `grpc.health.v1.Health/Check`: the no-op call `vmasim bench`
+    /// compares `Fault` against.
+    Health,
 }
 
 impl OpKind {
     /// All kinds, in report order.
-    pub const ALL: [OpKind; 9] = [
+    pub const ALL: [OpKind; 10] = [
         OpKind::Fault,
         OpKind::Mmap,
         OpKind::Munmap,
@@ -47,6 +51,7 @@ impl OpKind {
         OpKind::Exit,
         OpKind::Spawn,
         OpKind::Maps,
+        OpKind::Health,
     ];
 
     /// Lower-case name, as in `--mix`.
@@ -61,6 +66,7 @@ impl OpKind {
             OpKind::Exit => "exit",
             OpKind::Spawn => "spawn",
             OpKind::Maps => "maps",
+            OpKind::Health => "health",
         }
     }
 

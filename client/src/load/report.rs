@@ -94,6 +94,24 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
+impl Latency {
+    /// The statistics of a histogram of nanoseconds (all zero if empty).
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            min: ms(h.min()),
+            mean: h.mean() / 1e6,
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
 /// Fault totals as named rows.
 pub fn totals_rows(t: &FaultTotals) -> Vec<(String, u64)> {
     [
@@ -120,19 +138,7 @@ impl Summary {
         let secs = r.elapsed.as_secs_f64().max(1e-9);
         let h = &rec.latency;
         let count = rec.requests();
-        let latency_ms = if count == 0 {
-            Latency::default()
-        } else {
-            Latency {
-                min: ms(h.min()),
-                mean: h.mean() / 1e6,
-                p50: ms(h.value_at_quantile(0.5)),
-                p90: ms(h.value_at_quantile(0.9)),
-                p99: ms(h.value_at_quantile(0.99)),
-                p999: ms(h.value_at_quantile(0.999)),
-                max: ms(h.max()),
-            }
-        };
+        let latency_ms = Latency::of(h);
         Summary {
             description: r.config.describe(),
             config: r.config.clone(),

@@ -102,7 +102,7 @@ impl Shared {
     /// `Some(Some(t))`: open loop, the request was due at `t` (latency is
     /// measured from there, or from the wake-up if it was not late).
     /// `Some(None)`: closed loop, send now.
-    async fn admit(&self) -> Option<Option<Instant>> {
+    pub(crate) async fn admit(&self) -> Option<Option<Instant>> {
         if self.stop.load(Ordering::Relaxed) {
             return None;
         }
@@ -135,7 +135,16 @@ impl Shared {
         Some(Some(if behind { due } else { Instant::now() }))
     }
 
-    fn record(&self, rec: &mut Recorder, kind: OpKind, start: Instant, code: Code, faults: u64) {
+    /// Records one finished request if measurement is on (and counts it for
+    /// the progress bar).
+    pub(crate) fn record(
+        &self,
+        rec: &mut Recorder,
+        kind: OpKind,
+        start: Instant,
+        code: Code,
+        faults: u64,
+    ) {
         if !self.recording.load(Ordering::Acquire) {
             return;
         }
@@ -420,7 +429,7 @@ impl Worker {
             OpKind::Brk => self.brk(i).await,
             OpKind::Fork => self.fork(i).await,
             OpKind::Exit => self.exit(i).await,
-            OpKind::Spawn | OpKind::Maps => unreachable!("not in a mix"),
+            OpKind::Spawn | OpKind::Maps | OpKind::Health => unreachable!("not in a mix"),
         };
         self.publish();
         r
@@ -990,7 +999,7 @@ impl Worker {
 }
 
 /// A fault's reply as batch totals.
-fn single_totals(f: &vmasim_proto::v1::FaultResponse) -> FaultTotals {
+pub(crate) fn single_totals(f: &vmasim_proto::v1::FaultResponse) -> FaultTotals {
     use vmasim_proto::v1::{FaultOutcome as O, FaultPath as P};
     let mut t = FaultTotals {
         faults: 1,

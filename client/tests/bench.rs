@@ -1,0 +1,129 @@
+//! `vmasim bench` end to end, with phases short enough for CI: the output
+//! must have its three sections, the ratio line and the table, and the
+//! JSON the same figures. No assertion on the values themselves: they
+//! depend on the machine, and a timing threshold would make the test flaky.
+
+use assert_cmd::Command;
+use vmasim_client::embedded::{Cache, Embedded};
+
+/// Short phases: the whole run is about a second.
+const QUICK: &[&str] = &[
+    "bench",
+    "--duration",
+    "200ms",
+    "--warmup",
+    "50ms",
+    "--concurrency",
+    "2",
+    "--batch",
+    "64",
+];
+
+fn vmasim() -> Command {
+    let mut c = Command::cargo_bin("vmasim").unwrap();
+    c.env_remove("VMASIM_SERVER")
+        .env_remove("VMASIM_TOKEN")
+        .env_remove("VMASIM_TLS_CA");
+    c
+}
+
+fn check_output(stdout: &str) {
+    for needle in [
+        "[1/3] unary Fault vs no-op unary call",
+        "ratio fault/noop: ",
+        "[2/3] simulated faults/s, 64 addresses per FaultBatch",
+        "FaultBatch (unary)",
+        "Session stream",
+        "[3/3] unary Fault latency at half the max rate",
+        "p99.9",
+        "benchmark",
+    ] {
+        assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
+    }
+    let ratio_line = stdout
+        .lines()
+        .find(|l| l.contains("ratio fault/noop: "))
+        .unwrap();
+    let ratio: f64 = ratio_line
+        .split("ratio fault/noop: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no number in `{ratio_line}`"));
+    assert!(ratio.is_finite() && ratio > 0.0, "{ratio_line}");
+}
+
+#[test]
+fn bench_on_embedded_server_prints_sections_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = vmasim()
+        .args(QUICK)
+        .arg("--output")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_output(&stdout);
+    assert!(stdout.contains("embedded typesafe server"), "{stdout}");
+
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for path in [
+        "/unary/noop/rps",
+        "/unary/fault/rps",
+        "/unary/ratio",
+        "/bulk/fault_batch/faults_per_sec",
+        "/bulk/session_stream/faults_per_sec",
+        "/half_rate/offered_rps",
+        "/half_rate/open_loop/latency_ms/p99",
+        "/half_rate/open_loop/latency_ms/p999",
+    ] {
+        assert!(
+            j.pointer(path).is_some_and(|v| v.is_number()),
+            "{path} in {j}"
+        );
+    }
+    assert_eq!(j["bulk"]["batch"], 64);
+    // The setup populated every page: the unary faults measured the RPC,
+    // not allocation.
+    assert_eq!(j["unary"]["fault"]["already_present"], 1.0);
+}
+
+#[test]
+fn bench_against_a_server_url() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let srv = rt.block_on(Embedded::start(Cache::Rcu, false)).unwrap();
+    let out = vmasim()
+        .args(["--server", &srv.url])
+        .args(QUICK)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_output(&stdout);
+    assert!(stdout.contains(&srv.url), "{stdout}");
+}
+
+#[test]
+fn bench_refuses_a_server_that_is_not_there() {
+    let out = vmasim()
+        .args(["--server", "http://127.0.0.1:9"])
+        .args(QUICK)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "connect errors exit 3");
+}
