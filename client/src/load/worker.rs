@@ -224,6 +224,9 @@ pub struct Worker {
     layout: Option<Arc<RwLock<Layout>>>,
     /// Operations since the last Maps check.
     since_check: u32,
+    /// Processes created but never modelled (the run stopped in between);
+    /// exited with the rest at the end.
+    orphans: Vec<u32>,
 }
 
 /// What an owner worker hands back at the end.
@@ -255,6 +258,7 @@ impl Worker {
             history: VecDeque::new(),
             layout,
             since_check: 0,
+            orphans: Vec::new(),
         }
     }
 
@@ -300,7 +304,12 @@ impl Worker {
         }
         WorkerOutput {
             rec: self.rec,
-            pids: self.procs.iter().map(|p| p.pid).collect(),
+            pids: self
+                .procs
+                .iter()
+                .map(|p| p.pid)
+                .chain(self.orphans.iter().copied())
+                .collect(),
         }
     }
 
@@ -613,12 +622,19 @@ impl Worker {
             )
             .await
         else {
+            // The run stopped between the spawn and its first query: the
+            // process exists but is not modelled; hand it back for exit.
+            self.orphans.push(pid);
             return Ok(Step::Stopped);
         };
         let (start_brk, brk) = match r {
             Ok(Reply::Brk(b)) => (b.start_brk, b.brk),
-            Ok(_) => return Err(format!("pid {pid}: wrong reply type to brk")),
+            Ok(_) => {
+                self.orphans.push(pid);
+                return Err(format!("pid {pid}: wrong reply type to brk"));
+            }
             Err(s) => {
+                self.orphans.push(pid);
                 return Err(format!("pid {pid}: brk query failed: {s}"));
             }
         };
