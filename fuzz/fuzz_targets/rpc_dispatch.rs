@@ -15,7 +15,7 @@ use vmasim_server::telemetry::Telemetry;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Spawn(String),
+    Spawn(String, u64),
     Mmap { pid: u8, addr: u64, len: u64, prot: u32, flags: u32, file: u64, off: u64 },
     Munmap { pid: u8, addr: u64, len: u64 },
     Mprotect { pid: u8, addr: u64, len: u64, prot: u32 },
@@ -58,7 +58,7 @@ fuzz_target!(|ops: Vec<Op>| {
             };
             let before = watched.and_then(|p| sim.maps(p).ok());
             let r: Result<(), tonic::Status> = match op {
-                Op::Spawn(t) => svc.spawn(Request::new(pb::SpawnRequest { maps_text: t })).await.map(drop),
+                Op::Spawn(t, start_brk) => svc.spawn(Request::new(pb::SpawnRequest { maps_text: t, start_brk })).await.map(drop),
                 Op::Mmap { pid, addr, len, prot, flags, file, off } => svc
                     .mmap(Request::new(pb::MmapRequest { pid: pid_of(pid), addr, length: len, prot, flags, file_id: file, offset: off }))
                     .await

@@ -26,7 +26,7 @@ pub fn exit_mmap(mm: &MmStruct) -> Result<ExitStats, MmError> {
     let mut w = Writer::lock(mm)?;
     w.w.state.dead = true;
     let pool = &mm.ctx.pool;
-    let race = mm.race.as_deref();
+    let race = mm.race_hooks();
     let entries = mm.mm_mt.entries(&w.guard);
     for e in &entries {
         pool.get(e.idx).vma_start_write(w.w.seq());

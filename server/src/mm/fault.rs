@@ -281,7 +281,7 @@ fn note_reuse(mm: &MmStruct, entry_gen: u64, vma: &Vma, check: ReuseCheck) {
 /// `mmap_lock`. `None` means "fall back" (already counted as ABORT).
 fn lock_vma_under_rcu<'a>(mm: &'a MmStruct, addr: u64, retries: &mut u32) -> Option<LockedVma<'a>> {
     let ctx = &*mm.ctx;
-    let race = mm.race.as_deref();
+    let race = mm.race_hooks();
     let checks = race.map_or(ReadChecks::ALL, |r| r.read_checks());
     loop {
         let guard = rcu_read_lock();

@@ -52,7 +52,7 @@ pub fn dup_mmap(parent: &MmStruct, child: &MmStruct) -> Result<(), MmError> {
             }
         }
     }
-    let race = parent.race.as_deref();
+    let race = parent.race_hooks();
     for (o, &nidx) in olds.iter().zip(&news) {
         let mpnt = pool.get(o.idx);
         // Readers of the parent must not see a VMA whose pages are being

@@ -186,6 +186,26 @@ pub struct MmStruct {
     pub(crate) race: Option<Arc<RaceHooks>>,
 }
 
+impl MmStruct {
+    /// This mm's race-lab hooks, if it has any.
+    ///
+    /// Built with `RUSTFLAGS="--cfg vmasim_no_race_hooks"` it is always
+    /// `None`, so every hook call compiles out: the baseline against which
+    /// the fault benchmark shows what the disarmed hooks cost (README,
+    /// "Benchmarks"). Scenarios cannot run in such a build.
+    #[inline(always)]
+    pub(crate) fn race_hooks(&self) -> Option<&RaceHooks> {
+        #[cfg(vmasim_no_race_hooks)]
+        {
+            None
+        }
+        #[cfg(not(vmasim_no_race_hooks))]
+        {
+            self.race.as_deref()
+        }
+    }
+}
+
 fn next_mm_id() -> u64 {
     // Relaxed: uniqueness only. Ids are never reused, which is what lets
     // vma_start_read compare ids where the kernel compares pointers.
