@@ -1093,9 +1093,16 @@ async fn shutdown_finishes_in_flight_calls_and_flips_health() {
     assert_eq!(h.status(), ServingStatus::NotServing);
     drop(watch);
 
-    // New connections are refused once shutdown has started.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(tokio::net::TcpStream::connect(grpc).await.is_err());
+    // New connections are refused once shutdown has started (the listener
+    // closes soon after health flips; poll rather than guess how soon).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(grpc).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting connections 10 s into shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     release_tx.send(()).unwrap();
     holder.join().unwrap();

@@ -231,7 +231,12 @@ async fn tls_end_to_end_with_token_auth() {
 }
 
 /// Lines a child writes, collected by a reader thread.
-fn collect(r: impl std::io::Read + Send + 'static, out: Arc<Mutex<Vec<String>>>) {
+/// Reads `r` line by line into `out` until EOF; join the handle to know
+/// every line is in.
+fn collect(
+    r: impl std::io::Read + Send + 'static,
+    out: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             match line {
@@ -239,7 +244,7 @@ fn collect(r: impl std::io::Read + Send + 'static, out: Arc<Mutex<Vec<String>>>)
                 Err(_) => return,
             }
         }
-    });
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,8 +271,10 @@ async fn token_never_appears_in_the_logs() {
         .spawn()
         .unwrap();
     let (stdout, stderr) = (Arc::default(), Arc::<Mutex<Vec<String>>>::default());
-    collect(child.stdout.take().unwrap(), Arc::clone(&stdout));
-    collect(child.stderr.take().unwrap(), Arc::clone(&stderr));
+    let readers = [
+        collect(child.stdout.take().unwrap(), Arc::clone(&stdout)),
+        collect(child.stderr.take().unwrap(), Arc::clone(&stderr)),
+    ];
 
     // The bound address, from the "serving gRPC" line.
     let start = Instant::now();
@@ -372,8 +379,11 @@ async fn token_never_appears_in_the_logs() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // The reader threads end at EOF; give them a moment to drain.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The pipes reach EOF now that the server has exited: once the readers
+    // are joined, every line it wrote has been collected.
+    for r in readers {
+        r.join().expect("log reader panicked");
+    }
     let out = stdout.lock().unwrap().join("\n");
     let err = stderr.lock().unwrap().join("\n");
     assert_eq!(status.code(), Some(0), "exit status {status}:\n{err}");
