@@ -613,6 +613,17 @@ impl BenchReport {
         let h = &self.half_rate;
         let l = &h.open_loop.latency_ms;
         let ok = |m: bool| verdict(m).to_string();
+        let bulk_row = |how: &str, p: &Phase| -> [String; 3] {
+            [
+                format!("FaultBatch x{} ({how})", b.batch),
+                format!("{} faults/s", human(p.faults_per_sec)),
+                format!(
+                    ">= {}  {}",
+                    human(b.target_faults_per_sec),
+                    ok(p.faults_per_sec >= b.target_faults_per_sec)
+                ),
+            ]
+        };
         let rows: Vec<[String; 3]> = vec![
             [
                 "no-op Health/Check (unary)".into(),
@@ -629,24 +640,8 @@ impl BenchReport {
                 format!("{:.3}", u.ratio),
                 format!(">= {}  {}", u.target_ratio, ok(u.ratio >= u.target_ratio)),
             ],
-            [
-                format!("FaultBatch x{} (unary)", b.batch),
-                format!("{} faults/s", human(b.fault_batch.faults_per_sec)),
-                format!(
-                    ">= {}  {}",
-                    human(b.target_faults_per_sec),
-                    ok(b.fault_batch.faults_per_sec >= b.target_faults_per_sec)
-                ),
-            ],
-            [
-                format!("FaultBatch x{} (Session stream)", b.batch),
-                format!("{} faults/s", human(b.session_stream.faults_per_sec)),
-                format!(
-                    ">= {}  {}",
-                    human(b.target_faults_per_sec),
-                    ok(b.session_stream.faults_per_sec >= b.target_faults_per_sec)
-                ),
-            ],
+            bulk_row("unary", &b.fault_batch),
+            bulk_row("Session stream", &b.session_stream),
             [
                 format!("Fault open loop @ {} rps", human(h.offered_rps)),
                 format!("p50 {:.3} ms", l.p50),

@@ -53,16 +53,9 @@ fn check_output(stdout: &str) {
     assert!(ratio.is_finite() && ratio > 0.0, "{ratio_line}");
 }
 
-#[test]
-fn bench_on_embedded_server_prints_sections_and_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
-    let out = vmasim()
-        .args(QUICK)
-        .arg("--output")
-        .arg(&json)
-        .output()
-        .unwrap();
+/// Runs a bench that must succeed; checks its output and returns it.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         out.status.success(),
@@ -70,6 +63,14 @@ fn bench_on_embedded_server_prints_sections_and_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     check_output(&stdout);
+    stdout
+}
+
+#[test]
+fn bench_on_embedded_server_prints_sections_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let stdout = run_ok(vmasim().args(QUICK).arg("--output").arg(&json));
     assert!(stdout.contains("embedded typesafe server"), "{stdout}");
 
     let j: serde_json::Value =
@@ -103,18 +104,7 @@ fn bench_against_a_server_url() {
         .build()
         .unwrap();
     let srv = rt.block_on(Embedded::start(Cache::Rcu, false)).unwrap();
-    let out = vmasim()
-        .args(["--server", &srv.url])
-        .args(QUICK)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "bench failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    check_output(&stdout);
+    let stdout = run_ok(vmasim().args(["--server", &srv.url]).args(QUICK));
     assert!(stdout.contains(&srv.url), "{stdout}");
 }
 
