@@ -10,9 +10,9 @@
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use vmasim_server::mm::fault::{Access, FaultOutcome};
+use vmasim_server::mm::mm_types::vm_flags::{VM_EXEC, VM_MAYSHARE, VM_READ, VM_WRITE};
 use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
 use vmasim_server::mm::sim::{SimConfig, Simulator};
-use vmasim_server::mm::vma::vm_flags::{VM_EXEC, VM_MAYSHARE, VM_READ, VM_WRITE};
 use vmasim_server::mm::{MMAP_BASE, MmError};
 
 const P: u64 = 4096;

@@ -16,11 +16,11 @@
 //! (`VMA_LOCK_RETRY`).
 
 use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct, ev};
+use crate::mm::mm_types::{LockedBy, ReadChecks, StartReadError, Vma, VmaFields, vm_flags::*};
 use crate::mm::pgtable::{alloc_frame, pte};
 use crate::mm::race::InjectPoint;
 use crate::mm::rcu::rcu_read_lock;
 use crate::mm::sync::Ordering;
-use crate::mm::vma::{LockedBy, ReadChecks, StartReadError, Vma, VmaFields, vm_flags::*};
 use crate::mm::vmstat::VmaLockEvent;
 use crate::mm::{PAGE_SHIFT, TASK_SIZE};
 

@@ -12,12 +12,12 @@
 
 use crate::mm::MmError;
 use crate::mm::mm_struct::MmStruct;
+use crate::mm::mm_types::{Vma, vm_flags::*};
 use crate::mm::mmap::{Writer, rss_counter};
 use crate::mm::pgtable::pte;
 use crate::mm::pool::VmaIdx;
 use crate::mm::race::InjectPoint;
 use crate::mm::sync::Ordering;
-use crate::mm::vma::{Vma, vm_flags::*};
 use crate::mm::vma_tree::TreeEntry;
 
 /// `vm_area_init_from`: copy `src` into `dest` but leave `dest`'s lock

@@ -5,8 +5,8 @@
 //! --release loom` (`.ci/run` does). The project's own cfg name, not plain
 //! `loom`: that one would also switch tokio into its loom mode.
 
+use crate::mm::mm_types::{MmLockSeq, Vma, VmaFields};
 use crate::mm::pool::{CachePolicy, VmaCache, VmaIdx};
-use crate::mm::vma::{MmLockSeq, Vma, VmaFields};
 use loom::sync::Arc;
 use loom::sync::atomic::Ordering;
 use loom::thread;

@@ -9,11 +9,11 @@
 //! one store (`vma_end_write_all`).
 
 use crate::mm::fault::FaultLockMode;
+use crate::mm::mm_types::MmLockSeq;
 use crate::mm::pgtable::PageTable;
 use crate::mm::pool::VmaCache;
 use crate::mm::race::RaceHooks;
 use crate::mm::sync::{AtomicU64, Ordering, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use crate::mm::vma::MmLockSeq;
 use crate::mm::vma_tree::VmaTree;
 use crate::mm::vmstat::Counters;
 use dashmap::DashMap;

@@ -21,11 +21,11 @@
 //! untouched neighbours never merge with each other.
 
 use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct, MmapWriteGuard};
+use crate::mm::mm_types::{VmaFields, vm_flags::*};
 use crate::mm::pgtable::pte;
 use crate::mm::pool::VmaIdx;
 use crate::mm::rcu::{RcuReadGuard, rcu_read_lock};
 use crate::mm::sync::Ordering;
-use crate::mm::vma::{VmaFields, vm_flags::*};
 use crate::mm::vma_tree::TreeEntry;
 use crate::mm::{
     MMAP_BASE, MMAP_MIN_ADDR, MmError, PAGE_SHIFT, TASK_SIZE, page_align, page_aligned,

@@ -11,7 +11,7 @@
 //! * [`rcu`]: `rcu_read_lock` / `call_rcu` on crossbeam-epoch, with an
 //!   observable grace-period count.
 //! * [`vmstat`]: sharded event counters (`VMA_LOCK_SUCCESS`...).
-//! * [`vma`]: `vm_area_struct` and the `vm_refcnt` read/write lock.
+//! * [`mm_types`]: `vm_area_struct` (`Vma`) and its `vm_refcnt` read/write lock.
 //! * [`pool`]: the VMA cache, `typesafe` or `rcu` free policy.
 //! * [`vma_tree`]: the RCU-walkable VMA tree (the maple tree's role).
 //! * [`pgtable`]: a lock-free radix page table.
@@ -26,6 +26,7 @@
 //! * [`race_lab`]: the review's races replayed deterministically, fixed and
 //!   buggy, with a timeline and a verdict.
 
+pub mod mm_types;
 pub mod pool;
 #[cfg(not(vmasim_loom))]
 pub mod rcu;
@@ -33,7 +34,6 @@ pub mod rcu;
 #[path = "rcu_loom.rs"]
 pub mod rcu;
 pub(crate) mod sync;
-pub mod vma;
 pub mod vmstat;
 
 #[cfg(all(test, vmasim_loom))]

@@ -5,7 +5,7 @@
 //! back while the pool exists, so a reader holding a slot index found under
 //! RCU always reads a valid `Vma`, possibly a reused one. That is what
 //! `SLAB_TYPESAFE_BY_RCU` promises: type stability, not identity. The
-//! per-VMA lock protocol (see [`crate::mm::vma`]) detects a reuse.
+//! per-VMA lock protocol (see [`crate::mm::mm_types`]) detects a reuse.
 //!
 //! Free slots sit on a Treiber stack whose head carries a tag, so a slot
 //! popped and pushed back between a thread's load and its CAS (ABA) makes
@@ -19,9 +19,9 @@
 //! Slot indices, not pointers, are handed out: with slabs that never move
 //! or die, an index is as good as a pointer and needs no `unsafe` to use.
 
+use crate::mm::mm_types::{VM_LOCK_SEQ_UNLOCKED, Vma};
 use crate::mm::rcu::{Rcu, RcuReadGuard};
 use crate::mm::sync::{AtomicU32, AtomicU64, Ordering};
-use crate::mm::vma::{VM_LOCK_SEQ_UNLOCKED, Vma};
 use crate::mm::vmstat::Counters;
 use std::sync::{Arc, Weak};
 

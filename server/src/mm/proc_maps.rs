@@ -6,9 +6,9 @@
 //! produces), so a real process's layout can be loaded and replayed.
 
 use crate::mm::mm_struct::{FileInfo, MmStruct};
+use crate::mm::mm_types::{VmaFields, vm_flags::*};
 use crate::mm::mmap::{Writer, insert_vma_nomerge};
 use crate::mm::rcu::rcu_read_lock;
-use crate::mm::vma::{VmaFields, vm_flags::*};
 use crate::mm::{MmError, PAGE_SHIFT, TASK_SIZE, page_aligned};
 use std::fmt::Write as _;
 

@@ -9,7 +9,7 @@
 //! exist only inside a scenario's hooks.
 
 use crate::mm::fault::ReuseCheck;
-use crate::mm::vma::{ReadChecks, Vma};
+use crate::mm::mm_types::{ReadChecks, Vma};
 use std::sync::Mutex;
 
 /// Where the engine calls the hooks.

@@ -45,12 +45,12 @@ use crate::mm::fault::{
 };
 use crate::mm::fork::dup_mmap;
 use crate::mm::mm_struct::{MmContext, MmStruct};
+use crate::mm::mm_types::{VMA_LOCK_OFFSET, Vma};
 use crate::mm::mmap::{MmapArgs, do_mmap, do_munmap, map, prot};
 use crate::mm::pool::{CachePolicy, SLAB_SIZE, VmaCache, VmaIdx};
 use crate::mm::race::{Bugs, InjectPoint, RaceHooks};
 use crate::mm::rcu::rcu_read_lock;
 use crate::mm::sync::Ordering;
-use crate::mm::vma::{VMA_LOCK_OFFSET, Vma};
 use std::cell::Cell;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Receiver, Sender};

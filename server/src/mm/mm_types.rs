@@ -1,4 +1,4 @@
-//! `struct vm_area_struct` and its per-VMA lock, as in `include/linux/mm.h`
+//! `struct vm_area_struct` (include/linux/mm_types.h) and its per-VMA lock, as in `include/linux/mm.h`
 //! and `mm/mmap_lock.c` after "mm: move per-vma lock into vm_area_struct".
 //!
 //! A `Vma` lives in a type-stable pool slot (see [`crate::mm::pool`]): a
