@@ -109,6 +109,9 @@ pub fn status_from(e: MmError) -> Status {
         | MmError::PoolExhausted { .. }
         | MmError::TooManyProcesses { .. }
         | MmError::NoSpace { .. } => Status::resource_exhausted(msg),
+        MmError::PgtablesExhausted { .. } => {
+            Status::resource_exhausted(format!("{msg} (--max-pgtables-bytes)"))
+        }
     }
 }
 
@@ -155,7 +158,22 @@ fn outcome_to_pb(o: mmfault::FaultOutcome) -> pb::FaultOutcome {
         O::AlreadyPresent => pb::FaultOutcome::AlreadyPresent,
         O::SegvMaperr => pb::FaultOutcome::SegvMaperr,
         O::SegvAccerr => pb::FaultOutcome::SegvAccerr,
+        // Never on the wire: answered as RESOURCE_EXHAUSTED (`fault_oom`).
+        O::Oom => pb::FaultOutcome::Unspecified,
     }
+}
+
+/// The status of a fault that hit the page-table budget (`VM_FAULT_OOM`).
+/// `done` faults of the same call were applied before it.
+fn fault_oom(limit: u64, addr: u64, done: Option<usize>) -> Status {
+    let applied = match done {
+        Some(n) => format!("; the {n} faults before it in this batch were applied"),
+        None => String::new(),
+    };
+    Status::resource_exhausted(format!(
+        "fault at {addr:#x}: page-table memory limit ({limit} bytes, --max-pgtables-bytes) \
+         reached, nothing mapped (VM_FAULT_OOM){applied}; unmap or exit processes to free tables"
+    ))
 }
 
 fn path_to_pb(p: mmfault::FaultPath) -> pb::FaultPath {
@@ -178,6 +196,7 @@ fn count(t: &mut pb::FaultTotals, r: &FaultResult) {
         O::AlreadyPresent => t.already_present += 1,
         O::SegvMaperr => t.segv_maperr += 1,
         O::SegvAccerr => t.segv_accerr += 1,
+        O::Oom => {}
     }
     match r.path {
         P::PerVmaLock => t.per_vma_lock += 1,
@@ -357,6 +376,9 @@ impl AddressSpaceService {
         let t = Instant::now();
         let r = do_user_addr_fault(&mm, req.addr, access);
         self.inner.telemetry.record_fault(t.elapsed());
+        if r.outcome == mmfault::FaultOutcome::Oom {
+            return Err(fault_oom(mm.ctx().pgtables.limit(), req.addr, None));
+        }
         Ok(pb::FaultResponse {
             outcome: outcome_to_pb(r.outcome) as i32,
             path: path_to_pb(r.path) as i32,
@@ -402,6 +424,9 @@ impl AddressSpaceService {
                 } else {
                     do_user_addr_fault(&mm, addr, access)
                 };
+                if r.outcome == mmfault::FaultOutcome::Oom {
+                    return Err(fault_oom(mm.ctx().pgtables.limit(), addr, Some(i)));
+                }
                 count(&mut totals, &r);
                 if !req.totals_only {
                     resp.outcomes.push(outcome_to_pb(r.outcome) as i32);

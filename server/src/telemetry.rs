@@ -68,6 +68,10 @@ pub const PROCESSES: &str = "vmasim_processes";
 pub const VMAS: &str = "vmasim_vmas";
 /// Resident memory of all live processes, bytes.
 pub const RSS_BYTES: &str = "vmasim_rss_bytes";
+/// Page-table memory of all live processes, bytes (`VmPTE` summed).
+pub const PGTABLES_BYTES: &str = "vmasim_pgtables_bytes";
+/// The page-table memory limit (`--max-pgtables-bytes`), bytes.
+pub const PGTABLES_LIMIT_BYTES: &str = "vmasim_pgtables_limit_bytes";
 /// `vmasim_reuse_detected_total{check}`.
 pub const REUSE_DETECTED: &str = "vmasim_reuse_detected_total";
 /// `vmasim_rpc_duration_seconds{method}` histogram.
@@ -151,7 +155,7 @@ pub fn code_name(code: Code) -> &'static str {
 struct EngineMetrics {
     vma_lock: [Counter; 4],
     mmap_lock_fallbacks: Counter,
-    faults: [[Counter; 3]; 6],
+    faults: [[Counter; 3]; 7],
     alloc_reused: Counter,
     alloc_fresh: Counter,
     reuse_before_gp: Counter,
@@ -167,6 +171,7 @@ struct EngineMetrics {
     processes: Gauge,
     vmas: Gauge,
     rss_bytes: Gauge,
+    pgtables_bytes: Gauge,
     reuse_detected: [Counter; 4],
 }
 
@@ -257,6 +262,7 @@ impl Telemetry {
             processes: gauge(PROCESSES, &[]),
             vmas: gauge(VMAS, &[]),
             rss_bytes: gauge(RSS_BYTES, &[]),
+            pgtables_bytes: gauge(PGTABLES_BYTES, &[]),
             reuse_detected: ReuseCheck::ALL
                 .map(|c| counter(REUSE_DETECTED, &[("check", c.as_str())])),
         };
@@ -270,9 +276,12 @@ impl Telemetry {
             &engine.processes,
             &engine.vmas,
             &engine.rss_bytes,
+            &engine.pgtables_bytes,
         ] {
             g.set(0.0);
         }
+        r.register_gauge(&key(PGTABLES_LIMIT_BYTES, &[]), &METADATA)
+            .set(cfg.max_pgtables_bytes as f64);
 
         let rpc = METHODS
             .iter()
@@ -372,6 +381,7 @@ impl Telemetry {
         e.vmas.set(s.vmas as f64);
         e.rss_bytes
             .set(s.rss_pages.saturating_mul(PAGE_SIZE) as f64);
+        e.pgtables_bytes.set(s.pgtables_bytes as f64);
         for (c, v) in e.reuse_detected.iter().zip(s.faults.reuse_detected) {
             c.absolute(v);
         }
@@ -475,7 +485,17 @@ fn describe(r: &PrometheusRecorder) {
     g(
         RSS_BYTES,
         Unit::Bytes,
-        "Resident memory of all live processes in bytes (4 KiB pages; a COW-shared page counts in each process).",
+        "Simulated resident memory of all live processes in bytes (4 KiB pages; a COW-shared page counts in each process; the zero page, mapped by read faults on anonymous memory, counts nowhere, as in the kernel). The server's own memory is process_resident_memory_bytes.",
+    );
+    g(
+        PGTABLES_BYTES,
+        Unit::Bytes,
+        "Page-table memory of all live processes in bytes (the kernel's VmPTE, summed): one 4 KiB table per 2 MiB region touched, plus upper levels. Real server memory, bounded by vmasim_pgtables_limit_bytes.",
+    );
+    g(
+        PGTABLES_LIMIT_BYTES,
+        Unit::Bytes,
+        "The page-table memory limit (--max-pgtables-bytes); a fault needing a table past it is answered RESOURCE_EXHAUSTED and counted as outcome=\"oom\".",
     );
     c(
         REUSE_DETECTED,
@@ -524,6 +544,8 @@ mod tests {
             PROCESSES,
             VMAS,
             RSS_BYTES,
+            PGTABLES_BYTES,
+            PGTABLES_LIMIT_BYTES,
             REUSE_DETECTED,
             RPC_REQUESTS,
         ] {

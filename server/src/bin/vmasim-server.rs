@@ -64,6 +64,10 @@ mod imp {
         #[arg(long, env = "VMASIM_POOL_CAPACITY", default_value_t = 1 << 20)]
         pool_capacity: u32,
 
+        /// Page-table memory of all processes together (e.g. 256MiB, 1GiB, bytes if no unit). A fault needing a table past it gets RESOURCE_EXHAUSTED (VM_FAULT_OOM), a fork too; munmap and exit give tables back.
+        #[arg(long, env = "VMASIM_MAX_PGTABLES_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+        max_pgtables_bytes: u64,
+
         /// Maximum addresses in one FaultBatch; more gets INVALID_ARGUMENT.
         #[arg(long, env = "VMASIM_MAX_BATCH", default_value_t = 65536)]
         max_batch: usize,
@@ -76,7 +80,7 @@ mod imp {
         #[arg(long, env = "VMASIM_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
         request_timeout: Duration,
 
-        /// Require `authorization: Bearer <token>` on every call but health checks.
+        /// Require `authorization: Bearer <token>` on every call but health checks. A value given on the command line is readable by every local user in /proc/PID/cmdline: prefer --auth-token-file or the environment variable.
         #[arg(
             long,
             env = "VMASIM_AUTH_TOKEN",
@@ -101,7 +105,7 @@ mod imp {
         #[arg(long, env = "VMASIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
 
-        /// Allow a non-loopback listen address without --auth-token.
+        /// Allow a non-loopback --listen without a token, and a non-loopback --metrics-listen at all (/metrics has no authentication).
         #[arg(long, env = "VMASIM_INSECURE")]
         insecure: bool,
     }
@@ -152,18 +156,21 @@ mod imp {
         if auth_token.as_deref() == Some("") {
             return Err("the auth token is empty".into());
         }
-        if auth_token.is_none() && !args.insecure {
-            for (flag, addr) in [
-                ("--listen", args.listen),
-                ("--metrics-listen", args.metrics_listen),
-            ] {
-                if !addr.ip().is_loopback() {
-                    return Err(format!(
-                        "refusing to listen on non-loopback {flag} {addr} without authentication: \
-                         pass --auth-token (or --auth-token-file), or --insecure if the network is private"
-                    ));
-                }
-            }
+        if auth_token.is_none() && !args.insecure && !args.listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to listen on non-loopback --listen {} without authentication: \
+                 pass --auth-token-file (or VMASIM_AUTH_TOKEN), or --insecure if the network is private",
+                args.listen
+            ));
+        }
+        // /metrics has no authentication at all, token or not.
+        if !args.insecure && !args.metrics_listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve /metrics on non-loopback --metrics-listen {}: it has no \
+                 authentication (the bearer token protects gRPC only); pass --insecure if \
+                 the network is private",
+                args.metrics_listen
+            ));
         }
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(c), Some(k)) => Some(TlsPem {
@@ -188,6 +195,8 @@ mod imp {
                 max_processes: args.max_processes,
                 max_map_count: args.max_map_count,
                 pool_capacity: args.pool_capacity,
+                max_pgtables_bytes: args.max_pgtables_bytes,
+                first_pid: boot_pid_base(),
             },
             max_batch: args.max_batch,
             concurrency_limit: args.concurrency_limit.max(1),
@@ -196,6 +205,48 @@ mod imp {
             tls,
             ..ServerConfig::default()
         })
+    }
+
+    /// A byte size: a number with an optional unit (B, KiB, MiB, GiB, TiB;
+    /// K, M, G, T and KB, MB... are read as the same powers of 1024).
+    fn parse_bytes(s: &str) -> Result<u64, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 64KiB, 256MiB, 1GiB)"))?;
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            "t" | "tb" | "tib" => 40,
+            u => {
+                return Err(format!(
+                    "unknown size unit {u:?} (use KiB, MiB, GiB or TiB)"
+                ));
+            }
+        };
+        n.checked_mul(1 << shift)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+
+    /// The first pid of this server run: random per start, so a pid kept
+    /// from an earlier run (state is in memory only) is NOT_FOUND rather
+    /// than silently another process. Below 2^30, leaving 2^32 - 2^30 pids
+    /// before the counter could wrap.
+    fn boot_pid_base() -> u32 {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS per process: enough to make a
+        // collision with an earlier run's pids unlikely, no extra crate.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        );
+        1000 + (h.finish() % ((1 << 30) - 1000)) as u32
     }
 
     /// SIGINT or SIGTERM.
@@ -216,8 +267,19 @@ mod imp {
     }
 
     pub fn main() -> ExitCode {
-        let args = Args::parse();
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Args::command().get_matches();
+        let args = match Args::from_arg_matches(&matches) {
+            Ok(a) => a,
+            Err(e) => e.exit(),
+        };
         init_logging(args.log_format);
+        if matches.value_source("auth_token") == Some(clap::parser::ValueSource::CommandLine) {
+            tracing::warn!(
+                "--auth-token on the command line is readable in /proc/PID/cmdline by every local \
+                 user; use --auth-token-file or VMASIM_AUTH_TOKEN instead"
+            );
+        }
         let cfg = match config(&args) {
             Ok(c) => c,
             Err(msg) => {

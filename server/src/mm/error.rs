@@ -67,6 +67,13 @@ pub enum MmError {
         /// The requested length.
         len: u64,
     },
+    /// A page table was needed and the simulator's page-table memory
+    /// budget is spent (`pte_alloc` failing: `ENOMEM`).
+    #[error("page-table memory limit ({limit} bytes) reached")]
+    PgtablesExhausted {
+        /// The limit, bytes.
+        limit: u64,
+    },
     /// The process table is full.
     #[error("process limit ({limit}) reached")]
     TooManyProcesses {
@@ -93,7 +100,8 @@ impl MmError {
             MmError::NotMapped { .. }
             | MmError::MapCountExceeded { .. }
             | MmError::PoolExhausted { .. }
-            | MmError::NoSpace { .. } => Errno::ENOMEM,
+            | MmError::NoSpace { .. }
+            | MmError::PgtablesExhausted { .. } => Errno::ENOMEM,
             MmError::TooManyProcesses { .. } => Errno::EAGAIN,
             MmError::Overflow { .. } => Errno::EOVERFLOW,
         }

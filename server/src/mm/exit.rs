@@ -8,6 +8,7 @@
 
 use crate::mm::mm_struct::MmStruct;
 use crate::mm::mmap::{Writer, zap_page_range};
+use crate::mm::pgtable::free_pgtables;
 use crate::mm::race::InjectPoint;
 use crate::mm::{MmError, TASK_SIZE};
 
@@ -35,6 +36,9 @@ pub fn exit_mmap(mm: &MmStruct) -> Result<ExitStats, MmError> {
     for e in &entries {
         mm.mm_mt.erase(e.start, &w.guard);
     }
+    // free_pgtables over the whole (now empty) address space: the budget
+    // gets every table back even while other calls still hold the mm.
+    free_pgtables(mm, 0, TASK_SIZE, &w.guard);
     for e in &entries {
         let vma = pool.get(e.idx);
         if let Some(r) = race {

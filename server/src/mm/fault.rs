@@ -84,17 +84,21 @@ pub enum FaultOutcome {
     SegvMaperr = 4,
     /// The VMA forbids this access.
     SegvAccerr = 5,
+    /// `VM_FAULT_OOM`: a page table was needed and the page-table budget is
+    /// spent (`pte_alloc` failed). Nothing was mapped.
+    Oom = 6,
 }
 
 impl FaultOutcome {
     /// All outcomes, in counter order.
-    pub const ALL: [FaultOutcome; 6] = [
+    pub const ALL: [FaultOutcome; 7] = [
         FaultOutcome::AnonZeroFill,
         FaultOutcome::FilePage,
         FaultOutcome::CowBreak,
         FaultOutcome::AlreadyPresent,
         FaultOutcome::SegvMaperr,
         FaultOutcome::SegvAccerr,
+        FaultOutcome::Oom,
     ];
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -105,6 +109,7 @@ impl FaultOutcome {
             FaultOutcome::AlreadyPresent => "already_present",
             FaultOutcome::SegvMaperr => "segv_maperr",
             FaultOutcome::SegvAccerr => "segv_accerr",
+            FaultOutcome::Oom => "oom",
         }
     }
 }
@@ -460,7 +465,12 @@ fn handle_mm_fault(
     let shared = f.vm_flags & VM_SHARED != 0 || f.vm_flags & VM_MAYSHARE != 0;
     let is_file = f.vm_file != 0;
     let write = access == Access::Write;
-    let slot = mm.pgd.pte_alloc(page);
+    // __handle_mm_fault: a missing table level is allocated first; when
+    // that fails the fault is VM_FAULT_OOM, counted as handled (the kernel
+    // does not retry it under mmap_lock either).
+    let Ok(slot) = mm.pgd.pte_alloc(page) else {
+        return Ok(FaultOutcome::Oom);
+    };
     loop {
         // Acquire pairs with the AcqRel CAS of a racing fault on this page.
         let old = slot.load(Ordering::Acquire);
@@ -574,7 +584,7 @@ pub struct FaultStats {
     /// `VMA_LOCK_SUCCESS`, `_ABORT`, `_RETRY`, `_MISS`.
     pub vma_lock: [u64; 4],
     /// Faults by `[outcome][path]`.
-    pub faults: [[u64; 3]; 6],
+    pub faults: [[u64; 3]; 7],
     /// Sum of retries.
     pub retries: u64,
     /// Reuses caught, by [`ReuseCheck`].
@@ -589,7 +599,7 @@ impl FaultStats {
     /// Read the counters of a context.
     pub fn read(ctx: &crate::mm::mm_struct::MmContext) -> Self {
         let s = ctx.events.snapshot();
-        let mut faults = [[0; 3]; 6];
+        let mut faults = [[0; 3]; 7];
         for (o, row) in faults.iter_mut().enumerate() {
             for (p, c) in row.iter_mut().enumerate() {
                 *c = s[ev::FAULT_BASE + o * 3 + p];

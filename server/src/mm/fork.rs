@@ -98,7 +98,7 @@ pub fn dup_mmap(parent: &MmStruct, child: &MmStruct) -> Result<(), MmError> {
             o.start,
             o.end,
             mpnt.fields().anon_vma != 0,
-        );
+        )?;
     }
     cw.w.state.map_count = olds.len();
     cw.w.state.brk = pw.w.state.brk;
@@ -117,12 +117,23 @@ fn copy_page_range(
     start: u64,
     end: u64,
     has_anon: bool,
-) {
+) -> Result<(), MmError> {
     let shared = flags & VM_MAYSHARE != 0;
     if !shared && !has_anon {
-        return;
+        return Ok(());
     }
+    let mut oom = false;
     parent.pgd.for_each_present(start, end, |addr, p| {
+        if oom {
+            return;
+        }
+        // Allocate the child's table before touching the parent's PTE, so
+        // a failure leaves this PTE as it was (copy_pte_range allocates
+        // the destination table first too).
+        let Ok(dst) = child.pgd.pte_alloc(addr) else {
+            oom = true;
+            return;
+        };
         // Relaxed: both mms are write-locked; faults on this VMA are out.
         let mut v = p.load(Ordering::Relaxed);
         if !shared && v & pte::ZERO == 0 && v & pte::FILE == 0 {
@@ -131,9 +142,17 @@ fn copy_page_range(
         } else if !shared && v & pte::FILE != 0 {
             v &= !pte::WRITE;
         }
-        child.pgd.pte_alloc(addr).store(v, Ordering::Relaxed);
+        dst.store(v, Ordering::Relaxed);
         if let Some(ctr) = rss_counter(v) {
             child.rss.inc(ctr);
         }
     });
+    if oom {
+        // copy_page_range's -ENOMEM: the fork fails; the caller tears the
+        // half-built child down (mmput -> exit_mmap).
+        return Err(MmError::PgtablesExhausted {
+            limit: child.ctx.pgtables.limit(),
+        });
+    }
+    Ok(())
 }

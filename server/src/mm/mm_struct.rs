@@ -10,7 +10,7 @@
 
 use crate::mm::fault::FaultLockMode;
 use crate::mm::mm_types::MmLockSeq;
-use crate::mm::pgtable::PageTable;
+use crate::mm::pgtable::{PageTable, PgtableBudget};
 use crate::mm::pool::VmaCache;
 use crate::mm::race::RaceHooks;
 use crate::mm::sync::{AtomicU64, Ordering, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -108,8 +108,9 @@ impl FileTable {
 pub mod ev {
     /// `VMA_LOCK_SUCCESS`..`VMA_LOCK_MISS` are 0..4 (see `VmaLockEvent`).
     pub const FAULT_BASE: usize = 4;
-    /// 6 outcomes x 3 paths.
-    pub const NR_FAULT_KINDS: usize = 18;
+    /// 7 outcomes x 3 paths.
+    pub const NR_FAULT_KINDS: usize =
+        crate::mm::fault::FaultOutcome::ALL.len() * crate::mm::fault::FaultPath::ALL.len();
     /// Sum of `retries` over all faults.
     pub const FAULT_RETRIES: usize = FAULT_BASE + NR_FAULT_KINDS;
     /// First reuse-detected counter; one per [`crate::mm::fault::ReuseCheck`].
@@ -136,6 +137,8 @@ pub struct MmContext {
     pub max_map_count: usize,
     /// File ids and names.
     pub files: FileTable,
+    /// Page-table memory of every mm, against its limit.
+    pub pgtables: Arc<PgtableBudget>,
     next_anon_vma: AtomicU64,
 }
 
@@ -148,8 +151,15 @@ impl MmContext {
             fault_lock,
             max_map_count,
             files: FileTable::default(),
+            pgtables: Arc::new(PgtableBudget::default()),
             next_anon_vma: AtomicU64::new(1),
         }
+    }
+
+    /// Limit the page tables of all mms of this context to `bytes`.
+    pub fn with_pgtables_limit(mut self, bytes: u64) -> Self {
+        self.pgtables = Arc::new(PgtableBudget::new(bytes));
+        self
     }
 
     /// A new `anon_vma` id (`anon_vma_prepare`, `anon_vma_fork`).
@@ -226,7 +236,7 @@ impl MmStruct {
                 dead: false,
             }),
             mm_mt: VmaTree::new(),
-            pgd: PageTable::default(),
+            pgd: PageTable::new(ctx.pgtables.clone()),
             rss: Counters::new(),
             ctx,
             race,
@@ -256,6 +266,11 @@ impl MmStruct {
     /// Resident pages (all RSS counters).
     pub fn rss_pages(&self) -> u64 {
         self.rss.snapshot().iter().sum()
+    }
+
+    /// `mm_pgtables_bytes`: page-table memory of this mm (`VmPTE`).
+    pub fn pgtables_bytes(&self) -> u64 {
+        self.pgd.pgtables_bytes()
     }
 
     /// `mmap_write_lock`.

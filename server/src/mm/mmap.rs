@@ -22,7 +22,7 @@
 
 use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct, MmapWriteGuard};
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
-use crate::mm::pgtable::pte;
+use crate::mm::pgtable::{free_pgtables, pte};
 use crate::mm::pool::VmaIdx;
 use crate::mm::rcu::{RcuReadGuard, rcu_read_lock};
 use crate::mm::sync::Ordering;
@@ -336,6 +336,8 @@ fn commit(w: &mut Writer<'_>, plan: Plan, zap: Option<(u64, u64)>) -> Result<(),
     }
     if let Some((s, e)) = zap {
         zap_page_range(mm, s, e);
+        // unmap_region: then the tables no VMA uses any more.
+        free_pgtables(mm, s, e, g);
     }
     for o in &plan.olds {
         if !claimed.contains(&o.idx) {

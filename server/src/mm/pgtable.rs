@@ -1,18 +1,33 @@
-//! A four-level radix page table with atomic PTEs.
+//! A four-level radix page table with atomic PTEs, and the page-table
+//! memory budget.
 //!
 //! Faults populate it without a lock, as the kernel does under the per-VMA
-//! lock plus the PTE lock: a missing table level is created once (a
-//! `OnceLock`, the `pte_alloc` analog) and a PTE changes by compare-and-swap,
-//! so two faults on the same page agree on one winner. Writers that zap or
-//! write-protect a range hold `mmap_lock` for write and the VMAs
-//! write-locked, so no fault runs in that range meanwhile.
+//! lock plus the PTE lock: a missing table is allocated, then installed by
+//! compare-and-swap (`__pte_alloc` + `pmd_install`: the loser of a race
+//! frees its table), and a PTE changes by compare-and-swap, so two faults
+//! on the same page agree on one winner. Writers that zap or write-protect
+//! a range hold `mmap_lock` for write and the VMAs write-locked, so no
+//! fault runs in that range meanwhile.
 //!
-//! Tables are freed only with the whole `mm` (`free_pgtables` at exit), so a
-//! fault never sees a table vanish under it.
+//! **Page tables are the memory a client can make the server allocate
+//! with the fewest bytes sent**: one read fault every 2 MiB costs a 4 KiB
+//! PTE table (the zero page is not even RSS). So every table is counted,
+//! per mm (`mm->pgtables_bytes`, `VmPTE` in `/proc/PID/status`) and against
+//! one budget for the whole simulator ([`PgtableBudget`]). A table that
+//! would exceed the budget is not allocated: the fault fails with
+//! `VM_FAULT_OOM` (the kernel's answer when `pte_alloc` fails) and fork
+//! with `ENOMEM` (`copy_page_range`). Tables are freed again where the
+//! kernel frees them: by `free_pgtables` for the range an unmap leaves
+//! without any VMA (bounded by the neighbours, `floor`/`ceiling`), and all
+//! of them at exit. The top level (the `pgd`) belongs to the mm itself and
+//! is not charged, as in the kernel's `pgtables_bytes`.
 
+use crate::mm::mm_struct::MmStruct;
+use crate::mm::rcu::RcuReadGuard;
 use crate::mm::sync::{AtomicU64, Ordering};
 use crate::mm::{PAGE_SHIFT, TASK_SIZE};
-use std::sync::OnceLock;
+use std::sync::Arc;
+use std::sync::atomic::AtomicPtr;
 
 const PTRS_PER_TABLE: usize = 512;
 const LEVEL_BITS: u32 = 9;
@@ -55,26 +70,204 @@ pub fn alloc_frame() -> u64 {
 }
 
 type PteTable = [AtomicU64; PTRS_PER_TABLE];
+
+/// Bytes of one table at any level: 512 eight-byte entries, one page, as
+/// in the kernel (`PAGE_SIZE` per PTE, PMD and PUD table).
+pub const TABLE_BYTES: u64 = (PTRS_PER_TABLE * 8) as u64;
+
+/// The page-table memory of a whole simulator: bytes in use and the limit.
+///
+/// Charged before a table is allocated and uncharged after it is freed, so
+/// `used` never exceeds `limit` and never lags behind real memory.
+#[derive(Debug)]
+pub struct PgtableBudget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl PgtableBudget {
+    /// A budget of `limit` bytes (rounded down to whole tables).
+    pub fn new(limit: u64) -> Self {
+        Self {
+            used: AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    /// The limit, bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes of page tables allocated now, all mms together.
+    pub fn used(&self) -> u64 {
+        // Relaxed: a statistic; the CAS in `charge` is what enforces.
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Reserve one table. Relaxed is enough: the counter orders nothing,
+    /// it only has to never pass `limit`, which the read-modify-write
+    /// guarantees. Only the first touch of a 2 MiB region gets here, so
+    /// the fault fast path never writes this shared line.
+    fn charge(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(TABLE_BYTES).filter(|&n| n <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn uncharge(&self, tables: u64) {
+        self.used.fetch_sub(tables * TABLE_BYTES, Ordering::Relaxed);
+    }
+}
+
+impl Default for PgtableBudget {
+    /// No limit (engine tests and tools).
+    fn default() -> Self {
+        Self::new(u64::MAX)
+    }
+}
+
+/// `pte_alloc` failed: the page-table budget is spent (`VM_FAULT_OOM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgtableOom;
+
+/// One directory level: 512 pointers to the next level, null when absent.
 struct Dir<T> {
-    entries: Box<[OnceLock<Box<T>>]>,
+    entries: Box<[AtomicPtr<T>]>,
 }
 
 impl<T> Default for Dir<T> {
     fn default() -> Self {
         Self {
-            entries: (0..PTRS_PER_TABLE).map(|_| OnceLock::new()).collect(),
+            entries: (0..PTRS_PER_TABLE)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
         }
     }
 }
 
-fn new_pte_table() -> Box<PteTable> {
-    Box::new(std::array::from_fn(|_| AtomicU64::new(0)))
+/// How a level frees what hangs below it (used by the teardown walk).
+trait Level {
+    /// A new, empty table of this level.
+    fn alloc() -> Box<Self>;
+
+    /// Free every table below this one; returns how many were freed.
+    ///
+    /// # Safety
+    /// No other thread may access this table or anything below it.
+    unsafe fn free_children(&self) -> u64;
+}
+
+impl Level for PteTable {
+    fn alloc() -> Box<Self> {
+        Box::new(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    unsafe fn free_children(&self) -> u64 {
+        0
+    }
+}
+
+impl<T: Level> Level for Dir<T> {
+    fn alloc() -> Box<Self> {
+        Box::default()
+    }
+
+    unsafe fn free_children(&self) -> u64 {
+        let mut n = 0;
+        for e in self.entries.iter() {
+            // SAFETY: the caller guarantees exclusive access below here.
+            n += unsafe { take_and_free(e) };
+        }
+        n
+    }
+}
+
+/// Unlink the table `e` points to (if any) and free it and everything below
+/// it. Returns how many tables were freed.
+///
+/// # Safety
+/// No other thread may access the table or anything below it.
+unsafe fn take_and_free<T: Level>(e: &AtomicPtr<T>) -> u64 {
+    // Relaxed: exclusive by the caller's contract; no one else can load it.
+    let p = e.swap(std::ptr::null_mut(), Ordering::Relaxed);
+    if p.is_null() {
+        return 0;
+    }
+    // SAFETY: `p` came from `Box::into_raw` in `get_or_alloc`, was unlinked
+    // just now, and nobody else holds it (the caller's contract).
+    let table = unsafe { Box::from_raw(p) };
+    // SAFETY: same contract, one level down.
+    let below = unsafe { table.free_children() };
+    drop(table);
+    below + 1
+}
+
+/// The table `e` points to, allocating and installing one if absent.
+fn get_or_alloc<'a, T: Level>(
+    e: &'a AtomicPtr<T>,
+    budget: &PgtableBudget,
+    mine: &AtomicU64,
+) -> Result<&'a T, PgtableOom> {
+    // Acquire pairs with the Release of the CAS that installed the table:
+    // its zeroed entries are visible before its address is.
+    let p = e.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: installed tables live until `take_and_free`, whose
+        // callers exclude every fault in the table's range.
+        return Ok(unsafe { &*p });
+    }
+    if !budget.charge() {
+        return Err(PgtableOom);
+    }
+    let new = Box::into_raw(T::alloc());
+    // AcqRel on success publishes the zeroed table; Acquire on failure
+    // sees the winner's table (pmd_install under the kernel's ptl).
+    match e.compare_exchange(
+        std::ptr::null_mut(),
+        new,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => {
+            mine.fetch_add(TABLE_BYTES, Ordering::Relaxed);
+            // SAFETY: just installed; lives as above.
+            Ok(unsafe { &*new })
+        }
+        Err(winner) => {
+            // Another fault installed one first: free ours.
+            // SAFETY: `new` was never shared.
+            drop(unsafe { Box::from_raw(new) });
+            budget.uncharge(1);
+            // SAFETY: as for an installed table above.
+            Ok(unsafe { &*winner })
+        }
+    }
 }
 
 /// The page table of one mm.
-#[derive(Default)]
 pub struct PageTable {
     pgd: Dir<Dir<Dir<PteTable>>>,
+    /// `mm->pgtables_bytes`: this mm's tables below the pgd.
+    bytes: AtomicU64,
+    budget: Arc<PgtableBudget>,
+}
+
+impl Default for PageTable {
+    /// A page table with no budget (engine tests).
+    fn default() -> Self {
+        Self::new(Arc::new(PgtableBudget::default()))
+    }
+}
+
+impl Drop for PageTable {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: nobody else can reach any table.
+        let n = unsafe { self.pgd.free_children() };
+        self.budget.uncharge(n);
+    }
 }
 
 #[inline]
@@ -92,27 +285,107 @@ fn indices(addr: u64) -> [usize; 4] {
 /// Bytes covered by one entry at each level.
 const SPAN: [u64; 4] = [1 << 39, 1 << 30, 1 << 21, 1 << 12];
 
+#[inline]
+fn get<T>(e: &AtomicPtr<T>) -> Option<&T> {
+    // Acquire: as in `get_or_alloc`.
+    let p = e.load(Ordering::Acquire);
+    // SAFETY: as in `get_or_alloc`.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
 impl PageTable {
+    /// An empty page table charging its tables to `budget`.
+    pub fn new(budget: Arc<PgtableBudget>) -> Self {
+        Self {
+            pgd: Dir::default(),
+            bytes: AtomicU64::new(0),
+            budget,
+        }
+    }
+
+    /// `mm_pgtables_bytes`: bytes of this mm's page tables below the pgd.
+    pub fn pgtables_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// The PTE for `addr` if its table exists (no allocation).
     #[inline]
     pub fn pte(&self, addr: u64) -> Option<&AtomicU64> {
         let [a, b, c, d] = indices(addr);
-        let pud = self.pgd.entries[a].get()?;
-        let pmd = pud.entries[b].get()?;
-        let pt = pmd.entries[c].get()?;
+        let pud = get(&self.pgd.entries[a])?;
+        let pmd = get(&pud.entries[b])?;
+        let pt = get(&pmd.entries[c])?;
         Some(&pt[d])
     }
 
     /// The PTE for `addr`, creating missing table levels (`pte_alloc`).
-    /// Allocates only the first time a 2 MiB region is touched.
+    /// Allocates only the first time a 2 MiB region is touched, and fails
+    /// when that would pass the page-table budget.
     #[inline]
-    pub fn pte_alloc(&self, addr: u64) -> &AtomicU64 {
+    pub fn pte_alloc(&self, addr: u64) -> Result<&AtomicU64, PgtableOom> {
         debug_assert!(addr < TASK_SIZE);
         let [a, b, c, d] = indices(addr);
-        let pud = self.pgd.entries[a].get_or_init(Default::default);
-        let pmd = pud.entries[b].get_or_init(Default::default);
-        let pt = pmd.entries[c].get_or_init(new_pte_table);
-        &pt[d]
+        let (budget, mine) = (&*self.budget, &self.bytes);
+        let pud = get_or_alloc(&self.pgd.entries[a], budget, mine)?;
+        let pmd = get_or_alloc(&pud.entries[b], budget, mine)?;
+        let pt = get_or_alloc(&pmd.entries[c], budget, mine)?;
+        Ok(&pt[d])
+    }
+
+    /// `free_pgd_range`: free every table (any level) that covers part of
+    /// `[start, end)` and lies entirely inside `[floor, ceiling)`, the span
+    /// with no VMA around the range. Tables shared with a neighbouring VMA
+    /// stay, as in the kernel.
+    ///
+    /// # Safety
+    /// No VMA may intersect `[floor, ceiling)`, and no thread may be using
+    /// a table in it: the caller holds `mmap_lock` for write (faults that
+    /// take it are out) and every fault under a per-VMA lock is inside some
+    /// VMA, so it only touches tables overlapping that VMA, which are not
+    /// freed. References returned by [`Self::pte`] into the range must be
+    /// dead.
+    pub unsafe fn free_pgd_range(&self, start: u64, end: u64, floor: u64, ceiling: u64) {
+        let inside = |lo: u64, span: u64| lo >= floor && lo.saturating_add(span) <= ceiling;
+        let mut freed = 0;
+        let mut addr = start;
+        while addr < end {
+            let [a, b, c, _] = indices(addr);
+            let lo0 = addr & !(SPAN[0] - 1);
+            let e0 = &self.pgd.entries[a];
+            if inside(lo0, SPAN[0]) {
+                // SAFETY: the whole 512 GiB span has no VMA (contract).
+                freed += unsafe { take_and_free(e0) };
+                addr = next_boundary(addr, SPAN[0]);
+                continue;
+            }
+            let Some(pud) = get(e0) else {
+                addr = next_boundary(addr, SPAN[0]);
+                continue;
+            };
+            let lo1 = addr & !(SPAN[1] - 1);
+            if inside(lo1, SPAN[1]) {
+                // SAFETY: as above, for a 1 GiB span.
+                freed += unsafe { take_and_free(&pud.entries[b]) };
+                addr = next_boundary(addr, SPAN[1]);
+                continue;
+            }
+            let Some(pmd) = get(&pud.entries[b]) else {
+                addr = next_boundary(addr, SPAN[1]);
+                continue;
+            };
+            let lo2 = addr & !(SPAN[2] - 1);
+            if inside(lo2, SPAN[2]) {
+                debug_assert!(
+                    get(&pmd.entries[c])
+                        .is_none_or(|pt| pt.iter().all(|p| p.load(Ordering::Relaxed) == 0))
+                );
+                // SAFETY: as above, for a 2 MiB PTE table.
+                freed += unsafe { take_and_free(&pmd.entries[c]) };
+            }
+            addr = next_boundary(addr, SPAN[2]);
+        }
+        self.bytes.fetch_sub(freed * TABLE_BYTES, Ordering::Relaxed);
+        self.budget.uncharge(freed);
     }
 
     /// Call `f(addr, pte)` for every non-empty PTE in `[start, end)`,
@@ -121,15 +394,15 @@ impl PageTable {
         let mut addr = start;
         while addr < end {
             let [a, b, c, _] = indices(addr);
-            let Some(pud) = self.pgd.entries[a].get() else {
+            let Some(pud) = get(&self.pgd.entries[a]) else {
                 addr = next_boundary(addr, SPAN[0]);
                 continue;
             };
-            let Some(pmd) = pud.entries[b].get() else {
+            let Some(pmd) = get(&pud.entries[b]) else {
                 addr = next_boundary(addr, SPAN[1]);
                 continue;
             };
-            let Some(pt) = pmd.entries[c].get() else {
+            let Some(pt) = get(&pmd.entries[c]) else {
                 addr = next_boundary(addr, SPAN[2]);
                 continue;
             };
@@ -147,6 +420,36 @@ impl PageTable {
     }
 }
 
+/// `free_pgtables`: after `[start, end)` was unmapped (its PTEs zapped and
+/// the tree updated), free the page tables of every part of it that no
+/// VMA covers now, between that part's neighbours (mm/memory.c passes
+/// `floor` = the previous VMA's end, `ceiling` = the next one's start).
+///
+/// The caller holds `mmap_lock` for write (`guard` is its RCU guard) and
+/// has zapped the range; see [`PageTable::free_pgd_range`] for why no fault
+/// can be using these tables.
+pub(crate) fn free_pgtables(mm: &MmStruct, start: u64, end: u64, guard: &RcuReadGuard) {
+    let mut gaps = Vec::new();
+    let mut cur = start;
+    for v in mm.mm_mt.overlapping(start, end, guard) {
+        if v.start > cur {
+            gaps.push((cur, v.start));
+        }
+        cur = cur.max(v.end);
+    }
+    if cur < end {
+        gaps.push((cur, end));
+    }
+    for (gs, ge) in gaps {
+        let floor = mm.mm_mt.prev(gs, guard).map_or(0, |p| p.end.min(gs));
+        let ceiling = mm.mm_mt.next(ge, guard).map_or(TASK_SIZE, |n| n.start);
+        // SAFETY: `[floor, ceiling)` has no VMA (floor is the end of the
+        // VMA before the gap, ceiling the start of the one after it), and
+        // the caller holds mmap_lock for write with the range zapped.
+        unsafe { mm.pgd.free_pgd_range(gs, ge, floor, ceiling) };
+    }
+}
+
 fn next_boundary(addr: u64, span: u64) -> u64 {
     (addr & !(span - 1)).saturating_add(span)
 }
@@ -159,16 +462,85 @@ mod tests {
     fn populate_and_walk_sparse() {
         let pt = PageTable::default();
         assert!(pt.pte(0x1000).is_none());
-        pt.pte_alloc(0x1000).store(pte::PRESENT, Ordering::Relaxed);
-        pt.pte_alloc(0x7fff_0000_0000)
+        pt.pte_alloc(0x1000)
+            .unwrap()
             .store(pte::PRESENT, Ordering::Relaxed);
-        pt.pte_alloc(0x2000); // table exists, PTE empty
+        pt.pte_alloc(0x7fff_0000_0000)
+            .unwrap()
+            .store(pte::PRESENT, Ordering::Relaxed);
+        pt.pte_alloc(0x2000).unwrap(); // table exists, PTE empty
         let mut seen = vec![];
         pt.for_each_present(0, TASK_SIZE, |a, _| seen.push(a));
         assert_eq!(seen, vec![0x1000, 0x7fff_0000_0000]);
         let mut seen = vec![];
         pt.for_each_present(0x2000, 0x7fff_0000_0000, |a, _| seen.push(a));
         assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn tables_are_counted_and_the_budget_holds() {
+        // Room for exactly 5 tables: PUD + PMD + PTE for the first 2 MiB
+        // region, then one more PTE table in the same 1 GiB.
+        let budget = Arc::new(PgtableBudget::new(5 * TABLE_BYTES));
+        let pt = PageTable::new(budget.clone());
+        pt.pte_alloc(0x40_0000).unwrap();
+        assert_eq!(pt.pgtables_bytes(), 3 * TABLE_BYTES);
+        pt.pte_alloc(0x40_1000).unwrap(); // same table: free of charge
+        pt.pte_alloc(0x60_0000).unwrap();
+        pt.pte_alloc(0x80_0000).unwrap();
+        assert_eq!(budget.used(), 5 * TABLE_BYTES);
+        // A sixth table would pass the limit: refused, nothing allocated.
+        assert_eq!(pt.pte_alloc(0xa0_0000).err(), Some(PgtableOom));
+        assert_eq!(budget.used(), 5 * TABLE_BYTES);
+        assert!(pt.pte(0xa0_0000).is_none());
+        // Dropping the page table gives every table back.
+        drop(pt);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn free_pgd_range_keeps_tables_shared_with_neighbours() {
+        let budget = Arc::new(PgtableBudget::default());
+        let pt = PageTable::new(budget.clone());
+        // Three 2 MiB regions in one 1 GiB: 0x0-0x20_0000 (a neighbour
+        // lives at its start), 0x20_0000.., 0x40_0000.. (the hole).
+        for a in [0x1000, 0x20_0000, 0x40_0000] {
+            pt.pte_alloc(a).unwrap();
+        }
+        assert_eq!(budget.used(), 5 * TABLE_BYTES);
+        // Unmapped [0x2000, 0x60_0000) with a VMA ending at 0x2000 and
+        // none after: the first PTE table is shared with the neighbour.
+        // SAFETY: single-threaded test; no reference into the range.
+        unsafe { pt.free_pgd_range(0x2000, 0x60_0000, 0x2000, TASK_SIZE) };
+        assert!(pt.pte(0x1000).is_some());
+        assert!(pt.pte(0x20_0000).is_none() && pt.pte(0x40_0000).is_none());
+        assert_eq!(pt.pgtables_bytes(), 3 * TABLE_BYTES);
+        // Everything, as at exit: the PMD and PUD tables go too.
+        // SAFETY: as above.
+        unsafe { pt.free_pgd_range(0, TASK_SIZE, 0, TASK_SIZE) };
+        assert_eq!((pt.pgtables_bytes(), budget.used()), (0, 0));
+    }
+
+    #[test]
+    fn racing_allocations_install_one_table() {
+        let budget = Arc::new(PgtableBudget::default());
+        let pt = Arc::new(PageTable::new(budget.clone()));
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let pt = pt.clone();
+                std::thread::spawn(move || {
+                    for i in 0..256u64 {
+                        pt.pte_alloc(i << 21).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        // 1 PUD + 1 PMD + 256 PTE tables, each charged once.
+        assert_eq!(budget.used(), 258 * TABLE_BYTES);
+        assert_eq!(pt.pgtables_bytes(), 258 * TABLE_BYTES);
     }
 
     #[test]

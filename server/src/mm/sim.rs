@@ -30,7 +30,17 @@ pub struct SimConfig {
     pub max_map_count: usize,
     /// VMA cache capacity in slots.
     pub pool_capacity: u32,
+    /// Page-table memory of all processes together, bytes; a fault that
+    /// needs a table past it is `VM_FAULT_OOM`, a fork `ENOMEM`.
+    pub max_pgtables_bytes: u64,
+    /// The first pid handed out (then counting up, never reused).
+    pub first_pid: u32,
 }
+
+/// Default [`SimConfig::max_pgtables_bytes`]: 256 MiB, 65,536 tables, room
+/// for 32 Mi resident pages or 128 GiB of address space touched once every
+/// 2 MiB.
+pub const DEFAULT_MAX_PGTABLES_BYTES: u64 = 256 << 20;
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -40,6 +50,8 @@ impl Default for SimConfig {
             max_processes: 4096,
             max_map_count: DEFAULT_MAX_MAP_COUNT,
             pool_capacity: 1 << 20,
+            max_pgtables_bytes: DEFAULT_MAX_PGTABLES_BYTES,
+            first_pid: 1,
         }
     }
 }
@@ -59,6 +71,8 @@ pub struct SimStats {
     pub vmas: u64,
     /// Resident pages in all live processes.
     pub rss_pages: u64,
+    /// Page-table memory of all processes, bytes.
+    pub pgtables_bytes: u64,
 }
 
 /// The maps of one process.
@@ -105,9 +119,12 @@ impl Simulator {
         let pool = VmaCache::new(cfg.vma_cache, cfg.pool_capacity);
         Self {
             cfg,
-            ctx: Arc::new(MmContext::new(pool, cfg.fault_lock, cfg.max_map_count)),
+            ctx: Arc::new(
+                MmContext::new(pool, cfg.fault_lock, cfg.max_map_count)
+                    .with_pgtables_limit(cfg.max_pgtables_bytes),
+            ),
             tasks: DashMap::new(),
-            next_pid: AtomicU32::new(1),
+            next_pid: AtomicU32::new(cfg.first_pid.max(1)),
             nr_tasks: AtomicUsize::new(0),
             created: AtomicU64::new(0),
         }
@@ -150,6 +167,13 @@ impl Simulator {
         self.reserve_task()?;
         // Relaxed: pids only need to be unique; never 0, never reused.
         let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
+        if pid == 0 {
+            // Wrapped after 2^32 processes: 0 is never a pid.
+            self.nr_tasks.fetch_sub(1, Ordering::Relaxed);
+            return Err(MmError::TooManyProcesses {
+                limit: self.cfg.max_processes,
+            });
+        }
         match mm_for(pid) {
             Ok(mm) => {
                 self.tasks.insert(pid, mm);
@@ -175,7 +199,11 @@ impl Simulator {
             .map_err(|e| MmError::inval("maps_text", format!("line {}: {}", e.line, e.reason)))?;
         self.install(|pid| {
             let mm = Arc::new(MmStruct::new(pid, self.ctx.clone(), None));
-            import_maps(&mm, &lines, start_brk)?;
+            if let Err(e) = import_maps(&mm, &lines, start_brk) {
+                // Hand back whatever was built before the failure.
+                let _ = exit_mmap(&mm);
+                return Err(e);
+            }
             Ok(mm)
         })
     }
@@ -226,7 +254,13 @@ impl Simulator {
         let parent = self.mm(pid)?;
         self.install(|cpid| {
             let child = Arc::new(MmStruct::new(cpid, self.ctx.clone(), None));
-            dup_mmap(&parent, &child)?;
+            if let Err(e) = dup_mmap(&parent, &child) {
+                // dup_mmap fails half way only in copy_page_range (ENOMEM):
+                // like the kernel's mmput of the unfinished child, free
+                // every VMA and table it got.
+                let _ = exit_mmap(&child);
+                return Err(e);
+            }
             Ok(child)
         })
     }
@@ -269,6 +303,7 @@ impl Simulator {
             processes_created: self.created.load(Ordering::Relaxed),
             vmas: pool.live,
             rss_pages: mms.iter().map(|m| m.rss_pages()).sum(),
+            pgtables_bytes: self.ctx.pgtables.used(),
         }
     }
 }
