@@ -165,8 +165,13 @@ pub enum Command {
     /// The README's benchmarks in one run: unary Fault vs a no-op call,
     /// bulk faults/s (FaultBatch, Session stream), latency at half the max rate.
     Bench(BenchArgs),
-    /// Replay an strace log (-e trace=memory,process) against simulated processes.
+    /// Replay an strace log (-e trace=memory,process) or a `vmasim record`
+    /// recording against simulated processes; `--check` compares the maps.
     Replay(ReplayArgs),
+    /// Run a command under ptrace and record its address-space history
+    /// (maps at exec and exit, every memory syscall) for `replay --check`
+    /// and `load --trace`.
+    Record(crate::cmd::record::RecordArgs),
 }
 
 /// Race lab variant.
@@ -283,8 +288,18 @@ pub struct LoadArgs {
 /// `replay` arguments.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// strace log (`strace -f [-y] -e trace=memory,process -o FILE CMD`).
+    /// strace log (`strace -f [-y] -e trace=memory,process -o FILE CMD`) or
+    /// a recording (`vmasim record -o FILE -- CMD`).
     pub file: PathBuf,
+    /// Recording: rebuild every address space from its exec snapshot (or
+    /// its parent, for a fork), apply its calls, and compare its maps with
+    /// the recorded ones line by line; exit 10 on any difference.
+    #[arg(long)]
+    pub check: bool,
+    /// Leave the simulated processes alive (their pids are printed) for
+    /// inspection with `vmasim maps PID`.
+    #[arg(long)]
+    pub keep: bool,
     /// Apply the first traced process's calls to this existing process.
     #[arg(long, value_name = "PID")]
     pub into: Option<u32>,
@@ -373,6 +388,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let mut c = target.connect().await?;
             crate::replay::run(&mut c, a).await?
         }
+        Command::Record(a) => {
+            // ptrace requests must all come from one thread (the tracer).
+            let a = a.clone();
+            tokio::task::spawn_blocking(move || crate::cmd::record::run(&a))
+                .await
+                .map_err(|e| CliError::Other(format!("record: {e}")))??
+        }
         cmd => {
             let mut c = target.connect().await?;
             match cmd {
@@ -445,7 +467,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 | Command::Demo(_)
                 | Command::Load(_)
                 | Command::Bench(_)
-                | Command::Replay(_) => {
+                | Command::Replay(_)
+                | Command::Record(_) => {
                     unreachable!("handled above")
                 }
             }

@@ -22,8 +22,11 @@
 //!   latency at half the max rate) in one run.
 //! * [`embedded`]: an in-process server on 127.0.0.1:0.
 //! * [`strace`]: strace log parser; [`replay`]: applies it to processes.
+//! * [`record`]: `vmasim record` (ptrace) and `replay --check` of its
+//!   recordings; [`cmd`]: subcommands in their own files.
 pub mod bench;
 pub mod cli;
+pub mod cmd;
 pub mod commands;
 pub mod connect;
 pub mod demo;
@@ -32,6 +35,7 @@ pub mod error;
 pub mod load;
 pub mod parse;
 pub mod race;
+pub mod record;
 pub mod replay;
 pub mod stats;
 pub mod strace;

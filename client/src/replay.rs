@@ -174,6 +174,15 @@ fn status_text(s: &Status) -> String {
 pub async fn run(c: &mut Client, a: &ReplayArgs) -> Result<String, CliError> {
     let text = std::fs::read_to_string(&a.file)
         .map_err(|e| CliError::Other(format!("cannot read {}: {e}", a.file.display())))?;
+    if crate::record::format::is_recording(&text) {
+        return run_recording(c, a, &text).await;
+    }
+    if a.check {
+        return Err(CliError::Usage(format!(
+            "--check needs a recording made by `vmasim record`; {} is not one (an strace log has no maps to compare with)",
+            a.file.display()
+        )));
+    }
     let report = replay(c, &text, a.into, a.from_line, a.to_line).await?;
     let out = report.text(a.verbose);
     if report.diverged.is_empty() {
@@ -185,6 +194,25 @@ pub async fn run(c: &mut Client, a: &ReplayArgs) -> Result<String, CliError> {
             report.diverged.len()
         )))
     }
+}
+
+/// `replay` of a recording (see [`crate::record::check`]).
+async fn run_recording(c: &mut Client, a: &ReplayArgs, text: &str) -> Result<String, CliError> {
+    if a.into.is_some() || a.from_line.is_some() || a.to_line.is_some() {
+        return Err(CliError::Usage(
+            "--into, --from-line and --to-line take strace logs; a recording builds its own processes from its snapshots".into(),
+        ));
+    }
+    let o = crate::record::check::CheckOptions { keep: a.keep };
+    let r = crate::record::check::check_text(c, text, o).await?;
+    let out = r.text(a.verbose);
+    if a.check && r.failed() {
+        print!("{out}");
+        return Err(CliError::Check(
+            "the simulated maps differ from the recorded ones (see above)".into(),
+        ));
+    }
+    Ok(out)
 }
 
 /// Replays the calls of `text` that start on lines `[from, to)`.
