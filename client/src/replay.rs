@@ -84,12 +84,21 @@ pub struct ReplayReport {
     pub processes: Vec<(Option<u32>, u32)>,
     /// Parse errors of the log.
     pub parse_errors: Vec<String>,
+    /// Every call and what happened to it, in order (printed with `-v`).
+    pub trace: Vec<String>,
+    /// Simulated processes left alive by `--keep` (traced task, pid).
+    pub kept: Vec<(Option<u32>, u32)>,
 }
 
 impl ReplayReport {
     /// The text `vmasim replay` prints.
     pub fn text(&self, verbose: bool) -> String {
         let mut o = String::new();
+        if verbose {
+            for t in &self.trace {
+                let _ = writeln!(o, "{t}");
+            }
+        }
         let total: u64 = self.applied.values().sum();
         let _ = writeln!(o, "applied {total} calls:");
         for (k, n) in &self.applied {
@@ -113,8 +122,20 @@ impl ReplayReport {
             let list: Vec<String> = self.other.iter().map(|(k, n)| format!("{k} {n}")).collect();
             let _ = writeln!(o, "other syscalls (not replayed): {}", list.join(", "));
         }
+        // Notes folded: the same text once, with its count and first line.
+        let mut folded: Vec<(&str, usize, u64)> = Vec::new();
         for (l, n) in &self.notes {
-            let _ = writeln!(o, "note: line {l}: {n}");
+            match folded.iter_mut().find(|(t, _, _)| *t == n.as_str()) {
+                Some(f) => f.2 += 1,
+                None => folded.push((n, *l, 1)),
+            }
+        }
+        for (n, l, count) in folded {
+            if count == 1 {
+                let _ = writeln!(o, "note: line {l}: {n}");
+            } else {
+                let _ = writeln!(o, "note: {count} x {n} (first at line {l})");
+            }
         }
         if !self.parse_errors.is_empty() {
             let _ = writeln!(o, "unparsed lines: {}", self.parse_errors.len());
@@ -135,6 +156,14 @@ impl ReplayReport {
             })
             .collect();
         let _ = writeln!(o, "processes (traced -> simulated): {}", procs.join(", "));
+        if !self.kept.is_empty() {
+            let kept: Vec<String> = self.kept.iter().map(|(_, p)| p.to_string()).collect();
+            let _ = writeln!(
+                o,
+                "kept (--keep; inspect with `vmasim maps PID`, remove with `vmasim exit PID`): {}",
+                kept.join(" ")
+            );
+        }
         if !self.diverged.is_empty() {
             let _ = writeln!(o, "DIVERGED on {} calls:", self.diverged.len());
             for (l, d) in &self.diverged {
@@ -164,6 +193,8 @@ struct Replayer<'a> {
     /// they lack what the kernel mapped at execve (the program, the
     /// loader, the stack), which the trace does not show.
     fresh: std::collections::HashSet<u32>,
+    /// `--keep`: never exit a process the replay created.
+    keep: bool,
 }
 
 fn status_text(s: &Status) -> String {
@@ -183,7 +214,7 @@ pub async fn run(c: &mut Client, a: &ReplayArgs) -> Result<String, CliError> {
             a.file.display()
         )));
     }
-    let report = replay(c, &text, a.into, a.from_line, a.to_line).await?;
+    let report = replay_with(c, &text, a.into, a.from_line, a.to_line, a.keep).await?;
     let out = report.text(a.verbose);
     if report.diverged.is_empty() {
         Ok(out)
@@ -223,7 +254,34 @@ pub async fn replay(
     from: Option<usize>,
     to: Option<usize>,
 ) -> Result<ReplayReport, CliError> {
+    replay_with(c, text, into, from, to, false).await
+}
+
+/// [`replay`], optionally keeping (`--keep`) the processes it created
+/// instead of exiting them when their traced tasks exit.
+pub async fn replay_with(
+    c: &mut Client,
+    text: &str,
+    into: Option<u32>,
+    from: Option<usize>,
+    to: Option<usize>,
+    keep: bool,
+) -> Result<ReplayReport, CliError> {
     let (calls, errors) = strace::parse(text);
+    if calls.is_empty() {
+        // Nothing to replay is an error, not an empty success: the file is
+        // most likely not an strace log (or was written without -o).
+        let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+        return Err(CliError::Usage(match errors.first() {
+            Some(e) => format!(
+                "no strace line could be parsed ({lines} non-empty lines, {} unparsable; first: {e})",
+                errors.len()
+            ),
+            None => format!(
+                "no strace line could be parsed ({lines} non-empty lines): expected `strace -f -e trace=memory,process -o FILE` output or a `vmasim record` recording"
+            ),
+        }));
+    }
     let mut r = Replayer {
         c,
         tasks: HashMap::new(),
@@ -236,6 +294,7 @@ pub async fn replay(
         refused_flags: false,
         brk_delta: HashMap::new(),
         fresh: Default::default(),
+        keep,
     };
     if let Some(pid) = into {
         // Learn the file ids of the imported files, by path.
@@ -245,7 +304,40 @@ pub async fn replay(
     let in_range =
         |t: &TraceLine| from.is_none_or(|f| t.line_no >= f) && to.is_none_or(|e| t.line_no < e);
     for t in calls.iter().filter(|t| in_range(t)) {
+        let before = (
+            r.report.applied.values().sum::<u64>(),
+            r.report.skipped.len(),
+            r.report.diverged.len(),
+        );
         r.apply(t).await?;
+        let what = if r.report.diverged.len() > before.2 {
+            format!("DIVERGED: {}", r.report.diverged.last().expect("pushed").1)
+        } else if r.report.skipped.len() > before.1 {
+            format!("skipped: {}", r.report.skipped.last().expect("pushed").1)
+        } else if r.report.applied.values().sum::<u64>() > before.0 {
+            "applied".to_string()
+        } else {
+            "not replayed".to_string()
+        };
+        let task = t.pid.map_or_else(|| "-".to_string(), |p| p.to_string());
+        let sim = r
+            .tasks
+            .get(&t.pid)
+            .map_or_else(|| "-".into(), |p| p.to_string());
+        r.report.trace.push(format!(
+            "line {}: task {task} (sim {sim}): {}: {what}",
+            t.line_no,
+            describe(&t.call)
+        ));
+    }
+    if keep {
+        // Exited and exec'd-away processes were kept as they went; add the
+        // ones still running at the end of the log.
+        let live: Vec<(Option<u32>, u32)> = r.tasks.iter().map(|(t, p)| (*t, *p)).collect();
+        let kept = &mut r.report.kept;
+        kept.extend(live);
+        kept.sort_by_key(|(_, p)| *p);
+        kept.dedup_by_key(|(_, p)| *p);
     }
     Ok(r.report)
 }
@@ -514,6 +606,9 @@ impl Replayer<'_> {
                     self.applied("exit (thread)");
                 } else if Some(pid) == self.into {
                     self.skip(line, "exit of the --into process (kept)".into());
+                } else if self.keep {
+                    self.report.kept.push((t.pid, pid));
+                    self.skip(line, "exit (process kept: --keep)".into());
                 } else {
                     match self.c.exit(ExitRequest { pid }).await {
                         Ok(_) => self.applied(name),
@@ -524,7 +619,9 @@ impl Replayer<'_> {
             Syscall::Execve { .. } => {
                 // The other threads die; the task gets a fresh mm.
                 self.tasks.retain(|_, p| *p != pid);
-                if Some(pid) != self.into {
+                if self.keep {
+                    self.report.kept.push((t.pid, pid));
+                } else if Some(pid) != self.into {
                     let _ = self.c.exit(ExitRequest { pid }).await;
                 }
                 let fresh = self
@@ -550,12 +647,15 @@ impl Replayer<'_> {
             let got = self.c.brk(BrkRequest { pid, brk: 0 }).await?.into_inner();
             let delta = i128::from(got.brk) - i128::from(if addr == 0 { want } else { got.brk });
             if addr == 0 && delta != 0 && !self.brk_delta.contains_key(&pid) {
+                // One text for every process, so that the notes fold; the
+                // addresses go to the -v trace.
                 self.report.notes.push((
                     line,
-                    format!(
-                        "heap of pid {pid} is at {:#x} in the simulation, {want:#x} in the trace: brk is replayed relative to it",
-                        got.brk
-                    ),
+                    "the simulated heap starts elsewhere than the traced one: brk is replayed relative to it".into(),
+                ));
+                self.report.trace.push(format!(
+                    "  (heap of pid {pid} is at {:#x} in the simulation, {want:#x} in the trace)",
+                    got.brk
                 ));
             }
             self.brk_delta.entry(pid).or_insert(delta);
@@ -690,6 +790,64 @@ fn syscall_name(c: &Syscall) -> &'static str {
         Syscall::Exit { .. } => "exit",
         Syscall::Execve { .. } => "execve",
         Syscall::Other { .. } => "other",
+    }
+}
+
+/// A call as `-v` prints it.
+fn describe(c: &Syscall) -> String {
+    let r = |r: &Result<u64, String>| match r {
+        Ok(v) => format!("{v:#x}"),
+        Err(e) => e.clone(),
+    };
+    match c {
+        Syscall::Mmap {
+            addr,
+            length,
+            prot,
+            flags,
+            fd,
+            path,
+            offset,
+            ret,
+        } => format!(
+            "mmap({addr:#x}, {length:#x}, {prot:#x}, {flags:#x}, {fd}{}, {offset:#x}) = {}",
+            path.as_ref().map_or_else(String::new, |p| format!("<{p}>")),
+            r(ret)
+        ),
+        Syscall::Munmap { addr, length, ret } => {
+            format!("munmap({addr:#x}, {length:#x}) = {}", r(ret))
+        }
+        Syscall::Mprotect {
+            addr,
+            length,
+            prot,
+            ret,
+        } => format!("mprotect({addr:#x}, {length:#x}, {prot:#x}) = {}", r(ret)),
+        Syscall::Brk { addr, ret } => format!("brk({addr:#x}) = {}", r(ret)),
+        Syscall::Mremap {
+            old_addr,
+            old_len,
+            new_len,
+            flags,
+            ret,
+            ..
+        } => format!(
+            "mremap({old_addr:#x}, {old_len:#x}, {new_len:#x}, {flags:#x}) = {}",
+            r(ret)
+        ),
+        Syscall::Fork { child } | Syscall::Thread { child } => format!(
+            "{}() = {}",
+            syscall_name(c),
+            match child {
+                Ok(p) => p.to_string(),
+                Err(e) => e.clone(),
+            }
+        ),
+        Syscall::Exit { code } => format!("exit({code})"),
+        Syscall::Execve { ret } => format!("execve() = {}", r(ret)),
+        Syscall::Other { name, ret } => {
+            format!("{name}() = {}", ret.as_deref().unwrap_or("?"))
+        }
     }
 }
 

@@ -208,3 +208,94 @@ fn python_log_replays_without_divergence() {
     assert!(out.contains("execve") && out.contains("thread"), "{out}");
     assert!(out.contains("other syscalls (not replayed)"), "{out}");
 }
+
+#[test]
+fn verbose_prints_every_call_and_keep_leaves_the_processes() {
+    let s = server();
+    let log = data("python.strace");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let (ok, out, err) = vmasim(&s, &["replay", log.to_str().unwrap(), "-v", "--keep"]);
+    assert!(ok, "{out}\n{err}");
+    // One `line N: task ...` line per parsed call, in log order.
+    let traced: Vec<usize> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("line ")?.split(':').next()?.parse().ok())
+        .collect();
+    // Every syscall line of the log is one call (resumed pairs join).
+    let calls = text
+        .lines()
+        .filter(|l| l.contains('(') && !l.contains("resumed>") && !l.contains("+++"))
+        .count();
+    assert_eq!(traced.len(), calls, "{out}");
+    let mut unique = traced.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), traced.len(), "a call printed twice");
+    for n in [traced[0], traced[traced.len() / 2], *traced.last().unwrap()] {
+        assert!(text.lines().nth(n - 1).is_some(), "line {n} of the log");
+    }
+    // --keep: the processes are still there.
+    let kept = out
+        .lines()
+        .find_map(|l| l.split_once("remove with `vmasim exit PID`): "))
+        .map(|(_, p)| p.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .unwrap_or_else(|| panic!("no kept line:\n{out}"));
+    assert!(!kept.is_empty());
+    for p in &kept {
+        let (ok, maps, err) = vmasim(&s, &["maps", p]);
+        assert!(ok, "maps {p}: {err}");
+        let _ = maps;
+    }
+    // Without --keep they are gone.
+    let (ok, out, _) = vmasim(&s, &["replay", log.to_str().unwrap()]);
+    assert!(ok && !out.contains("kept"), "{out}");
+}
+
+#[test]
+fn a_file_with_no_parsable_line_fails() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("notes.txt");
+    std::fs::write(&f, "hello\nthis is not strace output\n").unwrap();
+    let out = Command::cargo_bin("vmasim")
+        .unwrap()
+        .env("VMASIM_SERVER", &s.url)
+        .args(["replay", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("no strace line could be parsed"), "{err}");
+    std::fs::write(&f, "").unwrap();
+    let (ok, _, err) = vmasim(&s, &["replay", f.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("no strace line could be parsed (0 non-empty lines"),
+        "{err}"
+    );
+}
+
+#[test]
+fn repeated_notes_are_folded() {
+    let s = server();
+    // Three programs (two execs) whose heaps are elsewhere than the fresh
+    // simulated process's: one folded note, not three.
+    let log = "\
+100 brk(NULL) = 0x555555600000
+100 execve(\"/bin/true\", [\"true\"], 0x7ffd5d4a3e08 /* 1 var */) = 0
+100 brk(NULL) = 0x555555660000
+100 execve(\"/bin/true\", [\"true\"], 0x7ffd5d4a3e08 /* 1 var */) = 0
+100 brk(NULL) = 0x555555770000
+";
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b.strace");
+    std::fs::write(&f, log).unwrap();
+    let (ok, out, err) = vmasim(&s, &["replay", f.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let notes: Vec<&str> = out.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(notes.len(), 1, "{out}");
+    assert!(
+        notes[0].starts_with("note: 3 x the simulated heap")
+            && notes[0].ends_with("(first at line 1)"),
+        "{out}"
+    );
+}

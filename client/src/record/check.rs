@@ -105,6 +105,8 @@ pub struct CheckReport {
     pub trace: Vec<String>,
     /// The recording lacks its `end` line.
     pub incomplete: bool,
+    /// `--keep`: (mm, simulated pid) left alive.
+    pub kept: Vec<(u64, u32)>,
 }
 
 impl CheckReport {
@@ -171,6 +173,18 @@ impl CheckReport {
                     let _ = writeln!(o, "    {d}");
                 }
             }
+        }
+        if !self.kept.is_empty() {
+            let kept: Vec<String> = self
+                .kept
+                .iter()
+                .map(|(mm, p)| format!("mm {mm} -> pid {p}"))
+                .collect();
+            let _ = writeln!(
+                o,
+                "kept (--keep; inspect with `vmasim maps PID`): {}",
+                kept.join(", ")
+            );
         }
         let exact = self
             .mms
@@ -426,7 +440,9 @@ impl Checker<'_> {
         let Some(s) = self.sims.remove(&mm) else {
             return;
         };
-        if !self.o.keep {
+        if self.o.keep {
+            self.r.kept.push((mm, s.pid));
+        } else {
             let _ = self.c.exit(ExitRequest { pid: s.pid }).await;
         }
     }
