@@ -283,6 +283,19 @@ pub struct LoadArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Replay recorded programs (`vmasim record`) as the workload instead
+    /// of --mix: each worker plays --processes instances at once, each
+    /// starting over when its program ends (comma separated files).
+    #[arg(long, value_name = "FILE[,FILE...]", value_delimiter = ',', conflicts_with_all = ["mix", "profile", "threads"])]
+    pub trace: Vec<PathBuf>,
+    /// With --trace: replay this many times faster than recorded (0: as
+    /// fast as the server answers).
+    #[arg(long, default_value_t = 0.0, requires = "trace")]
+    pub speed: f64,
+    /// With --trace: faults after each replayed call, on average, on pages
+    /// drawn over what the process maps at that moment.
+    #[arg(long, default_value_t = 1.0, requires = "trace")]
+    pub fault_rate: f64,
 }
 
 /// `replay` arguments.
@@ -348,6 +361,9 @@ impl LoadArgs {
             verify: self.verify,
             verify_every: self.verify_every.max(1),
             progress: !self.quiet,
+            traces: self.trace.clone(),
+            speed: self.speed,
+            fault_rate: self.fault_rate,
         }
     }
 }

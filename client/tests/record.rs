@@ -161,3 +161,57 @@ fn check_refuses_strace_logs_and_record_reports_missing_commands() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("command not found"), "{err}");
 }
+
+#[test]
+fn load_replays_recordings_with_verify() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "recprog", &["-static", "-Wl,-z,norelro"]);
+    let exe = exe.to_str().unwrap();
+    let (threads, _) = record(dir.path(), "t.jsonl", &[exe, "threads", "3"]);
+    let (fail, _) = record(dir.path(), "f.jsonl", &[exe, "fail", "2"]);
+    let traces = format!("{},{}", threads.display(), fail.display());
+    let json = dir.path().join("r.json");
+    let (code, out, err) = vmasim(
+        Some(&s),
+        &[
+            "load",
+            "--trace",
+            &traces,
+            "-n",
+            "1500",
+            "-c",
+            "2",
+            "--processes",
+            "2",
+            "--fault-rate",
+            "2",
+            "--verify",
+            "-q",
+            "-o",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("recorded program instance(s)"), "{out}");
+    // The programs' own operations ran, faults among them, none failed.
+    for op in [
+        "spawn", "mmap", "munmap", "mprotect", "brk", "exit", "fault", "maps",
+    ] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(op)),
+            "no {op} in the report:\n{out}"
+        );
+    }
+    assert!(out.contains("(0 errors)"), "{out}");
+    let report = std::fs::read_to_string(&json).unwrap();
+    assert!(report.contains("\"traces\""), "{report}");
+    // Not a recording: a clear usage error.
+    let log = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/memprog.strace");
+    let (code, _, err) = vmasim(
+        Some(&s),
+        &["load", "--trace", log.to_str().unwrap(), "-n", "10"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a `vmasim record` recording"), "{err}");
+}

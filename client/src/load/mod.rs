@@ -35,6 +35,7 @@ pub mod mix;
 pub mod recorder;
 pub mod report;
 pub mod shadow;
+pub mod trace;
 pub mod worker;
 
 use crate::connect::Target;
@@ -87,6 +88,12 @@ pub struct LoadConfig {
     /// Show a progress bar (only if stderr is a terminal).
     #[serde(skip)]
     pub progress: bool,
+    /// `--trace`: recordings to replay as the workload instead of the mix.
+    pub traces: Vec<std::path::PathBuf>,
+    /// `--trace`: time compression (0: as fast as the server answers).
+    pub speed: f64,
+    /// `--trace`: faults per replayed call, on average.
+    pub fault_rate: f64,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -122,6 +129,9 @@ impl Default for LoadConfig {
             verify: false,
             verify_every: 25,
             progress: false,
+            traces: Vec::new(),
+            speed: 0.0,
+            fault_rate: 1.0,
         }
     }
 }
@@ -133,6 +143,32 @@ impl LoadConfig {
             Some(r) => format!("open loop at {r} rps (max {} in flight)", self.concurrency),
             None => format!("closed loop, {} workers", self.concurrency),
         };
+        if !self.traces.is_empty() {
+            let files: Vec<String> = self
+                .traces
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            return format!(
+                "{lp}, {} recorded program instance(s) each, {} connection(s), {}, batch {}, trace {} at {}, fault rate {}{}",
+                self.processes,
+                self.connections,
+                if self.stream {
+                    "Session stream"
+                } else {
+                    "unary"
+                },
+                self.batch,
+                files.join(","),
+                if self.speed > 0.0 {
+                    format!("speed {}x", self.speed)
+                } else {
+                    "full speed".into()
+                },
+                self.fault_rate,
+                if self.verify { ", verified" } else { "" }
+            );
+        }
         format!(
             "{lp}, {} fault threads each, {} processes each, {} connection(s), {}, batch {}, mix {}{}",
             self.threads,
@@ -195,7 +231,29 @@ pub async fn run(cfg: LoadConfig, target: &Target) -> Result<LoadResult, CliErro
         next_ch += 1;
         Ok(Transport::new(target.client(ch)?, cfg.stream))
     };
+    let programs = if cfg.traces.is_empty() {
+        None
+    } else {
+        if !(cfg.speed.is_finite() && cfg.speed >= 0.0) {
+            return Err(CliError::Usage("--speed must be >= 0".into()));
+        }
+        if !(cfg.fault_rate.is_finite() && cfg.fault_rate >= 0.0) {
+            return Err(CliError::Usage("--fault-rate must be >= 0".into()));
+        }
+        Some(Arc::new(trace::load(&cfg.traces, &mut control).await?))
+    };
+    let mut trace_workers = Vec::new();
     for w in 0..cfg.concurrency {
+        if let Some(p) = &programs {
+            trace_workers.push(trace::TraceWorker::new(
+                w,
+                cfg.clone(),
+                shared.clone(),
+                transport()?,
+                p.clone(),
+            ));
+            continue;
+        }
         let layout = (cfg.threads > 0).then(Worker::new_layout);
         owners.push(Worker::new(
             w,
@@ -241,7 +299,8 @@ pub async fn run(cfg: LoadConfig, target: &Target) -> Result<LoadResult, CliErro
         shared.start_recording();
     }
     shared.sched0.get_or_init(Instant::now);
-    let owner_tasks: Vec<_> = ready.into_iter().map(|w| tokio::spawn(w.run())).collect();
+    let mut owner_tasks: Vec<_> = ready.into_iter().map(|w| tokio::spawn(w.run())).collect();
+    owner_tasks.extend(trace_workers.into_iter().map(|w| tokio::spawn(w.run())));
     let thread_tasks: Vec<_> = threads.into_iter().map(|t| tokio::spawn(t.run())).collect();
     let ctrl_c = {
         let shared = shared.clone();

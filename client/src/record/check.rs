@@ -258,8 +258,8 @@ pub async fn check(
             "last line cut short (recorder stopped mid-write): ignored".into(),
         );
     }
-    for (line, ev) in &rec.events {
-        k.event(*line, ev).await?;
+    for e in &rec.events {
+        k.event(e.line, &e.ev).await?;
     }
     // Address spaces still alive at the end (recording cut short).
     let left: Vec<u64> = k.sims.keys().copied().collect();
@@ -825,7 +825,7 @@ impl Checker<'_> {
 }
 
 /// A simulated VMA as a compared maps line.
-fn sim_line(e: &VmaEntry) -> MapsLine {
+pub fn sim_line(e: &VmaEntry) -> MapsLine {
     let c = |bit: u32, ch: char| if e.prot & bit != 0 { ch } else { '-' };
     MapsLine {
         start: e.start,

@@ -18,6 +18,10 @@
 //! {"ev":"end","status":S,"signal":null,"calls":N,"duration_ms":D}
 //! ```
 //!
+//! Every line after the header also has `"t_us"`: microseconds since the
+//! recording started, when the tracer saw the event (what `load --trace
+//! --speed` paces a replay by; it includes the tracer's own overhead).
+//!
 //! * `mm` numbers address spaces (the kernel's `mm_struct`s), not
 //!   processes: a `CLONE_VM` child (a thread, or `vfork`/`posix_spawn`'s
 //!   child until it execs) shares its parent's `mm`; `execve` and a fork
@@ -59,6 +63,28 @@ pub struct FileRef {
     pub inode: u64,
     /// Path (may end in ` (deleted)`).
     pub path: String,
+}
+
+impl FileRef {
+    /// The file columns of a maps line (`None` for anonymous memory).
+    pub fn from_maps_line(line: &str) -> Option<FileRef> {
+        // Five space-separated columns, then the path (which may contain
+        // spaces), as `show_map_vma` prints them.
+        let mut rest = line;
+        let mut cols = [""; 5];
+        for c in &mut cols {
+            rest = rest.trim_start_matches(' ');
+            let end = rest.find(' ')?;
+            (*c, rest) = rest.split_at(end);
+        }
+        let inode: u64 = cols[4].parse().ok()?;
+        let path = rest.trim_start_matches(' ').to_string();
+        (inode != 0).then(|| FileRef {
+            dev: cols[3].to_string(),
+            inode,
+            path,
+        })
+    }
 }
 
 /// One line of a recording.
@@ -182,12 +208,33 @@ pub enum Event {
     },
 }
 
+/// One line as written: the event and its time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    /// Microseconds since the recording started (0 in the header).
+    #[serde(default)]
+    pub t_us: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub ev: Event,
+}
+
+/// One event read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timed {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// Microseconds since the recording started.
+    pub t_us: u64,
+    /// The event.
+    pub ev: Event,
+}
+
 /// A recording read back.
 #[derive(Debug, Clone, Default)]
 pub struct Recording {
-    /// Events after the header, in file order, with their 1-based line
-    /// numbers.
-    pub events: Vec<(usize, Event)>,
+    /// Events after the header, in file order.
+    pub events: Vec<Timed>,
     /// The header's command.
     pub command: Vec<String>,
     /// The header's kernel.
@@ -227,7 +274,7 @@ pub fn parse(text: &str) -> Result<Recording, FormatError> {
         if raw.trim().is_empty() {
             continue;
         }
-        let ev: Event = match serde_json::from_str(raw) {
+        let Line { t_us, ev } = match serde_json::from_str(raw) {
             Ok(e) => e,
             Err(_) if i + 1 == lines.len() && !ends_with_newline && header => {
                 rec.truncated_line = Some(line);
@@ -280,9 +327,9 @@ pub fn parse(text: &str) -> Result<Recording, FormatError> {
             }
             Event::End { .. } => {
                 rec.complete = true;
-                rec.events.push((line, ev));
+                rec.events.push(Timed { line, t_us, ev });
             }
-            ev => rec.events.push((line, ev)),
+            ev => rec.events.push(Timed { line, t_us, ev }),
         }
     }
     if !header {
@@ -375,14 +422,25 @@ mod tests {
             errno: None,
             file: None,
         };
+        let line = Line {
+            t_us: 1500,
+            ev: call.clone(),
+        };
         let text = format!(
             "{}\n{}\n{{\"ev\":\"ca",
             header(),
-            serde_json::to_string(&call).unwrap()
+            serde_json::to_string(&line).unwrap()
         );
         assert!(is_recording(&text));
         let r = parse(&text).unwrap();
-        assert_eq!(r.events, vec![(2, call)]);
+        assert_eq!(
+            r.events,
+            vec![Timed {
+                line: 2,
+                t_us: 1500,
+                ev: call
+            }]
+        );
         assert_eq!(r.truncated_line, Some(3));
         assert!(!r.complete);
         // A damaged line in the middle is an error naming it.
@@ -393,6 +451,19 @@ mod tests {
         let e = parse(&v2).unwrap_err();
         assert!(e.reason.contains("version 2") && e.reason.contains("version 1"));
         assert!(!is_recording("1234  mmap(NULL, 4096, ...) = 0x7f00\n"));
+    }
+
+    #[test]
+    fn file_ref_of_maps_line() {
+        let f = FileRef::from_maps_line(
+            "7f1c2a000000-7f1c2a022000 r--p 00000000 fe:01 1234                       /usr/lib/my lib.so",
+        )
+        .unwrap();
+        assert_eq!(f.dev, "fe:01");
+        assert_eq!(f.inode, 1234);
+        assert_eq!(f.path, "/usr/lib/my lib.so");
+        assert!(FileRef::from_maps_line("7f00-7f01 rw-p 00000000 00:00 0 ").is_none());
+        assert!(FileRef::from_maps_line("7f00-7f01 r--p 00000000 00:00 0    [vvar]").is_none());
     }
 
     #[test]

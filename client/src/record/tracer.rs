@@ -29,7 +29,7 @@
 //! command (the tracer is a thread, not a process): [`record`] is
 //! synchronous and must be called on one thread throughout.
 
-use super::format::{Event, FORMAT_NAME, FORMAT_VERSION, FileRef};
+use super::format::{Event, FORMAT_NAME, FORMAT_VERSION, FileRef, Line};
 use super::procfs;
 use super::syscalls::{self, FORK_FLAGS, Kind, PR_SET_VMA, VFORK_FLAGS};
 use nix::errno::Errno;
@@ -102,6 +102,7 @@ struct Tracer<W: Write> {
     /// Stopped tasks no parent event has announced yet (held).
     held: HashSet<Pid>,
     root: Pid,
+    started: Instant,
     summary: RecordSummary,
     bar: indicatif::ProgressBar,
 }
@@ -165,6 +166,7 @@ pub fn record<W: Write>(o: &RecordOptions, out: W) -> Result<RecordSummary, Stri
         next_mm: 1,
         held: HashSet::new(),
         root: child,
+        started,
         summary: RecordSummary::default(),
         bar,
     };
@@ -207,7 +209,15 @@ fn now_ms() -> u64 {
 
 impl<W: Write> Tracer<W> {
     fn emit(&mut self, ev: &Event) -> Result<(), String> {
-        let mut line = serde_json::to_string(ev).map_err(|e| e.to_string())?;
+        let mut line = if matches!(ev, Event::Header { .. }) {
+            serde_json::to_string(ev)
+        } else {
+            serde_json::to_string(&Line {
+                t_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                ev: ev.clone(),
+            })
+        }
+        .map_err(|e| e.to_string())?;
         line.push('\n');
         // Flushed per line: see the module docs.
         self.out
@@ -478,7 +488,8 @@ impl<W: Write> Tracer<W> {
                 let ret = x.sval;
                 let file = if name == "mmap" && !failed && args[3] & libc::MAP_ANONYMOUS as u64 == 0
                 {
-                    procfs::line_at(pid.as_raw(), ret as u64).and_then(|l| file_of(&l))
+                    procfs::line_at(pid.as_raw(), ret as u64)
+                        .and_then(|l| FileRef::from_maps_line(&l))
                 } else {
                     None
                 };
@@ -651,41 +662,4 @@ fn syscall_info(pid: Pid) -> nix::Result<libc::ptrace_syscall_info> {
 /// meanwhile (`ESRCH`) is reaped by `waitpid` later.
 fn resume(pid: Pid, sig: Option<Signal>) {
     let _ = ptrace::syscall(pid, sig);
-}
-
-/// The file columns of a maps line (`None` for anonymous memory).
-fn file_of(line: &str) -> Option<FileRef> {
-    // Five space-separated columns, then the path (which may contain
-    // spaces), as `show_map_vma` prints them.
-    let mut rest = line;
-    let mut cols = [""; 5];
-    for c in &mut cols {
-        rest = rest.trim_start_matches(' ');
-        let end = rest.find(' ')?;
-        (*c, rest) = rest.split_at(end);
-    }
-    let inode: u64 = cols[4].parse().ok()?;
-    let path = rest.trim_start_matches(' ').to_string();
-    (inode != 0 || !path.is_empty()).then(|| FileRef {
-        dev: cols[3].to_string(),
-        inode,
-        path,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_of_maps_line() {
-        let f = file_of(
-            "7f1c2a000000-7f1c2a022000 r--p 00000000 fe:01 1234                       /usr/lib/my lib.so",
-        )
-        .unwrap();
-        assert_eq!(f.dev, "fe:01");
-        assert_eq!(f.inode, 1234);
-        assert_eq!(f.path, "/usr/lib/my lib.so");
-        assert!(file_of("7f00-7f01 rw-p 00000000 00:00 0 ").is_none());
-    }
 }
