@@ -29,7 +29,8 @@
 use crate::mm::MmError;
 use crate::mm::fault::{self as mmfault, FaultResult, do_user_addr_fault};
 use crate::mm::mm_types::vm_flags::{VM_ACCESS_FLAGS, VM_MAYSHARE};
-use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_mprotect, do_munmap, map};
+use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_munmap, map};
+use crate::mm::mprotect::do_mprotect;
 use crate::mm::proc_maps::MapsEntry;
 use crate::mm::race_lab;
 use crate::mm::sim::Simulator;

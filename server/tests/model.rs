@@ -264,7 +264,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         m.pages.get_mut(&(addr + k * P)).unwrap().prot = prot;
                     }
                 } else {
+                    // do_mprotect_pkey: the pages before the first hole
+                    // change, then ENOMEM.
                     prop_assert!(matches!(r, Err(MmError::NotMapped { .. })), "{r:?}");
+                    for k in 0..n {
+                        match m.pages.get_mut(&(addr + k * P)) {
+                            Some(pg) => pg.prot = prot,
+                            None => break,
+                        }
+                    }
                 }
             }
             Op::Brk { p, delta } => {

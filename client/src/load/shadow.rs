@@ -13,7 +13,8 @@
 //!   it was free); `MAP_FIXED_NOREPLACE` must fail with `ALREADY_EXISTS`
 //!   exactly when the range is not free;
 //! * `mprotect` must fail with `FAILED_PRECONDITION` exactly when the range
-//!   is not fully mapped;
+//!   is not fully mapped, having changed the part before the first hole (as
+//!   `do_mprotect_pkey` does);
 //! * `Maps` must match the model on start, end, perms and (file mappings)
 //!   file and offset. The server merges adjacent compatible VMAs as
 //!   `vma_merge` does and the model does not, so both sides are compared
@@ -235,6 +236,20 @@ impl ShadowMm {
             }
         }
         true
+    }
+
+    /// The end of the mapped run that starts at `start` (`start` itself if
+    /// `start` is unmapped), capped at `end`: how far a failing mprotect
+    /// gets before the hole that stops it.
+    pub fn mapped_up_to(&self, start: u64, end: u64) -> u64 {
+        let mut at = start;
+        while at < end {
+            match self.find(at) {
+                Some((_, v)) => at = v.end,
+                None => return at,
+            }
+        }
+        end
     }
 
     /// Splits the VMA strictly containing `addr` into two at `addr`.

@@ -903,7 +903,13 @@ impl Worker {
                 "pid {pid}: mprotect of [{addr:#x}, {:#x}) succeeded but the model has a hole there",
                 addr + length
             )),
-            Err(s) if !mapped && s.code() == Code::FailedPrecondition => Ok(Step::Next),
+            Err(s) if !mapped && s.code() == Code::FailedPrecondition => {
+                // The kernel changes the VMAs before the hole, then fails.
+                let mm = &mut self.procs[i].mm;
+                let upto = mm.mapped_up_to(addr, addr + length);
+                mm.protect(addr, upto, prot);
+                Ok(Step::Next)
+            }
             Err(s) => self.unexpected(i, "mprotect", &s).await,
         }
     }

@@ -18,8 +18,9 @@ pub enum Errno {
     EOVERFLOW,
 }
 
-/// Why an operation failed. Every failed operation leaves the address space
-/// exactly as it was.
+/// Why an operation failed. A failed operation leaves what the kernel
+/// would leave: nothing changed, except where the kernel applies part of
+/// a call before failing (see [`MmError::NotMapped`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MmError {
     /// An argument is malformed.
@@ -41,13 +42,18 @@ pub enum MmError {
         /// Range end.
         end: u64,
     },
-    /// `mprotect` on a range with holes.
-    #[error("range {start:#x}-{end:#x} is not fully mapped")]
+    /// `mprotect` on a range with holes (the kernel's ENOMEM). Like the
+    /// kernel, the VMAs before the first hole were changed:
+    /// `[start, changed_up_to)` has the new protection.
+    #[error("range {start:#x}-{end:#x} is not fully mapped{}", applied(*start, *changed_up_to))]
     NotMapped {
         /// Range start.
         start: u64,
         /// Range end.
         end: u64,
+        /// End of the part that was changed before the hole (`start` if
+        /// nothing was).
+        changed_up_to: u64,
     },
     /// The operation would leave more than `max_map_count` VMAs.
     #[error("max_map_count ({limit}) would be exceeded")]
@@ -88,6 +94,14 @@ pub enum MmError {
         /// The length.
         len: u64,
     },
+}
+
+fn applied(start: u64, changed_up_to: u64) -> String {
+    if changed_up_to > start {
+        format!("; as the kernel does, {start:#x}-{changed_up_to:#x} (before the hole) was changed")
+    } else {
+        "; nothing was changed".to_string()
+    }
 }
 
 impl MmError {

@@ -7,9 +7,10 @@
 //! attached, and a reader that found it in its old life could lock it.
 
 use crate::mm::mm_struct::MmStruct;
-use crate::mm::mmap::{Writer, zap_page_range};
+use crate::mm::mmap::zap_page_range;
 use crate::mm::pgtable::free_pgtables;
 use crate::mm::race::InjectPoint;
+use crate::mm::vma::Writer;
 use crate::mm::{MmError, TASK_SIZE};
 
 /// What `exit_mmap` released.

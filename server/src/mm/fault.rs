@@ -11,9 +11,11 @@
 //! another mm now, or no longer covers the address, the fault falls back to
 //! `mmap_lock` for read (`VMA_LOCK_ABORT`). Only that path may answer
 //! `SEGV_MAPERR`, because only it sees a stable tree. A VMA found detached
-//! is retried (`VMA_LOCK_MISS`); a fault that needs `mmap_lock` after all
-//! (a first anonymous write with no `anon_vma` yet) retries under it
-//! (`VMA_LOCK_RETRY`).
+//! is retried (`VMA_LOCK_MISS`), and so is one that now belongs to another
+//! mm (`vma_start_read` returns `-EAGAIN` for both). A first anonymous write
+//! (no `anon_vma` yet) takes `mmap_read_trylock` under the VMA lock and
+//! prepares the `anon_vma` in place; only if a writer holds `mmap_lock` does
+//! the fault retry under it (`VMA_LOCK_RETRY`).
 
 use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct, ev};
 use crate::mm::mm_types::{LockedBy, ReadChecks, StartReadError, Vma, VmaFields, vm_flags::*};
@@ -188,7 +190,7 @@ pub struct FaultResult {
 /// Upper bound on MISS retries before giving up on the lockless walk. A
 /// writer publishes the tree before detaching, so a retry loop ends quickly;
 /// the bound only keeps a pathological schedule from spinning.
-const MAX_MISS_RETRIES: u32 = 64;
+const MAX_MISS_RETRIES: u32 = 1 << 16;
 
 /// `VM_FAULT_RETRY`: this fault needs `mmap_lock`.
 struct NeedMmapLock;
@@ -305,15 +307,27 @@ fn lock_vma_under_rcu<'a>(mm: &'a MmStruct, addr: u64, retries: &mut u32) -> Opt
         });
         match res {
             Ok(()) => {}
-            Err(StartReadError::Detached) => {
-                // The area was replaced: walk again.
-                note_reuse(mm, entry.generation, vma, ReuseCheck::VmRefcnt);
+            Err(e @ (StartReadError::Detached | StartReadError::WrongMm)) => {
+                // vma_start_read returned -EAGAIN: the VMA was detached
+                // (vm_refcnt 0) or is attached to another mm now. "The area
+                // was replaced with another one": VMA_LOCK_MISS, walk again.
+                let check = if e == StartReadError::WrongMm {
+                    ReuseCheck::VmMm
+                } else {
+                    ReuseCheck::VmRefcnt
+                };
+                note_reuse(mm, entry.generation, vma, check);
                 if let Some(r) = race {
-                    r.verdict_check(ReuseCheck::VmRefcnt);
+                    r.verdict_check(check);
                 }
                 ctx.events.inc(VmaLockEvent::VmaLockMiss as usize);
                 *retries += 1;
                 if *retries >= MAX_MISS_RETRIES {
+                    // Upstream retries without a cap. This safety net only
+                    // keeps a pathological schedule from spinning; a writer
+                    // replaces a VMA in the tree before it detaches it, so
+                    // no ordinary run gets near it (tests assert MISS counts
+                    // exactly, which this would break).
                     ctx.events.inc(VmaLockEvent::VmaLockAbort as usize);
                     return None;
                 }
@@ -321,7 +335,6 @@ fn lock_vma_under_rcu<'a>(mm: &'a MmStruct, addr: u64, retries: &mut u32) -> Opt
             }
             Err(e) => {
                 let check = match e {
-                    StartReadError::WrongMm => Some(ReuseCheck::VmMm),
                     StartReadError::WriteLocked(LockedBy::LateSeq) => Some(ReuseCheck::VmLockSeq),
                     _ => None,
                 };
@@ -421,10 +434,11 @@ fn fault_under_mmap_lock(
     }
 }
 
-/// `anon_vma_prepare`: give the VMA an `anon_vma` if it has none. Needs
-/// `mmap_lock`; under the VMA lock alone the fault must retry
-/// (`vmf_anon_prepare` returns `VM_FAULT_RETRY`).
-fn anon_vma_prepare(
+/// `__vmf_anon_prepare`: give the VMA an `anon_vma` if it has none. Under
+/// the VMA lock alone the fault takes `mmap_read_trylock` and prepares it
+/// in place; only if a writer holds `mmap_lock` does it return
+/// `VM_FAULT_RETRY` (and the fault retries under `mmap_lock`).
+fn vmf_anon_prepare(
     mm: &MmStruct,
     vma: &Vma,
     f: &VmaFields,
@@ -433,18 +447,94 @@ fn anon_vma_prepare(
     if f.anon_vma != 0 || vma.anon_vma.load(Ordering::Relaxed) != 0 {
         return Ok(());
     }
-    if vma_locked {
-        return Err(NeedMmapLock);
-    }
-    // Several mmap_lock readers may race here (the kernel serialises them
-    // with page_table_lock); the CAS picks one anon_vma.
-    let _ = vma.anon_vma.compare_exchange(
-        0,
-        mm.ctx.new_anon_vma(),
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
+    let _mmap_read = if vma_locked {
+        Some(mm.mmap_read_trylock().ok_or(NeedMmapLock)?)
+    } else {
+        None
+    };
+    __anon_vma_prepare(mm, vma, f);
     Ok(())
+}
+
+/// `__anon_vma_prepare` (mm/rmap.c), with `mmap_lock` held for read: reuse
+/// a neighbour's `anon_vma` if `find_mergeable_anon_vma` finds one (so the
+/// two VMAs can merge again later), else a new one.
+fn __anon_vma_prepare(mm: &MmStruct, vma: &Vma, f: &VmaFields) {
+    let anon_vma = find_mergeable_anon_vma(mm, f).unwrap_or_else(|| mm.ctx.new_anon_vma());
+    // Several mmap_lock readers may race here (the kernel serialises them
+    // with page_table_lock); the CAS picks one anon_vma. Relaxed: the
+    // value is only read by faults on this VMA (which tolerate either
+    // winner) and by writers, which hold mmap_lock for write and so come
+    // after us.
+    if vma
+        .anon_vma
+        .compare_exchange(0, anon_vma, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        vma.anon_vma_chain.store(1, Ordering::Relaxed);
+    }
+}
+
+/// `anon_vma_compatible`: adjacent, same file, flags equal but for the
+/// access bits, linear offsets.
+fn anon_vma_compatible(a: &VmaFields, b: &VmaFields) -> bool {
+    a.vm_end == b.vm_start
+        && a.vm_file == b.vm_file
+        && (a.vm_flags ^ b.vm_flags) & !VM_ACCESS_FLAGS == 0
+        && b.vm_pgoff == a.vm_pgoff + ((b.vm_start - a.vm_start) >> PAGE_SHIFT)
+}
+
+/// `find_mergeable_anon_vma`: the `anon_vma` of the next, else the previous
+/// VMA, if it is compatible and that VMA's chain is singular
+/// (`reusable_anon_vma`). Needs `mmap_lock` (the tree is stable).
+fn find_mergeable_anon_vma(mm: &MmStruct, f: &VmaFields) -> Option<u64> {
+    let g = rcu_read_lock();
+    let pool = &mm.ctx.pool;
+    let reusable = |old: &VmaFields, a: &VmaFields, b: &VmaFields| {
+        (anon_vma_compatible(a, b) && old.anon_vma != 0 && old.anon_vma_chain == 1)
+            .then_some(old.anon_vma)
+    };
+    if let Some(n) = mm.mm_mt.mas_walk(f.vm_end, &g) {
+        let nf = pool.get(n.idx).fields();
+        if let Some(a) = reusable(&nf, f, &nf) {
+            return Some(a);
+        }
+    }
+    let p = mm.mm_mt.prev(f.vm_start, &g)?;
+    let pf = pool.get(p.idx).fields();
+    reusable(&pf, &pf, f)
+}
+
+/// `populate_vma_page_range` over `[start, end)` (`mm_populate`, mlock):
+/// fault every page in under `mmap_lock` for read, as GUP does — a write
+/// fault where the VMA is private and writable (`FOLL_WRITE`, breaking COW
+/// now), a read fault elsewhere. Inaccessible VMAs are skipped. These are
+/// not user faults: they count in no fault or VMA-lock counter.
+pub(crate) fn populate_range(mm: &MmStruct, start: u64, end: u64) {
+    let state = mm.mmap_read_lock();
+    if state.dead {
+        return;
+    }
+    let g = rcu_read_lock();
+    for e in mm.mm_mt.overlapping(start, end, &g) {
+        let vma = mm.ctx.pool.get(e.idx);
+        let f = vma.fields();
+        if f.vm_flags & VM_ACCESS_FLAGS == 0 {
+            continue;
+        }
+        let access = if f.vm_flags & (VM_WRITE | VM_SHARED) == VM_WRITE {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        let mut addr = f.vm_start.max(start);
+        while addr < f.vm_end.min(end) {
+            let f = vma.fields();
+            let _ = handle_mm_fault(mm, vma, &f, addr, access, false);
+            addr += 1 << PAGE_SHIFT;
+        }
+    }
+    drop(state);
 }
 
 /// RSS change of a fault: counter to increment, and one to decrement (a
@@ -498,7 +588,7 @@ fn handle_mm_fault(
             } else if is_file {
                 if write {
                     // do_cow_fault: private copy of the file page.
-                    anon_vma_prepare(mm, vma, f, vma_locked)?;
+                    vmf_anon_prepare(mm, vma, f, vma_locked)?;
                     (
                         frame | pte::PRESENT | pte::WRITE,
                         FaultOutcome::CowBreak,
@@ -513,7 +603,7 @@ fn handle_mm_fault(
                 }
             } else if write {
                 // do_anonymous_page
-                anon_vma_prepare(mm, vma, f, vma_locked)?;
+                vmf_anon_prepare(mm, vma, f, vma_locked)?;
                 (
                     frame | pte::PRESENT | pte::WRITE,
                     FaultOutcome::AnonZeroFill,
@@ -528,7 +618,7 @@ fn handle_mm_fault(
             if shared {
                 (old | pte::WRITE, FaultOutcome::AlreadyPresent, None)
             } else if old & (pte::COW | pte::ZERO | pte::FILE) != 0 {
-                anon_vma_prepare(mm, vma, f, vma_locked)?;
+                vmf_anon_prepare(mm, vma, f, vma_locked)?;
                 let frame = alloc_frame() << pte::FRAME_SHIFT;
                 let new = frame | pte::PRESENT | pte::WRITE;
                 if old & pte::ZERO != 0 {

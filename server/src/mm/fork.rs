@@ -13,11 +13,12 @@
 use crate::mm::MmError;
 use crate::mm::mm_struct::MmStruct;
 use crate::mm::mm_types::{Vma, vm_flags::*};
-use crate::mm::mmap::{Writer, rss_counter};
+use crate::mm::mmap::rss_counter;
 use crate::mm::pgtable::pte;
 use crate::mm::pool::VmaIdx;
 use crate::mm::race::InjectPoint;
 use crate::mm::sync::Ordering;
+use crate::mm::vma::Writer;
 use crate::mm::vma_tree::TreeEntry;
 
 /// `vm_area_init_from`: copy `src` into `dest` but leave `dest`'s lock
@@ -34,12 +35,15 @@ pub fn dup_mmap(parent: &MmStruct, child: &MmStruct) -> Result<(), MmError> {
     let mut cw = Writer::lock(child)?;
     let ctx = &parent.ctx;
     let pool = &ctx.pool;
-    let olds = parent.mm_mt.entries(&pw.guard);
-    if olds.len() > child.ctx.max_map_count {
-        return Err(MmError::MapCountExceeded {
-            limit: child.ctx.max_map_count,
-        });
-    }
+    // VM_DONTCOPY (MADV_DONTFORK) VMAs are left out of the child.
+    let olds: Vec<_> = parent
+        .mm_mt
+        .entries(&pw.guard)
+        .into_iter()
+        .filter(|o| pool.get(o.idx).vm_flags() & VM_DONTCOPY == 0)
+        .collect();
+    // No max_map_count check: dup_mmap copies whatever the parent has (a
+    // parent just above the limit, as mmap allows, forks fine).
     let mut news: Vec<VmaIdx> = Vec::with_capacity(olds.len());
     for _ in &olds {
         match pool.vm_area_alloc() {
@@ -71,14 +75,26 @@ pub fn dup_mmap(parent: &MmStruct, child: &MmStruct) -> Result<(), MmError> {
         if let Some(r) = race {
             r.hit(InjectPoint::InVmAreaDup, tmp);
         }
+        let pf = mpnt.fields();
         let mut f = tmp.fields();
         f.vm_mm = child.id();
-        if f.anon_vma != 0 {
-            // anon_vma_fork: the child gets its own anon_vma.
+        if f.vm_flags & VM_WIPEONFORK != 0 {
+            // A clean slate: no anon_vma until the child faults.
+            f.anon_vma = 0;
+            f.anon_vma_chain = 0;
+        } else if pf.anon_vma != 0 {
+            // anon_vma_fork: the parent's chain plus an anon_vma of the
+            // child's own, so the child's VMA "had uncowed parents".
             f.anon_vma = ctx.new_anon_vma();
+            f.anon_vma_chain = pf.anon_vma_chain + 1;
         }
+        // VM_LOCKED_MASK is not inherited.
+        f.vm_flags &= !(VM_LOCKED | VM_LOCKONFAULT);
         tmp.set_fields(&f);
         tmp.vma_start_write(cw.w.seq());
+        if tmp.vm_refcnt.load(Ordering::Relaxed) == 0 {
+            tmp.vma_mark_attached();
+        }
         child.mm_mt.store(
             TreeEntry {
                 start: f.vm_start,
@@ -88,17 +104,9 @@ pub fn dup_mmap(parent: &MmStruct, child: &MmStruct) -> Result<(), MmError> {
             },
             &cw.guard,
         );
-        if tmp.vm_refcnt.load(Ordering::Relaxed) == 0 {
-            tmp.vma_mark_attached();
+        if pf.vm_flags & VM_WIPEONFORK == 0 {
+            copy_page_range(parent, child, pf.vm_flags, o.start, o.end, pf.anon_vma != 0)?;
         }
-        copy_page_range(
-            parent,
-            child,
-            mpnt.fields().vm_flags,
-            o.start,
-            o.end,
-            mpnt.fields().anon_vma != 0,
-        )?;
     }
     cw.w.state.map_count = olds.len();
     cw.w.state.brk = pw.w.state.brk;
@@ -106,10 +114,11 @@ pub fn dup_mmap(parent: &MmStruct, child: &MmStruct) -> Result<(), MmError> {
     Ok(())
 }
 
-/// `copy_page_range`: share the parent's pages with the child. Private
-/// pages become copy-on-write in both; shared pages stay writable. Like
-/// `vma_needs_copy`, a private VMA without an `anon_vma` has only
-/// refaultable file pages, which the child faults in again.
+/// `copy_page_range`, if `vma_needs_copy`: only a VMA with an `anon_vma`
+/// has pages a fault could not fill again (its anonymous ones). Shared and
+/// never-written private mappings are left for the child to fault in,
+/// which is what keeps fork of a big file mapping cheap. Private pages
+/// become copy-on-write in both processes.
 fn copy_page_range(
     parent: &MmStruct,
     child: &MmStruct,
@@ -118,10 +127,10 @@ fn copy_page_range(
     end: u64,
     has_anon: bool,
 ) -> Result<(), MmError> {
-    let shared = flags & VM_MAYSHARE != 0;
-    if !shared && !has_anon {
+    if !has_anon {
         return Ok(());
     }
+    let shared = flags & VM_MAYSHARE != 0;
     let mut oom = false;
     parent.pgd.for_each_present(start, end, |addr, p| {
         if oom {

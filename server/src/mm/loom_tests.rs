@@ -18,9 +18,7 @@ fn fields(mm: u64, start: u64, end: u64) -> VmaFields {
         vm_end: end,
         vm_flags: 1,
         vm_pgoff: start >> 12,
-        vm_file: 0,
-        anon_name: 0,
-        anon_vma: 0,
+        ..Default::default()
     }
 }
 

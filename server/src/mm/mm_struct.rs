@@ -291,6 +291,16 @@ impl MmStruct {
     pub fn mmap_read_lock(&self) -> RwLockReadGuard<'_, MmState> {
         self.mmap_lock.read().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// `mmap_read_trylock`: `None` while a writer holds (or waits for) the
+    /// lock.
+    pub fn mmap_read_trylock(&self) -> Option<RwLockReadGuard<'_, MmState>> {
+        match self.mmap_lock.try_read() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
 }
 
 /// `mmap_lock` held for write. Dropping it is `mmap_write_unlock`, which

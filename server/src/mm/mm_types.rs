@@ -37,6 +37,29 @@ pub mod vm_flags {
     pub const VM_SHARED: u64 = 0x8;
     /// Mapped `MAP_SHARED` (shown as `s` in maps even when read-only).
     pub const VM_MAYSHARE: u64 = 0x80;
+    /// A stack that grows down on a fault below it (`MAP_GROWSDOWN`).
+    pub const VM_GROWSDOWN: u64 = 0x100;
+    /// Pages are locked in memory (`MAP_LOCKED`, `mlock`); cleared in a
+    /// fork child (`VM_LOCKED_MASK`).
+    pub const VM_LOCKED: u64 = 0x2000;
+    /// Not copied into a fork child (`MADV_DONTFORK`).
+    pub const VM_DONTCOPY: u64 = 0x2_0000;
+    /// Cannot be expanded by mremap (special mappings).
+    pub const VM_DONTEXPAND: u64 = 0x4_0000;
+    /// Lock pages as they fault in (`mlock2(MLOCK_ONFAULT)`).
+    pub const VM_LOCKONFAULT: u64 = 0x8_0000;
+    /// Charged against the commit limit (`accountable_mapping`).
+    pub const VM_ACCOUNT: u64 = 0x10_0000;
+    /// No swap reservation (`MAP_NORESERVE`).
+    pub const VM_NORESERVE: u64 = 0x20_0000;
+    /// The child gets zeroed memory (`MADV_WIPEONFORK`).
+    pub const VM_WIPEONFORK: u64 = 0x200_0000;
+    /// Left out of core dumps (`MADV_DONTDUMP`).
+    pub const VM_DONTDUMP: u64 = 0x400_0000;
+    /// `MADV_HUGEPAGE`.
+    pub const VM_HUGEPAGE: u64 = 0x2000_0000;
+    /// `MADV_NOHUGEPAGE`, and `MAP_STACK` since 6.7.
+    pub const VM_NOHUGEPAGE: u64 = 0x4000_0000;
     /// The access bits.
     pub const VM_ACCESS_FLAGS: u64 = VM_READ | VM_WRITE | VM_EXEC;
 }
@@ -131,6 +154,10 @@ pub struct Vma {
     pub(crate) anon_name: AtomicU64,
     /// `anon_vma` id, 0 until the first anonymous fault prepares one.
     pub(crate) anon_vma: AtomicU64,
+    /// Length of the `anon_vma_chain`: 0 without an `anon_vma`, 1 for an
+    /// `anon_vma` of its own, more in a fork child (one link per ancestor).
+    /// Only whether it is > 1 matters (`vma_had_uncowed_parents`).
+    pub(crate) anon_vma_chain: AtomicU64,
     /// See the module doc.
     pub(crate) vm_refcnt: AtomicU32,
     /// See the module doc.
@@ -155,6 +182,7 @@ impl Default for Vma {
             vm_file: AtomicU64::new(0),
             anon_name: AtomicU64::new(0),
             anon_vma: AtomicU64::new(0),
+            anon_vma_chain: AtomicU64::new(0),
             vm_refcnt: AtomicU32::new(0),
             vm_lock_seq: AtomicU64::new(VM_LOCK_SEQ_UNLOCKED),
             generation: AtomicU64::new(0),
@@ -166,7 +194,7 @@ impl Default for Vma {
 
 /// The fields `vm_area_init_from` copies (everything but the lock), as plain
 /// values: what a writer reads from a VMA it holds locked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VmaFields {
     /// Owning mm id.
     pub vm_mm: u64,
@@ -184,6 +212,8 @@ pub struct VmaFields {
     pub anon_name: u64,
     /// `anon_vma` id or 0.
     pub anon_vma: u64,
+    /// `anon_vma_chain` length (see [`Vma`]).
+    pub anon_vma_chain: u64,
 }
 
 impl Vma {
@@ -199,6 +229,7 @@ impl Vma {
             vm_file: self.vm_file.load(Ordering::Relaxed),
             anon_name: self.anon_name.load(Ordering::Relaxed),
             anon_vma: self.anon_vma.load(Ordering::Relaxed),
+            anon_vma_chain: self.anon_vma_chain.load(Ordering::Relaxed),
         }
     }
 
@@ -215,6 +246,8 @@ impl Vma {
         self.vm_file.store(f.vm_file, Ordering::Relaxed);
         self.anon_name.store(f.anon_name, Ordering::Relaxed);
         self.anon_vma.store(f.anon_vma, Ordering::Relaxed);
+        self.anon_vma_chain
+            .store(f.anon_vma_chain, Ordering::Relaxed);
     }
 
     /// `vm_start`.
@@ -445,8 +478,7 @@ mod tests {
             vm_flags: vm_flags::VM_READ,
             vm_pgoff: 1,
             vm_file: 0,
-            anon_name: 0,
-            anon_vma: 0,
+            ..Default::default()
         });
         v.vma_mark_attached();
         v

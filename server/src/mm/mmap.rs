@@ -1,34 +1,18 @@
-//! `mmap`, `munmap`, `mprotect` and `brk`: the writers of an address space.
-//!
-//! Every operation follows one shape, so that a failure can never leave
-//! anything half done:
-//!
-//! 1. take `mmap_lock` for write and write-lock every VMA the range touches
-//!    (lockless faults on them now fall back and wait);
-//! 2. **plan**: compute the new VMAs for the touched range, split at its
-//!    ends, merged with each other and with the neighbours as `vma_merge`
-//!    would, and check `max_map_count`;
-//! 3. **allocate** every new slot from the pool; if one is missing, give the
-//!    others back and fail, with nothing changed;
-//! 4. **apply**, which cannot fail: update slots in place (a VMA keeps its
-//!    slot when it only shrinks or grows, as `__split_vma` and `vma_expand`
-//!    do), insert new ones write-locked, remove the old ones from the tree,
-//!    then detach and free them, and fix the page table.
-//!
-//! Merging follows `vma_merge`: adjacent, same flags, same file with
-//! contiguous offsets, same anonymous name, `anon_vma` compatible (one of
-//! them none, or the same). Only pieces the operation changed merge;
-//! untouched neighbours never merge with each other.
+//! `mmap`, `munmap` and `brk` (`mm/mmap.c`): argument handling, placement
+//! (`get_unmapped_area`) and population. The VMA work itself — gathering
+//! what a `MAP_FIXED` mapping replaces, merging with the neighbours,
+//! splitting — is `mm/vma.c`'s, in [`crate::mm::vma`].
 
-use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct, MmapWriteGuard};
+use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct};
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
-use crate::mm::pgtable::{free_pgtables, pte};
-use crate::mm::pool::VmaIdx;
-use crate::mm::rcu::{RcuReadGuard, rcu_read_lock};
+use crate::mm::pgtable::pte;
 use crate::mm::sync::Ordering;
-use crate::mm::vma_tree::TreeEntry;
+use crate::mm::vma::{
+    Vmg, Writer, do_vmi_munmap, vm_area_alloc_new, vma_merge_new_range, vms_complete_munmap_vmas,
+    vms_gather_munmap_vmas,
+};
 use crate::mm::{
-    MMAP_BASE, MMAP_MIN_ADDR, MmError, PAGE_SHIFT, TASK_SIZE, page_align, page_aligned,
+    MMAP_BASE, MMAP_MIN_ADDR, MmError, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, page_align, page_aligned,
 };
 
 /// `prot` bits (`PROT_*`).
@@ -94,13 +78,9 @@ pub mod map {
         | MAP_FIXED_NOREPLACE;
 }
 
-/// `VM_NORESERVE`.
-pub const VM_NORESERVE: u64 = 0x0020_0000;
-/// `VM_NOHUGEPAGE`.
-pub const VM_NOHUGEPAGE: u64 = 0x4000_0000;
-
-/// Flags and protection of a new heap VMA (`brk`).
-const VM_BRK_FLAGS: u64 = VM_READ | VM_WRITE;
+/// `VM_DATA_DEFAULT_FLAGS` on x86-64 (`VM_MAY*` are not modelled): the
+/// flags of a heap VMA, plus `VM_ACCOUNT` (`do_brk_flags`).
+const VM_BRK_FLAGS: u64 = VM_READ | VM_WRITE | VM_ACCOUNT;
 
 /// Arguments of `mmap`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -117,237 +97,6 @@ pub struct MmapArgs {
     pub file: u64,
     /// Byte offset in the file, page aligned.
     pub offset: u64,
-}
-
-/// `mmap_lock` held for write plus an RCU read section for tree updates.
-pub(crate) struct Writer<'a> {
-    pub(crate) mm: &'a MmStruct,
-    pub(crate) w: MmapWriteGuard<'a>,
-    pub(crate) guard: RcuReadGuard,
-}
-
-impl<'a> Writer<'a> {
-    /// `mmap_write_lock`, failing if the mm has exited.
-    pub(crate) fn lock(mm: &'a MmStruct) -> Result<Self, MmError> {
-        let w = mm.mmap_write_lock();
-        if w.state.dead {
-            return Err(MmError::NoSuchProcess(mm.pid));
-        }
-        Ok(Self {
-            mm,
-            w,
-            guard: rcu_read_lock(),
-        })
-    }
-
-    fn seq(&self) -> u64 {
-        self.w.seq()
-    }
-}
-
-/// One VMA of a plan.
-#[derive(Debug, Clone, Copy)]
-struct Piece {
-    f: VmaFields,
-    /// The existing slot this piece comes from, if any.
-    origin: Option<VmaIdx>,
-    /// Created or changed by the operation (may merge).
-    touched: bool,
-}
-
-fn pages(f: &VmaFields) -> u64 {
-    (f.vm_end - f.vm_start) >> PAGE_SHIFT
-}
-
-/// Clip `f` to `[start, end)`, keeping the file offset consistent.
-fn clip(f: &VmaFields, start: u64, end: u64) -> VmaFields {
-    let mut c = *f;
-    let s = start.max(f.vm_start);
-    c.vm_pgoff = f.vm_pgoff + ((s - f.vm_start) >> PAGE_SHIFT);
-    c.vm_start = s;
-    c.vm_end = end.min(f.vm_end);
-    c
-}
-
-/// `is_mergeable_vma` + `is_mergeable_anon_vma` + offset contiguity.
-fn can_merge(a: &VmaFields, b: &VmaFields) -> bool {
-    a.vm_end == b.vm_start
-        && a.vm_flags == b.vm_flags
-        && a.vm_file == b.vm_file
-        && a.anon_name == b.anon_name
-        && a.vm_pgoff + pages(a) == b.vm_pgoff
-        && (a.anon_vma == 0 || b.anon_vma == 0 || a.anon_vma == b.anon_vma)
-}
-
-/// The result of planning: what replaces the old VMAs.
-struct Plan {
-    olds: Vec<TreeEntry>,
-    pieces: Vec<Piece>,
-    map_count: usize,
-}
-
-/// Plan replacing `[start, end)` by `middle` (pieces inside the range, in
-/// order), keeping the parts of old VMAs outside the range and merging with
-/// the neighbours. Write-locks every VMA involved.
-fn plan(w: &Writer<'_>, start: u64, end: u64, middle: Vec<Piece>) -> Result<Plan, MmError> {
-    let mm = w.mm;
-    let pool = &mm.ctx.pool;
-    let g = &w.guard;
-    let mut olds = mm.mm_mt.overlapping(start, end, g);
-    // Neighbours that a touched piece may merge with.
-    let prev = mm.mm_mt.prev(start, g).filter(|p| p.end == start);
-    let next = mm.mm_mt.next(end, g).filter(|n| n.start == end);
-    let mut seq: Vec<Piece> = Vec::with_capacity(middle.len() + 4);
-    let fields = |e: &TreeEntry| pool.get(e.idx).fields();
-    if let Some(p) = prev
-        && middle.first().is_some_and(|m| m.f.vm_start == start)
-    {
-        seq.push(Piece {
-            f: fields(&p),
-            origin: Some(p.idx),
-            touched: false,
-        });
-        olds.insert(0, p);
-    }
-    if let Some(first) = olds.iter().find(|o| o.start < start && o.end > start) {
-        let f = fields(first);
-        seq.push(Piece {
-            f: clip(&f, f.vm_start, start),
-            origin: Some(first.idx),
-            touched: false,
-        });
-    }
-    seq.extend(middle.iter().copied());
-    if let Some(last) = olds.iter().find(|o| o.start < end && o.end > end) {
-        let f = fields(last);
-        seq.push(Piece {
-            f: clip(&f, end, f.vm_end),
-            origin: Some(last.idx),
-            touched: false,
-        });
-    }
-    if let Some(n) = next
-        && middle.last().is_some_and(|m| m.f.vm_end == end)
-    {
-        seq.push(Piece {
-            f: fields(&n),
-            origin: Some(n.idx),
-            touched: false,
-        });
-        olds.push(n);
-    }
-    for o in &olds {
-        pool.get(o.idx).vma_start_write(w.seq());
-    }
-    // Merge touched pieces with whatever is adjacent and compatible.
-    let mut merged: Vec<Piece> = Vec::with_capacity(seq.len());
-    for p in seq {
-        if let Some(last) = merged.last_mut()
-            && (last.touched || p.touched)
-            && can_merge(&last.f, &p.f)
-        {
-            last.f.vm_end = p.f.vm_end;
-            last.f.anon_vma = last.f.anon_vma.max(p.f.anon_vma);
-            last.origin = last.origin.or(p.origin);
-            last.touched = true;
-            continue;
-        }
-        merged.push(p);
-    }
-    let map_count = w.w.state.map_count - olds.len() + merged.len();
-    if map_count > mm.ctx.max_map_count {
-        return Err(MmError::MapCountExceeded {
-            limit: mm.ctx.max_map_count,
-        });
-    }
-    Ok(Plan {
-        olds,
-        pieces: merged,
-        map_count,
-    })
-}
-
-/// Allocate, then apply `plan`. `zap` is the range whose pages go away.
-fn commit(w: &mut Writer<'_>, plan: Plan, zap: Option<(u64, u64)>) -> Result<(), MmError> {
-    let mm = w.mm;
-    let pool = &mm.ctx.pool;
-    let mut claimed: Vec<VmaIdx> = Vec::new();
-    let mut slots: Vec<(VmaIdx, bool)> = Vec::with_capacity(plan.pieces.len());
-    for p in &plan.pieces {
-        match p.origin {
-            Some(o) if !claimed.contains(&o) => {
-                claimed.push(o);
-                slots.push((o, false));
-            }
-            _ => match pool.vm_area_alloc() {
-                Ok((idx, _)) => slots.push((idx, true)),
-                Err(e) => {
-                    // Nothing applied yet: hand back what we took.
-                    for (idx, fresh) in slots {
-                        if fresh {
-                            pool.vm_area_free_with(idx, &w.guard);
-                        }
-                    }
-                    return Err(e.into());
-                }
-            },
-        }
-    }
-    let g = &w.guard;
-    let seq = w.seq();
-    // Remove every old entry whose slot changes or goes away. A reader that
-    // walks now sees a gap and falls back to mmap_lock, which we hold.
-    for o in &plan.olds {
-        let keep_same =
-            plan.pieces.iter().zip(&slots).any(|(p, (idx, _))| {
-                *idx == o.idx && p.f.vm_start == o.start && p.f.vm_end == o.end
-            });
-        if !keep_same {
-            mm.mm_mt.erase(o.start, g);
-        }
-    }
-    for (p, (idx, fresh)) in plan.pieces.iter().zip(&slots) {
-        let vma = pool.get(*idx);
-        let mut f = p.f;
-        f.vm_mm = mm.id();
-        if *fresh {
-            vma.set_fields(&f);
-            // Born write-locked: readers that find it before we unlock fall
-            // back instead of using a VMA whose pages are being set up.
-            vma.vma_start_write(seq);
-        } else if vma.fields() != f {
-            // Still attached and write-locked since plan(): readers are out.
-            vma.set_fields(&f);
-        } else {
-            continue;
-        }
-        mm.mm_mt.store(
-            TreeEntry {
-                start: f.vm_start,
-                end: f.vm_end,
-                idx: *idx,
-                generation: vma.generation(),
-            },
-            g,
-        );
-        if *fresh {
-            vma.vma_mark_attached();
-        }
-    }
-    if let Some((s, e)) = zap {
-        zap_page_range(mm, s, e);
-        // unmap_region: then the tables no VMA uses any more.
-        free_pgtables(mm, s, e, g);
-    }
-    for o in &plan.olds {
-        if !claimed.contains(&o.idx) {
-            let vma = pool.get(o.idx);
-            vma.vma_mark_detached();
-            pool.vm_area_free_with(o.idx, g);
-        }
-    }
-    w.w.state.map_count = plan.map_count;
-    Ok(())
 }
 
 /// `zap_page_range`: drop every PTE in `[start, end)` and its RSS.
@@ -377,25 +126,11 @@ pub(crate) fn rss_counter(v: u64) -> Option<usize> {
     }
 }
 
-fn check_range(start: u64, len: u64, field: &'static str) -> Result<u64, MmError> {
-    if !page_aligned(start) {
-        return Err(MmError::inval(
-            "addr",
-            format!("{start:#x} is not page aligned"),
-        ));
-    }
-    if len == 0 {
-        return Err(MmError::inval(field, "must be greater than 0"));
-    }
-    let len =
-        page_align(len).ok_or_else(|| MmError::inval(field, format!("{len:#x} overflows")))?;
-    match start.checked_add(len) {
-        Some(end) if end <= TASK_SIZE => Ok(end),
-        _ => Err(MmError::inval(
-            field,
-            format!("range {start:#x}+{len:#x} goes beyond user space ({TASK_SIZE:#x})"),
-        )),
-    }
+/// `accountable_mapping`: private writable memory is charged against the
+/// commit limit and carries `VM_ACCOUNT`, which blocks merging with an
+/// otherwise identical VMA that does not.
+pub(crate) fn accountable_mapping(vm_flags: u64) -> bool {
+    vm_flags & (VM_NORESERVE | VM_SHARED | VM_WRITE) == VM_WRITE
 }
 
 /// `mmap`: map `args` and return the address.
@@ -479,6 +214,7 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
             ));
         }
     }
+    // calc_vm_prot_bits | calc_vm_flag_bits
     let mut vm_flags = u64::from(args.prot);
     if shared {
         vm_flags |= VM_SHARED | VM_MAYSHARE;
@@ -489,13 +225,22 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
     if args.flags & MAP_STACK != 0 {
         vm_flags |= VM_NOHUGEPAGE;
     }
+    if args.flags & MAP_GROWSDOWN != 0 {
+        vm_flags |= VM_GROWSDOWN;
+    }
+    if args.flags & MAP_LOCKED != 0 {
+        vm_flags |= VM_LOCKED;
+    }
     let mut w = Writer::lock(mm)?;
+    // do_mmap: "Too many mappings?" -- checked with '>', so a process at
+    // the limit may still map once.
+    if w.w.state.map_count > mm.ctx.max_map_count {
+        return Err(MmError::MapCountExceeded {
+            limit: mm.ctx.max_map_count,
+        });
+    }
     let addr = if fixed {
-        if args.flags & MAP_FIXED_NOREPLACE != 0
-            && !mm
-                .mm_mt
-                .overlapping(args.addr, args.addr + len, &w.guard)
-                .is_empty()
+        if args.flags & MAP_FIXED_NOREPLACE != 0 && w.vma_find(args.addr, args.addr + len).is_some()
         {
             return Err(MmError::Exists {
                 start: args.addr,
@@ -506,40 +251,127 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
     } else {
         get_unmapped_area(&w, args.addr, len)?
     };
-    let file = if anon && shared {
-        // shmem_zero_setup: a shared anonymous mapping is backed by its own
-        // unlinked /dev/zero file and never merges with another.
-        mm.ctx.files.import(crate::mm::mm_struct::FileInfo {
+    let pgoff = if anon && !shared {
+        // "Set pgoff according to addr for anon_vma."
+        addr >> PAGE_SHIFT
+    } else if anon {
+        // A shared anonymous mapping ignores pgoff.
+        0
+    } else {
+        args.offset >> PAGE_SHIFT
+    };
+    let file = if anon { 0 } else { args.file };
+    mmap_region(&mut w, addr, len, vm_flags, pgoff, file)?;
+    let populate = args.flags & MAP_POPULATE != 0 || vm_flags & VM_LOCKED != 0;
+    drop(w);
+    if populate {
+        // vm_mmap_pgoff: mm_populate after mmap_write_unlock.
+        mm_populate(mm, addr, len);
+    }
+    Ok(addr)
+}
+
+/// `__mmap_region`: put a VMA of `vm_flags` at `[addr, addr + len)`,
+/// replacing whatever is there (`MAP_FIXED`).
+fn mmap_region(
+    w: &mut Writer<'_>,
+    addr: u64,
+    len: u64,
+    mut vm_flags: u64,
+    pgoff: u64,
+    file: u64,
+) -> Result<(), MmError> {
+    let end = addr + len;
+    // __mmap_prepare: gather (split and detach) what the mapping replaces.
+    let gathered = match w.vma_find(addr, end) {
+        Some(first) => Some(vms_gather_munmap_vmas(w, first, addr, end)?),
+        None => None,
+    };
+    let (prev, next) = match &gathered {
+        Some(g) => (g.prev, g.next),
+        None => (
+            w.prev_of_gap(addr).map(|e| e.idx),
+            w.vma_next(end).map(|e| e.idx),
+        ),
+    };
+    if accountable_mapping(vm_flags) {
+        vm_flags |= VM_ACCOUNT;
+    }
+    // vms_clean_up_area: the old pages go while the VMAs are still in the
+    // tree.
+    if gathered.is_some() {
+        zap_page_range(w.mm, addr, end);
+    }
+    let mut merged = None;
+    if prev.is_some() || next.is_some() {
+        let mut vmg = Vmg {
+            prev,
+            middle: None,
+            next,
+            start: addr,
+            end,
+            pgoff,
+            flags: vm_flags,
+            file,
+            anon_name: 0,
+            anon_vma: 0,
+            just_expand: false,
+        };
+        merged = vma_merge_new_range(w, &mut vmg);
+    }
+    let res = match merged {
+        Some(_) => Ok(()),
+        None => __mmap_new_vma(w, addr, end, vm_flags, pgoff, file),
+    };
+    // __mmap_complete / vms_abort_munmap_vmas: either way the old VMAs are
+    // gone (after the PTEs were cleared the kernel cannot reattach them and
+    // leaves a gap where a failed MAP_FIXED mapping was).
+    if let Some(g) = gathered {
+        vms_complete_munmap_vmas(w, g);
+    }
+    res
+}
+
+/// `__mmap_new_vma`: a VMA of its own for the range. A shared anonymous
+/// mapping is backed by its own unlinked shmem file (`shmem_zero_setup`),
+/// so it never merges with another.
+fn __mmap_new_vma(
+    w: &mut Writer<'_>,
+    start: u64,
+    end: u64,
+    vm_flags: u64,
+    pgoff: u64,
+    mut file: u64,
+) -> Result<(), MmError> {
+    let mm = w.mm;
+    if file == 0 && vm_flags & VM_SHARED != 0 {
+        file = mm.ctx.files.import(crate::mm::mm_struct::FileInfo {
             path: "/dev/zero (deleted)".into(),
             dev_major: 0,
             dev_minor: 1,
             inode: mm.ctx.new_anon_vma(),
-        })
-    } else {
-        args.file
-    };
-    let pgoff = if anon && !shared {
-        addr >> PAGE_SHIFT
-    } else {
-        args.offset >> PAGE_SHIFT
-    };
-    let piece = Piece {
-        f: VmaFields {
-            vm_mm: mm.id(),
-            vm_start: addr,
-            vm_end: addr + len,
+        });
+    }
+    vm_area_alloc_new(
+        w,
+        VmaFields {
+            vm_start: start,
+            vm_end: end,
             vm_flags,
             vm_pgoff: pgoff,
             vm_file: file,
-            anon_name: 0,
-            anon_vma: 0,
+            ..Default::default()
         },
-        origin: None,
-        touched: true,
-    };
-    let p = plan(&w, addr, addr + len, vec![piece])?;
-    commit(&mut w, p, Some((addr, addr + len)))?;
-    Ok(addr)
+    )
+    .map(|_| ())
+}
+
+/// `mm_populate` / `populate_vma_page_range`: fault in `[start, end)` as
+/// `MAP_POPULATE` and `VM_LOCKED` do, under `mmap_lock` for read (GUP),
+/// writing where the mapping is private and writable (to break COW up
+/// front), reading elsewhere. Inaccessible VMAs are skipped.
+pub(crate) fn mm_populate(mm: &MmStruct, start: u64, len: u64) {
+    crate::mm::fault::populate_range(mm, start, start + len);
 }
 
 /// `get_unmapped_area`: the hint if it fits, else top-down below
@@ -582,22 +414,8 @@ fn get_unmapped_area(w: &Writer<'_>, hint: u64, len: u64) -> Result<u64, MmError
     }
 }
 
-/// `munmap`.
+/// `munmap` (`__vm_munmap` -> `do_vmi_munmap`).
 pub fn do_munmap(mm: &MmStruct, start: u64, len: u64) -> Result<(), MmError> {
-    let end = check_range(start, len, "length")?;
-    let mut w = Writer::lock(mm)?;
-    let p = plan(&w, start, end, Vec::new())?;
-    commit(&mut w, p, Some((start, end)))
-}
-
-/// `mprotect`.
-pub fn do_mprotect(mm: &MmStruct, start: u64, len: u64, prot: u32) -> Result<(), MmError> {
-    if prot & !prot::PROT_MASK != 0 {
-        return Err(MmError::inval(
-            "prot",
-            format!("unknown bits {:#x}", prot & !prot::PROT_MASK),
-        ));
-    }
     if !page_aligned(start) {
         return Err(MmError::inval(
             "addr",
@@ -605,53 +423,17 @@ pub fn do_mprotect(mm: &MmStruct, start: u64, len: u64, prot: u32) -> Result<(),
         ));
     }
     if len == 0 {
-        return Ok(());
+        return Err(MmError::inval("length", "must be greater than 0"));
     }
-    let end = check_range(start, len, "length")?;
+    if start > TASK_SIZE || len > TASK_SIZE - start {
+        return Err(MmError::inval(
+            "length",
+            format!("range {start:#x}+{len:#x} goes beyond user space ({TASK_SIZE:#x})"),
+        ));
+    }
+    let end = start + page_align(len).expect("len <= TASK_SIZE");
     let mut w = Writer::lock(mm)?;
-    let olds = mm.mm_mt.overlapping(start, end, &w.guard);
-    // The whole range must be mapped, or nothing changes (ENOMEM).
-    let mut cursor = start;
-    for o in &olds {
-        if o.start > cursor {
-            break;
-        }
-        cursor = o.end;
-    }
-    if cursor < end {
-        return Err(MmError::NotMapped { start, end });
-    }
-    let pool = &mm.ctx.pool;
-    let new_access = u64::from(prot);
-    if olds
-        .iter()
-        .all(|o| pool.get(o.idx).vm_flags() & VM_ACCESS_FLAGS == new_access)
-    {
-        return Ok(());
-    }
-    let middle = olds
-        .iter()
-        .map(|o| {
-            let f = pool.get(o.idx).fields();
-            let mut c = clip(&f, start, end);
-            c.vm_flags = (f.vm_flags & !VM_ACCESS_FLAGS) | new_access;
-            Piece {
-                f: c,
-                origin: Some(o.idx),
-                touched: true,
-            }
-        })
-        .collect();
-    let p = plan(&w, start, end, middle)?;
-    commit(&mut w, p, None)?;
-    if prot & prot::PROT_WRITE == 0 {
-        // change_protection: existing PTEs lose their write bit.
-        mm.pgd.for_each_present(start, end, |_, p| {
-            let v = p.load(Ordering::Relaxed);
-            p.store(v & !pte::WRITE, Ordering::Relaxed);
-        });
-    }
-    Ok(())
+    do_vmi_munmap(&mut w, start, end)
 }
 
 /// `brk`: set the program break, returning the new one. Like the kernel,
@@ -660,75 +442,124 @@ pub fn do_mprotect(mm: &MmStruct, start: u64, len: u64, prot: u32) -> Result<(),
 /// queries.
 pub fn do_brk(mm: &MmStruct, brk: u64) -> Result<(u64, u64), MmError> {
     let mut w = Writer::lock(mm)?;
-    let (start_brk, old) = (w.w.state.start_brk, w.w.state.brk);
+    let (start_brk, origbrk) = (w.w.state.start_brk, w.w.state.brk);
     if brk < start_brk || brk > TASK_SIZE {
-        return Ok((old, start_brk));
+        return Ok((origbrk, start_brk));
     }
-    let (Some(new_end), Some(old_end)) = (page_align(brk), page_align(old)) else {
-        return Ok((old, start_brk));
+    let (Some(newbrk), Some(oldbrk)) = (page_align(brk), page_align(origbrk)) else {
+        return Ok((origbrk, start_brk));
     };
-    if new_end == old_end {
+    if oldbrk == newbrk {
         w.w.state.brk = brk;
         return Ok((brk, start_brk));
     }
-    let res = if new_end < old_end {
-        plan(&w, new_end, old_end, Vec::new())
-            .and_then(|p| commit(&mut w, p, Some((new_end, old_end))))
-    } else {
-        // Leave a guard page before the next mapping (vm_start_gap).
-        let limit = new_end.saturating_add(crate::mm::PAGE_SIZE).min(TASK_SIZE);
-        if !mm.mm_mt.overlapping(old_end, limit, &w.guard).is_empty() {
-            return Ok((old, start_brk));
-        }
-        let piece = Piece {
-            f: VmaFields {
-                vm_mm: mm.id(),
-                vm_start: old_end,
-                vm_end: new_end,
-                vm_flags: VM_BRK_FLAGS,
-                vm_pgoff: old_end >> PAGE_SHIFT,
-                vm_file: 0,
-                anon_name: 0,
-                anon_vma: 0,
-            },
-            origin: None,
-            touched: true,
+    if brk <= origbrk {
+        // Always allow shrinking brk -- if there is a heap VMA to shrink.
+        let Some(brkvma) = w.vma_find(newbrk, oldbrk) else {
+            return Ok((origbrk, start_brk));
         };
-        plan(&w, old_end, new_end, vec![piece]).and_then(|p| commit(&mut w, p, None))
-    };
-    match res {
+        if brkvma.start >= oldbrk {
+            return Ok((origbrk, start_brk));
+        }
+        return match do_vmi_munmap(&mut w, newbrk, oldbrk) {
+            Ok(()) => {
+                w.w.state.brk = brk;
+                Ok((brk, start_brk))
+            }
+            Err(_) => Ok((origbrk, start_brk)),
+        };
+    }
+    // check_brk_limits: get_unmapped_area(MAP_FIXED) only checks the end.
+    if newbrk > TASK_SIZE {
+        return Ok((origbrk, start_brk));
+    }
+    // Only check whether the next VMA is within the stack guard gap of the
+    // expansion area (one page, or stack_guard_gap below a stack).
+    if let Some(next) = w.vma_find(oldbrk, newbrk.saturating_add(PAGE_SIZE + STACK_GUARD_GAP))
+        && newbrk + PAGE_SIZE > vm_start_gap(&w.fields(next.idx))
+    {
+        return Ok((origbrk, start_brk));
+    }
+    // vma_prev_limit(&vmi, mm->start_brk)
+    let brkvma = w
+        .prev_of_gap(oldbrk)
+        .filter(|p| p.start >= start_brk)
+        .map(|e| e.idx);
+    match do_brk_flags(&mut w, brkvma, oldbrk, newbrk - oldbrk) {
         Ok(()) => {
             w.w.state.brk = brk;
             Ok((brk, start_brk))
         }
-        Err(_) => Ok((old, start_brk)),
+        Err(_) => Ok((origbrk, start_brk)),
     }
+}
+
+/// `stack_guard_gap`: 256 pages kept free below a `VM_GROWSDOWN` VMA.
+pub const STACK_GUARD_GAP: u64 = 256 << PAGE_SHIFT;
+
+/// `vm_start_gap`: where a VMA's start really is, counting the guard gap
+/// below a stack.
+pub(crate) fn vm_start_gap(f: &VmaFields) -> u64 {
+    if f.vm_flags & VM_GROWSDOWN != 0 {
+        f.vm_start.saturating_sub(STACK_GUARD_GAP)
+    } else {
+        f.vm_start
+    }
+}
+
+/// `do_brk_flags`: extend the heap VMA `vma` over `[addr, addr + len)`, or
+/// create a new one.
+fn do_brk_flags(
+    w: &mut Writer<'_>,
+    vma: Option<crate::mm::pool::VmaIdx>,
+    addr: u64,
+    len: u64,
+) -> Result<(), MmError> {
+    if w.w.state.map_count > w.mm.ctx.max_map_count {
+        return Err(MmError::MapCountExceeded {
+            limit: w.mm.ctx.max_map_count,
+        });
+    }
+    // Expand the existing heap VMA if possible (VMG_FLAG_JUST_EXPAND).
+    if let Some(v) = vma
+        && w.fields(v).vm_end == addr
+    {
+        let mut vmg = Vmg {
+            prev: Some(v),
+            middle: None,
+            next: None,
+            start: addr,
+            end: addr + len,
+            pgoff: addr >> PAGE_SHIFT,
+            flags: VM_BRK_FLAGS,
+            file: 0,
+            anon_name: 0,
+            anon_vma: 0,
+            just_expand: true,
+        };
+        if vma_merge_new_range(w, &mut vmg).is_some() {
+            return Ok(());
+        }
+    }
+    vm_area_alloc_new(
+        w,
+        VmaFields {
+            vm_start: addr,
+            vm_end: addr + len,
+            vm_flags: VM_BRK_FLAGS,
+            vm_pgoff: addr >> PAGE_SHIFT,
+            ..Default::default()
+        },
+    )
+    .map(|_| ())
 }
 
 /// Insert `f` as a VMA without merging (maps import). The range must be free.
 pub(crate) fn insert_vma_nomerge(w: &mut Writer<'_>, f: VmaFields) -> Result<(), MmError> {
-    let mm = w.mm;
-    if w.w.state.map_count >= mm.ctx.max_map_count {
+    if w.w.state.map_count >= w.mm.ctx.max_map_count {
         return Err(MmError::MapCountExceeded {
-            limit: mm.ctx.max_map_count,
+            limit: w.mm.ctx.max_map_count,
         });
     }
-    let (idx, vma) = mm.ctx.pool.vm_area_alloc()?;
-    vma.set_fields(&VmaFields {
-        vm_mm: mm.id(),
-        ..f
-    });
-    vma.vma_start_write(w.seq());
-    mm.mm_mt.store(
-        TreeEntry {
-            start: f.vm_start,
-            end: f.vm_end,
-            idx,
-            generation: vma.generation(),
-        },
-        &w.guard,
-    );
-    vma.vma_mark_attached();
-    w.w.state.map_count += 1;
-    Ok(())
+    vm_area_alloc_new(w, f).map(|_| ())
 }

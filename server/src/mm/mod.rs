@@ -16,7 +16,10 @@
 //! * [`vma_tree`]: the RCU-walkable VMA tree (the maple tree's role).
 //! * [`pgtable`]: a lock-free radix page table.
 //! * [`mm_struct`]: `mmap_lock`, `mm_lock_seq`, tree, page table, RSS.
-//! * [`mmap`]: `mmap`, `munmap`, `mprotect`, `brk`, split and merge.
+//! * [`vma`]: `__split_vma`, `vma_merge_*`, `vma_modify`, the munmap
+//!   gather/complete steps (`mm/vma.c`).
+//! * [`mmap`]: `mmap`, `munmap`, `brk`: arguments, placement, populate.
+//! * [`mprotect`]: `do_mprotect_pkey`, `mprotect_fixup`.
 //! * [`fault`]: `lock_vma_under_rcu` and `handle_mm_fault`.
 //! * [`fork`]: `dup_mmap`, `vm_area_dup`, `vm_area_init_from`.
 //! * [`exit`]: tearing an address space down, `exit_mmap`.
@@ -50,6 +53,8 @@ pub mod mm_struct;
 #[cfg(not(vmasim_loom))]
 pub mod mmap;
 #[cfg(not(vmasim_loom))]
+pub mod mprotect;
+#[cfg(not(vmasim_loom))]
 pub mod pgtable;
 #[cfg(not(vmasim_loom))]
 pub mod proc_maps;
@@ -59,6 +64,8 @@ pub mod race;
 pub mod race_lab;
 #[cfg(not(vmasim_loom))]
 pub mod sim;
+#[cfg(not(vmasim_loom))]
+pub(crate) mod vma;
 #[cfg(not(vmasim_loom))]
 pub mod vma_tree;
 

@@ -7,8 +7,9 @@
 
 use crate::mm::mm_struct::{FileInfo, MmStruct};
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
-use crate::mm::mmap::{Writer, insert_vma_nomerge};
+use crate::mm::mmap::insert_vma_nomerge;
 use crate::mm::rcu::rcu_read_lock;
+use crate::mm::vma::Writer;
 use crate::mm::{MmError, PAGE_SHIFT, TASK_SIZE, page_aligned};
 use std::fmt::Write as _;
 
@@ -291,11 +292,18 @@ pub fn import_maps(
             vm_mm: mm.id(),
             vm_start: l.start,
             vm_end: l.end,
-            vm_flags: l.vm_flags,
+            // A private writable VMA was accountable when it was made
+            // (accountable_mapping) and carries VM_ACCOUNT, which decides
+            // whether later mappings merge with it. (A private mapping made
+            // writable and back, like RELRO, keeps it too; maps does not
+            // show that, so such a VMA imports without it.)
+            vm_flags: if crate::mm::mmap::accountable_mapping(l.vm_flags) {
+                l.vm_flags | VM_ACCOUNT
+            } else {
+                l.vm_flags
+            },
             vm_pgoff: l.start >> PAGE_SHIFT,
-            vm_file: 0,
-            anon_name: 0,
-            anon_vma: 0,
+            ..Default::default()
         };
         if is_file {
             f.vm_file = ctx.files.import(FileInfo {
@@ -312,6 +320,7 @@ pub fn import_maps(
         }
         if !is_file && l.vm_flags & VM_MAYSHARE == 0 {
             f.anon_vma = ctx.new_anon_vma();
+            f.anon_vma_chain = 1;
         }
         if let Err(e) = insert_vma_nomerge(&mut w, f) {
             // All or nothing: undo what this import inserted.
