@@ -215,3 +215,40 @@ fn load_replays_recordings_with_verify() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is not a `vmasim record` recording"), "{err}");
 }
+
+#[test]
+fn a_recorder_killed_mid_run_leaves_a_readable_recording() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cut.jsonl");
+    let mut rec = std::process::Command::new(assert_cmd::cargo::cargo_bin("vmasim"))
+        .args([
+            "record",
+            "-q",
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            "sleep",
+            "30",
+        ])
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the exec snapshot of `sleep` is on disk.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains("/sleep\",\"start_brk\"")
+    {
+        assert!(std::time::Instant::now() < deadline, "no exec line");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    rec.kill().unwrap(); // SIGKILL: no end line; EXITKILL ends `sleep`
+    rec.wait().unwrap();
+    let (code, report, err) = vmasim(Some(&s), &["replay", out.to_str().unwrap(), "--check"]);
+    assert_eq!(code, 0, "{report}{err}");
+    assert!(report.contains("cut short (no end line)"), "{report}");
+    assert!(
+        report.contains("not checked: no quiescent final maps"),
+        "{report}"
+    );
+}
