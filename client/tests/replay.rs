@@ -74,7 +74,7 @@ struct Line {
 fn parse_maps(text: &str, file_paths: bool) -> Vec<Line> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .filter(|l| !l.ends_with("[vsyscall]")) // accepted and ignored by Spawn
+        .filter(|l| !l.ends_with("[vsyscall]")) // the gate area: no VMA, no call changes it
         .map(|l| {
             let mut it = l.split_whitespace();
             let range = it.next().unwrap();

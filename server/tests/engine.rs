@@ -515,18 +515,41 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
     let s = sim();
     let pid = s.spawn_from_maps(text, None).unwrap();
     let m = s.maps(pid).unwrap();
-    let expected: String = text
-        .lines()
-        .filter(|l| !l.contains("vsyscall"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert_eq!(m.text, expected);
+    // Every line, the [vsyscall] gate area included (kept, not a VMA).
+    assert_eq!(m.text, text);
+    assert_eq!(m.entries.len(), 8);
+    // Fork keeps the gate; it is no VMA (not counted, nothing reaches it).
+    let child = s.fork(pid).unwrap();
+    assert_eq!(s.maps(child).unwrap().text, text);
+    assert!(s.munmap(pid, 0xffff_ffff_ff60_0000, 4096).is_err());
+    assert_eq!(s.maps(pid).unwrap().text, text);
+    // Only at VSYSCALL_ADDR, one page, and last.
+    let e = s
+        .spawn_from_maps(
+            "ffffffffff700000-ffffffffff701000 --xp 00000000 00:00 0 [vsyscall]\n",
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("gate area is ffffffffff600000"),
+        "{e}"
+    );
+    let e = s
+        .spawn_from_maps(
+            "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]\n00400000-00401000 r--p 0 0:0 0\n",
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("line 2") && e.to_string().contains("prints it last"),
+        "{e}"
+    );
     assert_eq!((m.start_brk, m.brk), (0x5555_5555_f000, 0x5555_5558_0000));
     let e = s
         .spawn_from_maps("00400000-00401000 r--q 0 0:0 0\n", None)
         .unwrap_err();
     assert!(e.to_string().contains("line 1"), "{e}");
-    assert_eq!(s.stats().processes, 1);
+    assert_eq!(s.stats().processes, 2);
 }
 
 #[test]

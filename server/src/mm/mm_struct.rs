@@ -180,6 +180,11 @@ pub struct MmState {
     pub map_count: usize,
     /// Set by `exit_mmap`; later operations see no process.
     pub dead: bool,
+    /// `vm_flags` of the x86-64 gate area (`[vsyscall]`, `get_gate_vma`)
+    /// shown after the last VMA, `None` for none: not a VMA (not in the tree,
+    /// not in `map_count`, no operation reaches it), kept from an imported
+    /// maps text and inherited by fork (see proc_maps).
+    pub gate_vma: Option<u64>,
 }
 
 /// One simulated address space.
@@ -234,6 +239,7 @@ impl MmStruct {
                 brk: crate::mm::DEFAULT_START_BRK,
                 map_count: 0,
                 dead: false,
+                gate_vma: None,
             }),
             mm_mt: VmaTree::new(),
             pgd: PageTable::new(ctx.pgtables.clone()),

@@ -4,6 +4,12 @@
 //! %02x:%02x %lu `, then, if the VMA has a name, padding to column 73 and
 //! the name. Import accepts what a real kernel prints (and what rendering
 //! produces), so a real process's layout can be loaded and replayed.
+//!
+//! The x86-64 gate area (`[vsyscall]` at `VSYSCALL_ADDR`) is no VMA: the
+//! kernel's `show_map` appends `get_gate_vma(mm)` after the last VMA.
+//! An imported text that has the line keeps it the same way (the mm's
+//! `gate_vma`, rendered last, inherited by fork, untouched by every
+//! operation); an empty Spawn has none.
 
 use crate::mm::mm_struct::{FileInfo, MmStruct};
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
@@ -77,6 +83,24 @@ impl MapsEntry {
     }
 }
 
+/// `VSYSCALL_ADDR` (arch/x86/include/uapi/asm/vsyscall.h), the gate area.
+pub const VSYSCALL_ADDR: u64 = 0xffff_ffff_ff60_0000;
+
+/// The gate area's maps entry (`gate_vma` in arch/x86/entry/vsyscall).
+fn gate_entry(vm_flags: u64) -> MapsEntry {
+    MapsEntry {
+        start: VSYSCALL_ADDR,
+        end: VSYSCALL_ADDR + (1 << PAGE_SHIFT),
+        vm_flags,
+        offset: 0,
+        file_id: 0,
+        path: "[vsyscall]".into(),
+        dev_major: 0,
+        dev_minor: 0,
+        inode: 0,
+    }
+}
+
 /// The maps of `mm`, structured, plus `(start_brk, brk)`.
 pub fn show_maps(mm: &MmStruct) -> (Vec<MapsEntry>, u64, u64) {
     let state = mm.mmap_read_lock();
@@ -118,7 +142,12 @@ pub fn show_maps(mm: &MmStruct) -> (Vec<MapsEntry>, u64, u64) {
             }
             m
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let mut entries = entries;
+    if let Some(flags) = state.gate_vma {
+        // show_map's m_next: the gate VMA after the last real one.
+        entries.push(gate_entry(flags));
+    }
     (entries, state.start_brk, state.brk)
 }
 
@@ -160,8 +189,10 @@ pub struct MapsLine {
     pub path: String,
 }
 
-/// Parse maps text. Blank lines are skipped; `[vsyscall]` (above user
-/// space) is skipped; anything else malformed is an error naming the line.
+/// Parse maps text. Blank lines are skipped; the `[vsyscall]` gate area
+/// line (exactly `VSYSCALL_ADDR`, one page, last) is returned as a line
+/// above user space, which [`import_maps`] keeps as the mm's gate; anything
+/// else malformed is an error naming the line.
 pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>, MapsParseError> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -198,8 +229,17 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>, MapsParseError> {
             u64::from_str_radix(v, 16).map_err(|_| err(format!("{what} {v:?} is not hexadecimal")))
         };
         let (start, end) = (hex(s, "start")?, hex(e, "end")?);
-        if path == "[vsyscall]" && start >= TASK_SIZE {
-            continue;
+        if out.last().is_some_and(|l: &MapsLine| l.start >= TASK_SIZE) {
+            return Err(err(
+                "a line after the [vsyscall] gate area (the kernel prints it last)".into(),
+            ));
+        }
+        let gate = path == "[vsyscall]" && start >= TASK_SIZE;
+        if gate && (start != VSYSCALL_ADDR || end != VSYSCALL_ADDR + (1 << PAGE_SHIFT)) {
+            return Err(err(format!(
+                "[vsyscall] at {start:#x}-{end:#x}: the x86-64 gate area is {VSYSCALL_ADDR:x}-{:x}",
+                VSYSCALL_ADDR + (1 << PAGE_SHIFT)
+            )));
         }
         if start >= end {
             return Err(err(format!("start {start:#x} is not below end {end:#x}")));
@@ -207,7 +247,7 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>, MapsParseError> {
         if !page_aligned(start) || !page_aligned(end) {
             return Err(err("range is not page aligned".into()));
         }
-        if end > TASK_SIZE {
+        if end > TASK_SIZE && !gate {
             return Err(err(format!(
                 "end {end:#x} is beyond user space ({TASK_SIZE:#x})"
             )));
@@ -286,6 +326,11 @@ pub fn import_maps(
     let ctx = mm.ctx.clone();
     let mut heap: Option<(u64, u64)> = None;
     for l in lines {
+        if l.start >= TASK_SIZE {
+            // The gate area ([vsyscall], parse_maps checked it): no VMA.
+            w.w.state.gate_vma = Some(l.vm_flags);
+            continue;
+        }
         let named = l.path.starts_with('[') && l.path.ends_with(']');
         let is_file = l.inode != 0 || (!l.path.is_empty() && !named);
         let mut f = VmaFields {

@@ -262,6 +262,10 @@ impl Simulator {
                 let _ = exit_mmap(&child);
                 return Err(e);
             }
+            // The gate area is the architecture's, not a VMA: the child
+            // shows it as its parent does (get_gate_vma).
+            let gate = parent.mmap_read_lock().gate_vma;
+            child.mmap_write_lock().state.gate_vma = gate;
             Ok(child)
         })
     }
