@@ -101,12 +101,10 @@ fn calls(rec: &Path, name: &str) -> usize {
 }
 
 #[test]
-fn multithreaded_static_program_reproduces_exactly() {
+fn multithreaded_program_reproduces_exactly() {
     let s = server();
     let dir = tempfile::tempdir().unwrap();
-    // Static and without RELRO until the engine keeps VM_ACCOUNT through
-    // mprotect (/work/notes/record-findings.md, finding 1).
-    let exe = build(dir.path(), "recprog", &["-static", "-Wl,-z,norelro"]);
+    let exe = build(dir.path(), "recprog", &[]);
     let (rec, err) = record(
         dir.path(),
         "threads.jsonl",
@@ -125,7 +123,7 @@ fn multithreaded_static_program_reproduces_exactly() {
 fn failing_and_killed_programs_still_check() {
     let s = server();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "recprog", &["-static", "-Wl,-z,norelro"]);
+    let exe = build(dir.path(), "recprog", &[]);
     let exe = exe.to_str().unwrap();
     let (rec, err) = record(dir.path(), "fail.jsonl", &[exe, "fail", "3"]);
     assert!(err.contains("exited with status 3"), "{err}");
@@ -139,6 +137,53 @@ fn failing_and_killed_programs_still_check() {
     assert!(err.contains("killed by signal 6"), "{err}");
     let out = check_exact(&s, &rec);
     assert!(out.contains("1 exact"), "{out}");
+    // SIGKILL (no handler can run): the shell still stops at
+    // PTRACE_EVENT_EXIT, so its final maps are there and compared.
+    let (rec, err) = record(dir.path(), "kill.jsonl", &["sh", "-c", "kill -9 $$"]);
+    assert!(err.contains("killed by signal 9"), "{err}");
+    let out = check_exact(&s, &rec);
+    assert!(out.contains("1 exact"), "{out}");
+}
+
+/// The Debian python3 (not a pyenv shim, which is a shell script).
+fn python3() -> &'static str {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("python3 (apt-get install -y python3)")
+}
+
+#[test]
+fn python_import_json_reproduces_exactly() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let (rec, _) = record(dir.path(), "py.jsonl", &[python3(), "-c", "import json"]);
+    assert!(calls(&rec, "mmap") > 20, "an interpreter maps its modules");
+    let out = check_exact(&s, &rec);
+    assert!(out.contains("1 exact"), "{out}");
+}
+
+#[test]
+fn shell_pipeline_forks_and_execs_and_reproduces_exactly() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let (rec, _) = record(
+        dir.path(),
+        "sh.jsonl",
+        &["sh", "-c", "ls /usr | grep -c l | cat >/dev/null; true"],
+    );
+    let text = std::fs::read_to_string(&rec).unwrap();
+    // sh, and the three children it forks, each of which execs.
+    assert_eq!(text.matches("\"ev\":\"exec\"").count(), 4, "{text}");
+    let forks = text
+        .lines()
+        .filter(|l| l.contains("\"ev\":\"clone\""))
+        .count();
+    assert!(forks >= 3, "{forks} clone lines");
+    let out = check_exact(&s, &rec);
+    // Every address space: sh, its forks (checked at their execve), and
+    // ls, grep, cat.
+    assert!(out.contains("7 exact"), "{out}");
 }
 
 #[test]
@@ -168,7 +213,7 @@ fn check_refuses_strace_logs_and_record_reports_missing_commands() {
 fn load_replays_recordings_with_verify() {
     let s = server();
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "recprog", &["-static", "-Wl,-z,norelro"]);
+    let exe = build(dir.path(), "recprog", &[]);
     let exe = exe.to_str().unwrap();
     let (threads, _) = record(dir.path(), "t.jsonl", &[exe, "threads", "3"]);
     let (fail, _) = record(dir.path(), "f.jsonl", &[exe, "fail", "2"]);
