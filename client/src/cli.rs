@@ -172,6 +172,11 @@ pub enum Command {
     /// (maps at exec and exit, every memory syscall) for `replay --check`
     /// and `load --trace`.
     Record(crate::cmd::record::RecordArgs),
+    /// mremap(2): shrink, grow in place or move a mapping; prints the new
+    /// address.
+    Mremap(crate::cmd::mremap::Args),
+    /// madvise(2): dontneed, free, dontfork, dofork, wipeonfork, keeponfork.
+    Madvise(crate::cmd::madvise::Args),
 }
 
 /// Race lab variant.
@@ -448,6 +453,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     prot,
                 } => commands::mprotect(&mut c, *pid, *addr, *length, *prot).await?,
                 Command::Brk { pid, addr } => commands::brk(&mut c, *pid, *addr).await?,
+                Command::Mremap(a) => crate::cmd::mremap::run(&mut c, a).await?,
+                Command::Madvise(a) => crate::cmd::madvise::run(&mut c, a).await?,
                 Command::Fault {
                     pid,
                     addr,

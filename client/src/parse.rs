@@ -127,6 +127,53 @@ pub fn parse_map_flags(s: &str) -> Result<u32, String> {
     Ok(f)
 }
 
+/// Parses mremap flags: a comma list of `maymove`, `fixed`, `dontunmap`
+/// (with or without `MREMAP_`), or a number.
+pub fn parse_mremap_flags(s: &str) -> Result<u32, String> {
+    use vmasim_proto::v1::MremapFlag;
+    if let Ok(n) = parse_addr(s) {
+        return u32::try_from(n).map_err(|_| format!("`{s}`: flags do not fit in 32 bits"));
+    }
+    let mut f = 0;
+    for part in s.split([',', '|']) {
+        let p = part.trim().to_ascii_lowercase();
+        let p = p.strip_prefix("mremap_").unwrap_or(&p);
+        f |= match p {
+            "maymove" => MremapFlag::MremapMaymove as u32,
+            "fixed" => MremapFlag::MremapFixed as u32,
+            "dontunmap" => MremapFlag::MremapDontunmap as u32,
+            "" => 0,
+            other => {
+                return Err(format!(
+                    "unknown mremap flag `{other}` (maymove, fixed, dontunmap)"
+                ));
+            }
+        };
+    }
+    Ok(f)
+}
+
+/// Parses madvise advice: `dontneed`, `free`, `dontfork`, `dofork`,
+/// `wipeonfork`, `keeponfork` (with or without `MADV_`), or a number.
+pub fn parse_advice(s: &str) -> Result<u32, String> {
+    use vmasim_proto::v1::Advice;
+    if let Ok(n) = parse_addr(s) {
+        return u32::try_from(n).map_err(|_| format!("`{s}`: advice does not fit in 32 bits"));
+    }
+    let p = s.trim().to_ascii_uppercase();
+    let name = if p.starts_with("MADV_") {
+        p
+    } else {
+        format!("MADV_{p}")
+    };
+    match Advice::from_str_name(&name) {
+        Some(a) if a != Advice::MadvNormal => Ok(a as u32),
+        _ => Err(format!(
+            "unknown advice `{s}` (dontneed, free, dontfork, dofork, wipeonfork, keeponfork)"
+        )),
+    }
+}
+
 /// Parses a duration: `30s`, `1m30s`, `500ms`, or a plain number of
 /// seconds (`0` = no limit where the command allows it).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -122,6 +122,8 @@ impl Transport {
             Op::Fork(r) => Reply::Fork(c.fork(r).await?.into_inner()),
             Op::Exit(r) => Reply::Exit(c.exit(r).await?.into_inner()),
             Op::Maps(r) => Reply::Maps(c.maps(r).await?.into_inner()),
+            Op::Mremap(r) => Reply::Mremap(c.mremap(r).await?.into_inner()),
+            Op::Madvise(r) => Reply::Madvise(c.madvise(r).await?.into_inner()),
         })
     }
 }

@@ -100,6 +100,8 @@ mod tests {
         "Munmap",
         "Mprotect",
         "Brk",
+        "Mremap",
+        "Madvise",
         "Fault",
         "FaultBatch",
         "Fork",

@@ -28,9 +28,11 @@
 
 use crate::mm::MmError;
 use crate::mm::fault::{self as mmfault, FaultResult, do_user_addr_fault};
+use crate::mm::madvise::do_madvise;
 use crate::mm::mm_types::vm_flags::{VM_ACCESS_FLAGS, VM_MAYSHARE};
 use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_munmap, map};
 use crate::mm::mprotect::do_mprotect;
+use crate::mm::mremap::do_mremap;
 use crate::mm::proc_maps::MapsEntry;
 use crate::mm::race_lab;
 use crate::mm::sim::Simulator;
@@ -105,7 +107,7 @@ pub fn status_from(e: MmError) -> Status {
         MmError::InvalidArgument { .. } | MmError::Overflow { .. } => Status::invalid_argument(msg),
         MmError::NoSuchProcess(_) => Status::not_found(msg),
         MmError::Exists { .. } => Status::already_exists(msg),
-        MmError::NotMapped { .. } => Status::failed_precondition(msg),
+        MmError::NotMapped { .. } | MmError::BadAddress { .. } => Status::failed_precondition(msg),
         MmError::MapCountExceeded { .. }
         | MmError::PoolExhausted { .. }
         | MmError::TooManyProcesses { .. }
@@ -357,6 +359,42 @@ impl AddressSpaceService {
         .await
     }
 
+    async fn op_mremap(&self, req: pb::MremapRequest) -> Result<pb::MremapResponse, Status> {
+        let pid = check_pid(req.pid)?;
+        check_length(req.new_length)?;
+        let sim = self.sim();
+        blocking(move || {
+            let mm = sim.mm(pid).map_err(status_from)?;
+            let addr = do_mremap(
+                &mm,
+                req.addr,
+                req.old_length,
+                req.new_length,
+                req.flags,
+                req.new_addr,
+            )
+            .map_err(status_from)?;
+            Ok(pb::MremapResponse {
+                addr,
+                vma_count: vma_count(&mm),
+            })
+        })
+        .await
+    }
+
+    async fn op_madvise(&self, req: pb::MadviseRequest) -> Result<pb::MadviseResponse, Status> {
+        let pid = check_pid(req.pid)?;
+        let sim = self.sim();
+        blocking(move || {
+            let mm = sim.mm(pid).map_err(status_from)?;
+            do_madvise(&mm, req.addr, req.length, req.advice).map_err(status_from)?;
+            Ok(pb::MadviseResponse {
+                vma_count: vma_count(&mm),
+            })
+        })
+        .await
+    }
+
     async fn op_brk(&self, req: pb::BrkRequest) -> Result<pb::BrkResponse, Status> {
         let pid = check_pid(req.pid)?;
         let sim = self.sim();
@@ -561,6 +599,8 @@ impl AddressSpaceService {
             Some(Op::Fork(r)) => self.op_fork(r).await.map(R::Fork),
             Some(Op::Exit(r)) => self.op_exit(r).await.map(R::Exit),
             Some(Op::Maps(r)) => self.op_maps(r).await.map(R::Maps),
+            Some(Op::Mremap(r)) => self.op_mremap(r).await.map(R::Mremap),
+            Some(Op::Madvise(r)) => self.op_madvise(r).await.map(R::Madvise),
         };
         match result {
             Ok(r) => pb::SessionReply {
@@ -609,6 +649,20 @@ impl AddressSpace for AddressSpaceService {
         r: Request<pb::MprotectRequest>,
     ) -> Result<Response<pb::MprotectResponse>, Status> {
         self.op_mprotect(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn mremap(
+        &self,
+        r: Request<pb::MremapRequest>,
+    ) -> Result<Response<pb::MremapResponse>, Status> {
+        self.op_mremap(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn madvise(
+        &self,
+        r: Request<pb::MadviseRequest>,
+    ) -> Result<Response<pb::MadviseResponse>, Status> {
+        self.op_madvise(r.into_inner()).await.map(Response::new)
     }
 
     async fn brk(&self, r: Request<pb::BrkRequest>) -> Result<Response<pb::BrkResponse>, Status> {

@@ -116,6 +116,8 @@ pub const METHODS: &[&str] = &[
     "Munmap",
     "Mprotect",
     "Brk",
+    "Mremap",
+    "Madvise",
     "Fault",
     "FaultBatch",
     "Fork",

@@ -439,6 +439,8 @@ impl Case {
                 Op::Fork(r) => c.fork(r).await.map(|r| Some(r.into_inner().child_pid)),
                 Op::Exit(r) => c.exit(r).await.map(|_| None),
                 Op::Maps(r) => c.maps(r).await.map(|_| None),
+                Op::Mremap(r) => c.mremap(r).await.map(|_| None),
+                Op::Madvise(r) => c.madvise(r).await.map(|_| None),
             }
             .map_err(err),
             Req::Race(r) => c.race_scenario(r).await.map(|_| None).map_err(err),

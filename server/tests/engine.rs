@@ -575,3 +575,110 @@ fn rcu_policy_defers_frees_and_typesafe_reuses_at_once() {
         }
     }
 }
+
+#[test]
+fn mremap_shrinks_grows_in_place_and_moves_with_its_pages() {
+    use vmasim_server::mm::mremap::{MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE};
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let a = 0x1000_0000;
+    s.mmap(pid, fixed(a, 4 * P, PROT_READ | PROT_WRITE))
+        .unwrap();
+    // shrink_vma: the tail is unmapped.
+    assert_eq!(s.mremap(pid, a, 4 * P, 2 * P, 0, 0).unwrap(), a);
+    assert_eq!(layout(&s, pid), vec![(a, a + 2 * P, "rw-p".into())]);
+    // Grow in place over free space (vma_merge_extend).
+    assert_eq!(s.mremap(pid, a, 2 * P, 3 * P, 0, 0).unwrap(), a);
+    assert_eq!(layout(&s, pid), vec![(a, a + 3 * P, "rw-p".into())]);
+    // Blocked without MREMAP_MAYMOVE: ENOMEM, nothing changes.
+    s.mmap(pid, fixed(a + 3 * P, P, PROT_READ)).unwrap();
+    assert!(matches!(
+        s.mremap(pid, a, 3 * P, 5 * P, 0, 0),
+        Err(MmError::NoSpace { .. })
+    ));
+    // A faulted anonymous VMA moved next to an anonymous neighbour keeps
+    // its old vm_pgoff (copy_vma resets it only for a VMA never faulted),
+    // so it does not merge; its pages and RSS move with it.
+    s.fault(pid, a, Access::Write).unwrap();
+    let b = 0x2000_0000;
+    s.mmap(pid, fixed(b - P, P, PROT_READ | PROT_WRITE))
+        .unwrap();
+    let got = s
+        .mremap(pid, a, 3 * P, 3 * P, MREMAP_MAYMOVE | MREMAP_FIXED, b)
+        .unwrap();
+    assert_eq!(got, b);
+    assert_eq!(
+        layout(&s, pid),
+        vec![
+            (a + 3 * P, a + 4 * P, "r--p".into()),
+            (b - P, b, "rw-p".into()),
+            (b, b + 3 * P, "rw-p".into()),
+        ]
+    );
+    assert!(
+        follow_pte(&s.mm(pid).unwrap(), b).is_some(),
+        "the page moved"
+    );
+    assert_eq!(s.maps(pid).unwrap().rss_pages, 1);
+    // Never faulted: pgoff follows the new address and it merges.
+    let c = 0x3000_0000;
+    s.mmap(pid, fixed(c, P, PROT_READ | PROT_WRITE)).unwrap();
+    s.mremap(pid, c, P, P, MREMAP_MAYMOVE | MREMAP_FIXED, b - 2 * P)
+        .unwrap();
+    assert_eq!(layout(&s, pid)[1], (b - 2 * P, b, "rw-p".into()));
+    // MREMAP_DONTUNMAP: the old range stays mapped, empty.
+    let d = s
+        .mremap(pid, b, 3 * P, 3 * P, MREMAP_MAYMOVE | MREMAP_DONTUNMAP, 0)
+        .unwrap();
+    assert_ne!(d, b);
+    assert!(layout(&s, pid).iter().any(|l| l.0 == b));
+    assert!(follow_pte(&s.mm(pid).unwrap(), b).is_none());
+    assert!(follow_pte(&s.mm(pid).unwrap(), d).is_some());
+    // Not inside one VMA: EFAULT.
+    assert!(matches!(
+        s.mremap(pid, 0x5000_0000, P, 2 * P, MREMAP_MAYMOVE, 0),
+        Err(MmError::BadAddress { .. })
+    ));
+    assert_eq!(
+        s.stats().pool.live,
+        s.maps(pid).unwrap().entries.len() as u64
+    );
+}
+
+#[test]
+fn madvise_dontneed_zaps_and_fork_flags_split_and_merge() {
+    use vmasim_server::mm::madvise::{MADV_DOFORK, MADV_DONTFORK, MADV_DONTNEED, MADV_WIPEONFORK};
+    let s = sim();
+    let pid = s.spawn().unwrap();
+    let a = 0x1000_0000;
+    s.mmap(pid, fixed(a, 4 * P, PROT_READ | PROT_WRITE))
+        .unwrap();
+    for i in 0..4 {
+        s.fault(pid, a + i * P, Access::Write).unwrap();
+    }
+    let before = s.stats().faults.vma_lock;
+    // DONTNEED inside one VMA: under the VMA read lock (lock_vma_under_rcu
+    // counts nothing on success, like the kernel).
+    s.madvise(pid, a, 2 * P, MADV_DONTNEED).unwrap();
+    assert_eq!(s.maps(pid).unwrap().rss_pages, 2);
+    assert_eq!(s.stats().faults.vma_lock, before);
+    // DONTFORK on the middle splits (vma_modify), DOFORK merges back.
+    s.madvise(pid, a + P, P, MADV_DONTFORK).unwrap();
+    assert_eq!(layout(&s, pid).len(), 3);
+    let child = s.fork(pid).unwrap();
+    assert_eq!(layout(&s, child).len(), 2, "VM_DONTCOPY is not copied");
+    s.madvise(pid, a + P, P, MADV_DOFORK).unwrap();
+    assert_eq!(layout(&s, pid), vec![(a, a + 4 * P, "rw-p".into())]);
+    // WIPEONFORK: the child has the VMA but none of its pages.
+    s.madvise(pid, a, 4 * P, MADV_WIPEONFORK).unwrap();
+    let child = s.fork(pid).unwrap();
+    assert_eq!(layout(&s, child), vec![(a, a + 4 * P, "rw-p".into())]);
+    assert_eq!(s.maps(child).unwrap().rss_pages, 0);
+    assert_eq!(s.maps(pid).unwrap().rss_pages, 2);
+    // A hole: every mapped part is advised, then ENOMEM.
+    assert!(matches!(
+        s.madvise(pid, a, 8 * P, MADV_DONTNEED),
+        Err(MmError::NotMapped { .. })
+    ));
+    assert_eq!(s.maps(pid).unwrap().rss_pages, 0);
+}

@@ -2,4 +2,6 @@
 //! layout DESIGN.md gives; the older subcommands still live in
 //! [`crate::cli`] until they move).
 
+pub mod madvise;
+pub mod mremap;
 pub mod record;

@@ -16,6 +16,8 @@ pub enum Errno {
     EAGAIN,
     /// Offset plus length overflows.
     EOVERFLOW,
+    /// No VMA where one must be (`mremap` of an unmapped address).
+    EFAULT,
 }
 
 /// Why an operation failed. A failed operation leaves what the kernel
@@ -80,6 +82,14 @@ pub enum MmError {
         /// The limit, bytes.
         limit: u64,
     },
+    /// `mremap`: `[addr, addr + old_len)` is not inside one VMA (EFAULT).
+    #[error("addr: {addr:#x}+{len:#x} is not inside one mapping")]
+    BadAddress {
+        /// The address.
+        addr: u64,
+        /// The old length.
+        len: u64,
+    },
     /// The process table is full.
     #[error("process limit ({limit}) reached")]
     TooManyProcesses {
@@ -117,6 +127,7 @@ impl MmError {
             | MmError::NoSpace { .. }
             | MmError::PgtablesExhausted { .. } => Errno::ENOMEM,
             MmError::TooManyProcesses { .. } => Errno::EAGAIN,
+            MmError::BadAddress { .. } => Errno::EFAULT,
             MmError::Overflow { .. } => Errno::EOVERFLOW,
         }
     }

@@ -196,8 +196,8 @@ const MAX_MISS_RETRIES: u32 = 1 << 16;
 struct NeedMmapLock;
 
 /// A VMA read-locked by `lock_vma_under_rcu`.
-struct LockedVma<'a> {
-    vma: &'a Vma,
+pub(crate) struct LockedVma<'a> {
+    pub(crate) vma: &'a Vma,
     generation: u64,
 }
 
@@ -286,7 +286,11 @@ fn note_reuse(mm: &MmStruct, entry_gen: u64, vma: &Vma, check: ReuseCheck) {
 
 /// `lock_vma_under_rcu`: find and read-lock the VMA covering `addr` without
 /// `mmap_lock`. `None` means "fall back" (already counted as ABORT).
-fn lock_vma_under_rcu<'a>(mm: &'a MmStruct, addr: u64, retries: &mut u32) -> Option<LockedVma<'a>> {
+pub(crate) fn lock_vma_under_rcu<'a>(
+    mm: &'a MmStruct,
+    addr: u64,
+    retries: &mut u32,
+) -> Option<LockedVma<'a>> {
     let ctx = &*mm.ctx;
     let race = mm.race_hooks();
     let checks = race.map_or(ReadChecks::ALL, |r| r.read_checks());

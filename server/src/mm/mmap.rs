@@ -376,7 +376,7 @@ pub(crate) fn mm_populate(mm: &MmStruct, start: u64, len: u64) {
 
 /// `get_unmapped_area`: the hint if it fits, else top-down below
 /// `mmap_base`, else bottom-up above it.
-fn get_unmapped_area(w: &Writer<'_>, hint: u64, len: u64) -> Result<u64, MmError> {
+pub(crate) fn get_unmapped_area(w: &Writer<'_>, hint: u64, len: u64) -> Result<u64, MmError> {
     let t = &w.mm.mm_mt;
     let g = &w.guard;
     if hint >= MMAP_MIN_ADDR

@@ -20,6 +20,8 @@
 //!   gather/complete steps (`mm/vma.c`).
 //! * [`mmap`]: `mmap`, `munmap`, `brk`: arguments, placement, populate.
 //! * [`mprotect`]: `do_mprotect_pkey`, `mprotect_fixup`.
+//! * [`mremap`]: shrink, grow in place, `move_vma`.
+//! * [`madvise`]: DONTNEED/FREE under the VMA lock; DONTFORK, WIPEONFORK.
 //! * [`fault`]: `lock_vma_under_rcu` and `handle_mm_fault`.
 //! * [`fork`]: `dup_mmap`, `vm_area_dup`, `vm_area_init_from`.
 //! * [`exit`]: tearing an address space down, `exit_mmap`.
@@ -49,11 +51,15 @@ pub mod fault;
 #[cfg(not(vmasim_loom))]
 pub mod fork;
 #[cfg(not(vmasim_loom))]
+pub mod madvise;
+#[cfg(not(vmasim_loom))]
 pub mod mm_struct;
 #[cfg(not(vmasim_loom))]
 pub mod mmap;
 #[cfg(not(vmasim_loom))]
 pub mod mprotect;
+#[cfg(not(vmasim_loom))]
+pub mod mremap;
 #[cfg(not(vmasim_loom))]
 pub mod pgtable;
 #[cfg(not(vmasim_loom))]

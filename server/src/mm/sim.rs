@@ -224,6 +224,24 @@ impl Simulator {
         do_mprotect(&*self.mm(pid)?, addr, len, prot)
     }
 
+    /// `mremap` in `pid`: the new address.
+    pub fn mremap(
+        &self,
+        pid: u32,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: u32,
+        new_addr: u64,
+    ) -> Result<u64, MmError> {
+        crate::mm::mremap::do_mremap(&*self.mm(pid)?, addr, old_len, new_len, flags, new_addr)
+    }
+
+    /// `madvise` in `pid`.
+    pub fn madvise(&self, pid: u32, addr: u64, len: u64, advice: u32) -> Result<(), MmError> {
+        crate::mm::madvise::do_madvise(&*self.mm(pid)?, addr, len, advice)
+    }
+
     /// `brk` in `pid`: `(brk, start_brk)`.
     pub fn brk(&self, pid: u32, brk: u64) -> Result<(u64, u64), MmError> {
         do_brk(&*self.mm(pid)?, brk)

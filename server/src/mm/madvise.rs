@@ -1,0 +1,217 @@
+//! `madvise` (`mm/madvise.c`): the advice that changes what vmasim models.
+//!
+//! * `MADV_DONTNEED` zaps the pages of the range; `MADV_FREE` marks private
+//!   anonymous pages lazily freeable (they stay resident, and in RSS, until
+//!   reclaim, which vmasim does not simulate). Since 6.16 both run under
+//!   the per-VMA read lock when the range lies in one VMA
+//!   (`MADVISE_VMA_READ_LOCK`: `lock_vma_under_rcu`, counting MISS/ABORT
+//!   like a fault), and under `mmap_lock` for read otherwise.
+//! * `MADV_DONTFORK` / `MADV_DOFORK` and `MADV_WIPEONFORK` /
+//!   `MADV_KEEPONFORK` change `vm_flags` (`VM_DONTCOPY`, `VM_WIPEONFORK`)
+//!   through `vma_modify_flags`, so they split and merge VMAs like
+//!   mprotect, under `mmap_lock` for write.
+//!
+//! Like `madvise_walk_vmas`, holes in the range do not stop the walk: every
+//! mapped part gets the advice, then the call fails with ENOMEM.
+
+use crate::mm::mm_struct::MmStruct;
+use crate::mm::mm_types::vm_flags::*;
+use crate::mm::mmap::zap_page_range;
+use crate::mm::pool::VmaIdx;
+use crate::mm::rcu::rcu_read_lock;
+use crate::mm::vma::{Vmg, Writer, vma_modify};
+use crate::mm::{MmError, TASK_SIZE, page_align, page_aligned};
+
+/// `MADV_DONTNEED`.
+pub const MADV_DONTNEED: u32 = 4;
+/// `MADV_FREE`.
+pub const MADV_FREE: u32 = 8;
+/// `MADV_DONTFORK`.
+pub const MADV_DONTFORK: u32 = 10;
+/// `MADV_DOFORK`.
+pub const MADV_DOFORK: u32 = 11;
+/// `MADV_WIPEONFORK`.
+pub const MADV_WIPEONFORK: u32 = 18;
+/// `MADV_KEEPONFORK`.
+pub const MADV_KEEPONFORK: u32 = 19;
+
+/// `madvise(start, len, advice)`.
+pub fn do_madvise(mm: &MmStruct, start: u64, len: u64, advice: u32) -> Result<(), MmError> {
+    if !matches!(
+        advice,
+        MADV_DONTNEED | MADV_FREE | MADV_DONTFORK | MADV_DOFORK | MADV_WIPEONFORK | MADV_KEEPONFORK
+    ) {
+        return Err(MmError::inval(
+            "advice",
+            format!(
+                "{advice} is not simulated (DONTNEED 4, FREE 8, DONTFORK 10, DOFORK 11, WIPEONFORK 18, KEEPONFORK 19)"
+            ),
+        ));
+    }
+    if !page_aligned(start) {
+        return Err(MmError::inval(
+            "addr",
+            format!("{start:#x} is not page aligned"),
+        ));
+    }
+    let Some(len) = page_align(len) else {
+        return Err(MmError::inval("length", "overflows"));
+    };
+    let Some(end) = start.checked_add(len).filter(|&e| e <= TASK_SIZE) else {
+        return Err(MmError::inval("length", "beyond user space"));
+    };
+    if len == 0 {
+        return Ok(());
+    }
+    match advice {
+        MADV_DONTNEED | MADV_FREE => madvise_free_or_dontneed(mm, start, end, advice),
+        _ => madvise_update_vma_flags(mm, start, end, advice),
+    }
+}
+
+fn hole_error(start: u64, end: u64, mapped_from: u64) -> MmError {
+    MmError::NotMapped {
+        start,
+        end,
+        changed_up_to: mapped_from,
+    }
+}
+
+/// DONTNEED / FREE: under the VMA read lock if the range is inside one VMA
+/// (`try_vma_read_lock`), else under `mmap_lock` for read.
+fn madvise_free_or_dontneed(
+    mm: &MmStruct,
+    start: u64,
+    end: u64,
+    advice: u32,
+) -> Result<(), MmError> {
+    let mut retries = 0;
+    if let Some(locked) = crate::mm::fault::lock_vma_under_rcu(mm, start, &mut retries) {
+        let f = locked.vma.fields();
+        if end <= f.vm_end {
+            let r = madvise_one(mm, &f, start, end, advice);
+            locked.vma.vma_end_read();
+            return r;
+        }
+        locked.vma.vma_end_read();
+    }
+    let state = mm.mmap_read_lock();
+    if state.dead {
+        return Err(MmError::NoSuchProcess(mm.pid));
+    }
+    let g = rcu_read_lock();
+    let mut cursor = start;
+    let mut hole = false;
+    for e in mm.mm_mt.overlapping(start, end, &g) {
+        if e.start > cursor {
+            hole = true;
+        }
+        let f = mm.ctx.pool.get(e.idx).fields();
+        madvise_one(mm, &f, e.start.max(start), e.end.min(end), advice)?;
+        cursor = e.end;
+    }
+    if hole || cursor < end {
+        return Err(hole_error(start, end, end));
+    }
+    Ok(())
+}
+
+/// The advice on `[start, end)` of one VMA whose fields are `f`.
+fn madvise_one(
+    mm: &MmStruct,
+    f: &crate::mm::mm_types::VmaFields,
+    start: u64,
+    end: u64,
+    advice: u32,
+) -> Result<(), MmError> {
+    // madvise_dontneed_free_valid_vma: not on locked or special VMAs; FREE
+    // only on private anonymous memory.
+    if f.vm_flags & (VM_LOCKED | VM_DONTEXPAND) != 0 {
+        return Err(MmError::inval("addr", "MADV_DONTNEED/FREE on a locked VMA"));
+    }
+    if advice == MADV_FREE {
+        if f.vm_file != 0 || f.vm_flags & VM_SHARED != 0 {
+            return Err(MmError::inval(
+                "advice",
+                "MADV_FREE needs private anonymous memory",
+            ));
+        }
+        // Lazily freed: still resident (and counted) until reclaim.
+        return Ok(());
+    }
+    // zap_page_range_single. The PTE swaps are atomic, so a racing fault
+    // under another reader either sees the page or refaults it.
+    zap_page_range(mm, start, end);
+    Ok(())
+}
+
+/// DONTFORK / DOFORK / WIPEONFORK / KEEPONFORK: `madvise_update_vma` on
+/// every VMA of the range, under `mmap_lock` for write.
+fn madvise_update_vma_flags(
+    mm: &MmStruct,
+    start: u64,
+    end: u64,
+    advice: u32,
+) -> Result<(), MmError> {
+    let mut w = Writer::lock(mm)?;
+    let mut prev: Option<VmaIdx> = None;
+    let mut cursor = start;
+    let mut hole = false;
+    let first = w.vma_find(start, end);
+    if let Some(e) = first
+        && e.start < start
+    {
+        prev = Some(e.idx);
+    } else if let Some(e) = first {
+        prev = w.vma_prev(e.start).map(|p| p.idx);
+    }
+    let mut next = first;
+    while let Some(e) = next.filter(|e| e.start < end) {
+        if e.start > cursor {
+            hole = true;
+        }
+        let f = w.fields(e.idx);
+        let mut new_flags = f.vm_flags;
+        match advice {
+            MADV_DONTFORK => new_flags |= VM_DONTCOPY,
+            MADV_DOFORK => {
+                if f.vm_flags & VM_DONTEXPAND != 0 {
+                    return Err(MmError::inval("advice", "MADV_DOFORK on a special mapping"));
+                }
+                new_flags &= !VM_DONTCOPY;
+            }
+            MADV_WIPEONFORK => {
+                if f.vm_file != 0 || f.vm_flags & VM_SHARED != 0 {
+                    return Err(MmError::inval(
+                        "advice",
+                        "MADV_WIPEONFORK needs private anonymous memory",
+                    ));
+                }
+                new_flags |= VM_WIPEONFORK;
+            }
+            _ => new_flags &= !VM_WIPEONFORK,
+        }
+        let (s, t) = (e.start.max(start), e.end.min(end));
+        let vma = if new_flags == f.vm_flags {
+            e.idx
+        } else {
+            let mut target = f;
+            target.vm_flags = new_flags;
+            let mut vmg = Vmg::modify(prev, e.idx, s, t, &target, &f);
+            let vma = vma_modify(&mut w, &mut vmg)?;
+            w.vma_start_write(vma);
+            let v = w.pool().get(vma);
+            let mut nf = v.fields();
+            nf.vm_flags = new_flags;
+            v.set_fields(&nf);
+            vma
+        };
+        prev = Some(vma);
+        cursor = w.fields(vma).vm_end.max(t);
+        next = w.vma_next(cursor);
+    }
+    if hole || cursor < end || first.is_none() {
+        return Err(hole_error(start, end, end));
+    }
+    Ok(())
+}
