@@ -9,7 +9,7 @@ use crate::error::CliError;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use vmasim_server::mm::fault::FaultLockMode;
-use vmasim_server::mm::pool::CachePolicy;
+use vmasim_server::mm::slab::CachePolicy;
 use vmasim_server::server::{Server, ServerConfig};
 
 /// The VMA cache policy of an embedded server.

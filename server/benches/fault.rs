@@ -3,11 +3,16 @@
 //! * `fault_single`: one thread faulting on already-populated pages, the
 //!   lockless fast path end to end (RCU walk, `vma_start_read`, PTE check,
 //!   counters). Per-fault time is the figure.
-//! * `fault_vs_churn`: faults in one VMA while another thread churns the
-//!   same mm the way a JIT or an allocator does (mmap, mprotect flips,
-//!   munmap), `per-vma` vs `mmap-lock` mode. With `mmap-lock`, every fault
-//!   queues behind the writer; with per-VMA locks, faults in an untouched
-//!   VMA never meet it.
+//! * `fault_vs_writer/{per-vma,mmap-lock}/{disjoint,adjacent}`: faults in
+//!   one VMA while another thread churns the same mm the way a JIT or an
+//!   allocator does (mmap, mprotect flips, munmap). *disjoint*: the writer's
+//!   VMAs neither touch nor merge with the faulted one; with `mmap-lock`
+//!   every fault queues behind the writer, with per-VMA locks it never
+//!   meets it. *adjacent*: the writer maps right next to the faulted VMA
+//!   with the same flags, so the kernel's merge rules make the writer's
+//!   mapping part of the faulted VMA and every mprotect splits (and
+//!   write-locks) it: per-VMA faults abort to `mmap_lock` as often as the
+//!   writer runs.
 //!
 //! `cargo bench -p vmasim-server --bench fault`
 
@@ -66,51 +71,86 @@ fn bench_single(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_churn(c: &mut Criterion) {
-    let mut g = c.benchmark_group("fault_vs_churn");
+/// Where the writer works, relative to the faulted VMA.
+#[derive(Clone, Copy)]
+enum Writer {
+    /// At a fixed address 1 GiB below, with a guard gap on both sides and
+    /// `PROT_EXEC` on top so nothing it maps can merge with anything: the
+    /// faulted VMA is never touched (a JIT's code cache far from the heap).
+    Disjoint,
+    /// Wherever `mmap` puts it: top-down, right below the faulted VMA, with
+    /// the same flags, so `vma_merge_new_range` merges it into the faulted
+    /// VMA and every `mprotect` splits that VMA again.
+    Adjacent,
+}
+
+impl Writer {
+    fn as_str(self) -> &'static str {
+        match self {
+            Writer::Disjoint => "disjoint",
+            Writer::Adjacent => "adjacent",
+        }
+    }
+}
+
+/// One writer round: mmap 16 pages, fault one in, 4 mprotect flips, munmap.
+fn writer_round(sim: &Simulator, pid: u32, where_: Writer, far: u64) {
+    let (addr, flags, prot) = match where_ {
+        Writer::Disjoint => (far, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, PROT_EXEC),
+        Writer::Adjacent => (0, MAP_PRIVATE | MAP_ANONYMOUS, 0),
+    };
+    let a = sim
+        .mmap(
+            pid,
+            MmapArgs {
+                addr,
+                len: 16 * 4096,
+                prot: PROT_READ | PROT_WRITE | prot,
+                flags,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    sim.fault(pid, a, Access::Write).unwrap();
+    for _ in 0..4 {
+        sim.mprotect(pid, a, 16 * 4096, PROT_READ | prot).unwrap();
+        sim.mprotect(pid, a, 16 * 4096, PROT_READ | PROT_WRITE | prot)
+            .unwrap();
+    }
+    sim.munmap(pid, a, 16 * 4096).unwrap();
+}
+
+fn bench_writer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fault_vs_writer");
     g.throughput(Throughput::Elements(1));
     for mode in [FaultLockMode::PerVma, FaultLockMode::MmapLock] {
-        let (sim, pid, addr) = setup(mode);
-        let stop = Arc::new(AtomicBool::new(false));
-        let churn = {
-            let (sim, stop) = (sim.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let a = sim
-                        .mmap(
-                            pid,
-                            MmapArgs {
-                                len: 16 * 4096,
-                                prot: PROT_READ | PROT_WRITE,
-                                flags: MAP_PRIVATE | MAP_ANONYMOUS,
-                                ..Default::default()
-                            },
-                        )
-                        .unwrap();
-                    sim.fault(pid, a, Access::Write).unwrap();
-                    for _ in 0..4 {
-                        sim.mprotect(pid, a, 16 * 4096, PROT_READ).unwrap();
-                        sim.mprotect(pid, a, 16 * 4096, PROT_READ | PROT_WRITE)
-                            .unwrap();
+        for where_ in [Writer::Disjoint, Writer::Adjacent] {
+            let (sim, pid, addr) = setup(mode);
+            let far = addr - (1 << 30);
+            let stop = Arc::new(AtomicBool::new(false));
+            let writer = {
+                let (sim, stop) = (sim.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        writer_round(&sim, pid, where_, far);
                     }
-                    sim.munmap(pid, a, 16 * 4096).unwrap();
-                }
-            })
-        };
-        let mm = sim.mm(pid).unwrap();
-        g.bench_function(BenchmarkId::new(mode.as_str(), "churn"), |b| {
-            let mut i = 0u64;
-            b.iter(|| {
-                i = (i + 1) % PAGES;
-                black_box(vmasim_server::mm::fault::do_user_addr_fault(
-                    &mm,
-                    addr + i * 4096,
-                    Access::Read,
-                ))
-            })
-        });
-        stop.store(true, Ordering::Relaxed);
-        churn.join().unwrap();
+                })
+            };
+            let mm = sim.mm(pid).unwrap();
+            g.bench_function(BenchmarkId::new(mode.as_str(), where_.as_str()), |b| {
+                let mut i = 0u64;
+                b.iter(|| {
+                    i = (i + 1) % PAGES;
+                    black_box(vmasim_server::mm::fault::do_user_addr_fault(
+                        &mm,
+                        addr + i * 4096,
+                        Access::Read,
+                    ))
+                })
+            });
+            stop.store(true, Ordering::Relaxed);
+            writer.join().unwrap();
+        }
     }
     g.finish();
 }
@@ -118,6 +158,6 @@ fn bench_churn(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench_single, bench_churn
+    targets = bench_single, bench_writer
 }
 criterion_main!(benches);

@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use vmasim_server::mm::mm_types::Vma;
-use vmasim_server::mm::pool::{CachePolicy, VmaCache};
+use vmasim_server::mm::slab::{CachePolicy, VmaCache};
 
 const CAPACITY: u32 = 1 << 22;
 

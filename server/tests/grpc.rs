@@ -1437,7 +1437,7 @@ async fn metrics_exist_at_start_and_servers_are_independent() {
     let a = TestServer::start(small_cfg()).await;
     let b = TestServer::start(ServerConfig {
         sim: SimConfig {
-            vma_cache: vmasim_server::mm::pool::CachePolicy::Rcu,
+            vma_cache: vmasim_server::mm::slab::CachePolicy::Rcu,
             ..SimConfig::default()
         },
         ..ServerConfig::default()

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use vmasim_server::mm::fault::{Access, FaultOutcome};
 use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
-use vmasim_server::mm::pool::CachePolicy;
+use vmasim_server::mm::slab::CachePolicy;
 use vmasim_server::mm::sim::{SimConfig, Simulator};
 
 const P: u64 = 4096;
@@ -165,9 +165,14 @@ fn torture(policy: CachePolicy) {
     assert_eq!(p.live, 0, "slots leaked: {p:?}");
     assert_eq!(p.waiting, 0);
     assert_eq!(
-        p.free, p.alloc_fresh,
-        "every slot ever created is back on the free list: {p:?}"
+        p.free, p.created,
+        "every slot ever created is free again: {p:?}"
     );
+    // Counted where they are, not derived: every CPU's sheaves, the barn and
+    // the slab free list hold exactly the free slots (threads that exited
+    // left theirs in their shard's sheaves, which belong to the cache).
+    let audit = sim.context().pool.audit();
+    assert_eq!(audit.total(), p.free, "{audit:?} vs {p:?}");
     assert!(p.alloc_reused > 0);
     match policy {
         CachePolicy::Typesafe => assert_eq!(p.call_rcu, 0),

@@ -20,7 +20,7 @@ mod imp {
     use std::process::ExitCode;
     use std::time::Duration;
     use vmasim_server::mm::fault::FaultLockMode;
-    use vmasim_server::mm::pool::CachePolicy;
+    use vmasim_server::mm::slab::CachePolicy;
     use vmasim_server::mm::sim::SimConfig;
     use vmasim_server::server::{Server, ServerConfig, TlsPem};
 

@@ -140,8 +140,8 @@ impl MmError {
     }
 }
 
-impl From<crate::mm::pool::PoolExhausted> for MmError {
-    fn from(e: crate::mm::pool::PoolExhausted) -> Self {
+impl From<crate::mm::slab::PoolExhausted> for MmError {
+    fn from(e: crate::mm::slab::PoolExhausted) -> Self {
         MmError::PoolExhausted {
             capacity: e.capacity,
         }

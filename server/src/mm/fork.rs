@@ -15,7 +15,7 @@ use crate::mm::mm_struct::MmStruct;
 use crate::mm::mm_types::{Vma, vm_flags::*};
 use crate::mm::mmap::rss_counter;
 use crate::mm::pgtable::pte;
-use crate::mm::pool::VmaIdx;
+use crate::mm::slab::VmaIdx;
 use crate::mm::race::InjectPoint;
 use crate::mm::sync::Ordering;
 use crate::mm::vma::Writer;

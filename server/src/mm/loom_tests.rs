@@ -1,12 +1,13 @@
-//! loom models of the lock-free core: the VMA pool, the `vm_refcnt` read
-//! lock against writers and detach, and a reader racing a free + reuse.
+//! loom models of the lock-free core: the VMA cache (sheaves, the barn
+//! exchange, the slab free list), the `vm_refcnt` read lock against
+//! writers and detach, and a reader racing a free + reuse.
 //!
 //! Run with `RUSTFLAGS="--cfg vmasim_loom" cargo test -p vmasim-server --lib
 //! --release loom` (`.ci/run` does). The project's own cfg name, not plain
 //! `loom`: that one would also switch tokio into its loom mode.
 
 use crate::mm::mm_types::{MmLockSeq, Vma, VmaFields};
-use crate::mm::pool::{CachePolicy, VmaCache, VmaIdx};
+use crate::mm::slab::{CachePolicy, VmaCache, VmaIdx};
 use loom::sync::Arc;
 use loom::sync::atomic::Ordering;
 use loom::thread;
@@ -62,7 +63,55 @@ fn pool_alloc_free_is_exclusive() {
         }
         let s = pool.stats();
         assert_eq!(s.live, 0);
-        assert_eq!(s.free, s.alloc_fresh);
+        assert_eq!(s.free, s.created);
+        assert_eq!(pool.audit().total(), s.free);
+    });
+}
+
+/// The barn exchange (`barn_replace_full_sheaf` / `barn_replace_empty_sheaf`)
+/// between two CPUs: one frees more slots than its two sheaves hold, so a
+/// full sheaf goes to the barn; the other allocates from an empty CPU, so
+/// it takes a full sheaf from the barn if one is there, else the slabs (or
+/// the drain at the capacity). No slot is handed out twice, and every slot
+/// ends up free exactly once: in a sheaf, the barn or the free list.
+/// (Under loom a sheaf holds 2 slots and the barn 1 full + 1 empty.)
+#[test]
+fn barn_exchange_hands_each_slot_out_once() {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(2);
+    b.check(|| {
+        let pool = VmaCache::new(CachePolicy::Typesafe, 6);
+        // The freeing thread allocates its 5 slots itself, so they start
+        // on its own CPU; then it frees them: main (2), spare (2), then the
+        // fifth finds both full and puts a sheaf in the barn.
+        let freer = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let mine: Vec<_> = (0..5).map(|_| pool.vm_area_alloc().unwrap().0).collect();
+                for i in mine {
+                    pool.vm_area_free(i);
+                }
+            })
+        };
+        let taker = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let (i, v) = pool.vm_area_alloc().unwrap();
+                attach(v, fields(7, 0x1000, 0x2000));
+                // A slot also sitting in the freer's sheaves or the barn
+                // would be handed out again and re-attached there.
+                assert_eq!(v.vm_mm(), 7);
+                assert_eq!(v.vm_refcnt(), 1);
+                v.vma_mark_detached();
+                pool.vm_area_free(i);
+            })
+        };
+        freer.join().unwrap();
+        taker.join().unwrap();
+        let s = pool.stats();
+        assert_eq!(s.live, 0);
+        assert_eq!(s.free, s.created);
+        assert_eq!(pool.audit().total(), s.free, "{s:?}");
     });
 }
 

@@ -1,7 +1,7 @@
 //! `struct vm_area_struct` (include/linux/mm_types.h) and its per-VMA lock, as in `include/linux/mm.h`
 //! and `mm/mmap_lock.c` after "mm: move per-vma lock into vm_area_struct".
 //!
-//! A `Vma` lives in a type-stable pool slot (see [`crate::mm::pool`]): a
+//! A `Vma` lives in a type-stable pool slot (see [`crate::mm::slab`]): a
 //! lockless reader that found it under RCU may be looking at a slot that was
 //! freed and handed out again. So every field such a reader may read is an
 //! atomic (a racing read is well defined, merely stale), and the read lock

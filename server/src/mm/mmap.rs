@@ -511,7 +511,7 @@ pub(crate) fn vm_start_gap(f: &VmaFields) -> u64 {
 /// create a new one.
 fn do_brk_flags(
     w: &mut Writer<'_>,
-    vma: Option<crate::mm::pool::VmaIdx>,
+    vma: Option<crate::mm::slab::VmaIdx>,
     addr: u64,
     len: u64,
 ) -> Result<(), MmError> {

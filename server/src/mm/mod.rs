@@ -12,7 +12,8 @@
 //!   observable grace-period count.
 //! * [`vmstat`]: sharded event counters (`VMA_LOCK_SUCCESS`...).
 //! * [`mm_types`]: `vm_area_struct` (`Vma`) and its `vm_refcnt` read/write lock.
-//! * [`pool`]: the VMA cache, `typesafe` or `rcu` free policy.
+//! * [`slab`]: the VMA cache (`vm_area_cachep`): per-thread sheaves, a
+//!   barn, slabs; `typesafe` or `rcu` free policy.
 //! * [`vma_tree`]: the RCU-walkable VMA tree (the maple tree's role).
 //! * [`pgtable`]: a lock-free radix page table.
 //! * [`mm_struct`]: `mmap_lock`, `mm_lock_seq`, tree, page table, RSS.
@@ -32,7 +33,10 @@
 //!   buggy, with a timeline and a verdict.
 
 pub mod mm_types;
-pub mod pool;
+pub mod slab;
+/// The VMA cache's former name, so code written against `mm::pool` on
+/// branches that predate the sheaves keeps building; use [`slab`].
+pub use slab as pool;
 #[cfg(not(vmasim_loom))]
 pub mod rcu;
 #[cfg(vmasim_loom)]

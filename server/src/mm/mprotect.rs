@@ -11,7 +11,7 @@ use crate::mm::mm_struct::MmStruct;
 use crate::mm::mm_types::vm_flags::*;
 use crate::mm::mmap::{accountable_mapping, mm_populate, prot};
 use crate::mm::pgtable::pte;
-use crate::mm::pool::VmaIdx;
+use crate::mm::slab::VmaIdx;
 use crate::mm::sync::Ordering;
 use crate::mm::vma::{Vmg, Writer, vma_modify};
 use crate::mm::{MmError, TASK_SIZE, page_align, page_aligned};

@@ -47,7 +47,7 @@ use crate::mm::fork::dup_mmap;
 use crate::mm::mm_struct::{MmContext, MmStruct};
 use crate::mm::mm_types::{VMA_LOCK_OFFSET, Vma};
 use crate::mm::mmap::{MmapArgs, do_mmap, do_munmap, map, prot};
-use crate::mm::pool::{CachePolicy, SLAB_SIZE, VmaCache, VmaIdx};
+use crate::mm::slab::{CachePolicy, SLAB_SIZE, VmaCache, VmaIdx};
 use crate::mm::race::{Bugs, InjectPoint, RaceHooks};
 use crate::mm::rcu::rcu_read_lock;
 use crate::mm::sync::Ordering;

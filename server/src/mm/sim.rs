@@ -11,7 +11,7 @@ use crate::mm::fork::dup_mmap;
 use crate::mm::mm_struct::{MmContext, MmStruct};
 use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_munmap};
 use crate::mm::mprotect::do_mprotect;
-use crate::mm::pool::{CachePolicy, PoolStats, VmaCache};
+use crate::mm::slab::{CachePolicy, PoolStats, VmaCache};
 use crate::mm::proc_maps::{MapsEntry, import_maps, parse_maps, render, show_maps};
 use crate::mm::{DEFAULT_MAX_MAP_COUNT, MmError};
 use dashmap::DashMap;

@@ -1,20 +1,22 @@
 //! The atomics and locks the engine is built from, switched to `loom`'s
 //! versions under `--cfg vmasim_loom` so the model checker sees every access.
 //!
-//! Only the lock-free core (`vma`, `pool`, `vmstat`) is compiled under loom;
+//! Only the lock-free core (`vma`, `slab`, `vmstat`) is compiled under loom;
 //! the rest of the engine uses these names too so the two never drift apart.
 
 #[cfg(vmasim_loom)]
 #[allow(unused_imports)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(vmasim_loom)]
 #[allow(unused_imports)]
-pub(crate) use loom::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub(crate) use loom::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 #[cfg(not(vmasim_loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+#[allow(unused_imports)]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(vmasim_loom))]
-pub(crate) use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+#[allow(unused_imports)]
+pub(crate) use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Back off while waiting for another thread (a writer draining readers, a
 /// slab being published). Under loom this must yield to the scheduler, or

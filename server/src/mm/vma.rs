@@ -35,7 +35,7 @@
 
 use crate::mm::mm_struct::{MmStruct, MmapWriteGuard};
 use crate::mm::mm_types::VmaFields;
-use crate::mm::pool::{VmaCache, VmaIdx};
+use crate::mm::slab::{VmaCache, VmaIdx};
 use crate::mm::rcu::{RcuReadGuard, rcu_read_lock};
 use crate::mm::vma_tree::TreeEntry;
 use crate::mm::{MmError, PAGE_SHIFT};
@@ -667,7 +667,7 @@ mod tests {
     use crate::mm::mm_struct::{MmContext, MmStruct};
     use crate::mm::mmap::{MmapArgs, do_mmap, do_munmap, map::*, prot::*};
     use crate::mm::mprotect::do_mprotect;
-    use crate::mm::pool::{CachePolicy, VmaCache, VmaIdx};
+    use crate::mm::slab::{CachePolicy, VmaCache, VmaIdx};
     use crate::mm::rcu::rcu_read_lock;
     use crate::mm::{DEFAULT_MAX_MAP_COUNT, PAGE_SIZE};
     use std::sync::Arc;
