@@ -5,8 +5,8 @@
 
 use vmasim_server::mm::fault::{Access, FaultOutcome, FaultPath, follow_pte};
 use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
-use vmasim_server::mm::slab::CachePolicy;
 use vmasim_server::mm::sim::{SimConfig, Simulator};
+use vmasim_server::mm::slab::CachePolicy;
 use vmasim_server::mm::{MMAP_BASE, MmError, TASK_SIZE};
 
 const P: u64 = 4096;

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use vmasim_server::mm::fault::{Access, FaultOutcome};
 use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
-use vmasim_server::mm::slab::CachePolicy;
 use vmasim_server::mm::sim::{SimConfig, Simulator};
+use vmasim_server::mm::slab::CachePolicy;
 
 const P: u64 = 4096;
 const STABLE: u64 = 0x1000_0000;

@@ -20,8 +20,8 @@ mod imp {
     use std::process::ExitCode;
     use std::time::Duration;
     use vmasim_server::mm::fault::FaultLockMode;
-    use vmasim_server::mm::slab::CachePolicy;
     use vmasim_server::mm::sim::SimConfig;
+    use vmasim_server::mm::slab::CachePolicy;
     use vmasim_server::server::{Server, ServerConfig, TlsPem};
 
     /// vmasim: simulated Linux address spaces (mm_struct + VMAs) served over

@@ -16,8 +16,8 @@
 //! re-check and falls back to `mmap_lock`, which waits for the writer. Only
 //! the `mmap_lock` path may report `SEGV_MAPERR`.
 
-use crate::mm::slab::VmaIdx;
 use crate::mm::rcu::RcuReadGuard;
+use crate::mm::slab::VmaIdx;
 use crossbeam_skiplist::base::SkipList;
 use std::ops::Bound;
 
