@@ -24,6 +24,16 @@
 //!    coordinated omission exactly as `vmasim load --rps` does (a request
 //!    is timed from when it was due, not from when a worker got to it).
 //!
+//! 4. **The load generator's own cost**, when `h2load` (Debian
+//!    `nghttp2-client`) is on `PATH` and the target is plain HTTP: the same
+//!    unary `Fault` (a fixed present page of worker 0's process) driven by
+//!    h2load at the same connections × streams, an independent transport
+//!    ceiling for the server. `vmasim fault rps / h2load rps` says how much
+//!    of the closed-loop figure the client itself costs (target ≥ 0.7).
+//!    h2load counts HTTP/2 responses: a gRPC error still arrives as HTTP
+//!    200 with a `grpc-status` trailer, so the body is one the setup
+//!    checked succeeds.
+//!
 //! The admission (closed/open loop, coordinated-omission correction) and
 //! the measurements (HdrHistogram [`Recorder`]) are the load generator's
 //! ([`crate::load::worker::Shared`]); only the per-request work is
@@ -60,6 +70,8 @@ use vmasim_proto::v1::{
 pub const TARGET_RATIO: f64 = 0.9;
 /// Target of simulated faults per second through the bulk calls.
 pub const TARGET_FAULTS_PER_SEC: f64 = 1e6;
+/// Target of `vmasim unary Fault rps / h2load unary Fault rps`.
+pub const TARGET_VS_H2LOAD: f64 = 0.7;
 
 /// `bench` options.
 #[derive(Debug, Clone, Serialize)]
@@ -192,6 +204,30 @@ pub struct BenchReport {
     pub bulk: Bulk,
     /// Phase 3.
     pub half_rate: HalfRate,
+    /// The same unary `Fault` driven by h2load (None: h2load not installed
+    /// or the target not plain HTTP).
+    pub h2load: Option<H2load>,
+}
+
+/// Unary `Fault` driven by h2load at the same connections x streams.
+#[derive(Debug, Clone, Serialize)]
+pub struct H2load {
+    /// The command run.
+    pub command: String,
+    /// HTTP/2 connections (`-c`).
+    pub connections: usize,
+    /// Concurrent streams per connection (`-m`).
+    pub streams: usize,
+    /// Requests per second h2load reports.
+    pub rps: f64,
+    /// Requests h2load counted as succeeded / failed or errored.
+    pub succeeded: u64,
+    /// Failed + errored requests.
+    pub failed: u64,
+    /// vmasim's closed-loop unary `Fault` rps (phase 1) over h2load's.
+    pub ratio: f64,
+    /// [`TARGET_VS_H2LOAD`].
+    pub target_ratio: f64,
 }
 
 /// What a worker sends in a phase.
@@ -419,26 +455,30 @@ async fn run_on(o: &BenchOptions, target: &Target, name: String) -> Result<Bench
         let ch = channels[i % channels.len()].clone();
         slots.push(Slot::setup(target, ch, o.batch).await?);
     }
-    let r = phases(o, &mut slots, &say).await;
+    let r = phases(o, target, &mut slots, &say).await;
     // Cleanup, best effort: an external server should not keep our processes.
     for s in &mut slots {
         let _ = s.client.exit(ExitRequest { pid: s.pid }).await;
     }
-    let (unary, bulk, half_rate) = r?;
+    let (unary, bulk, half_rate, h2load) = r?;
     Ok(BenchReport {
         server: name,
         options: o.clone(),
         unary,
         bulk,
         half_rate,
+        h2load,
     })
 }
 
+type Phases = (UnaryVsNoop, Bulk, HalfRate, Option<H2load>);
+
 async fn phases(
     o: &BenchOptions,
+    target: &Target,
     slots: &mut Vec<Slot>,
     say: &dyn Fn(String),
-) -> Result<(UnaryVsNoop, Bulk, HalfRate), CliError> {
+) -> Result<Phases, CliError> {
     // Phase 1, A-B-B-A: each kind gets two halves of the duration, one
     // early and one late, so a change in background load affects both.
     let half = o.duration / 2;
@@ -502,7 +542,210 @@ async fn phases(
         open_loop,
     };
     print!("{}", section_half_rate(&half_rate));
-    Ok((unary, bulk, half_rate))
+
+    let h2 = match h2load_plan(o, target) {
+        Some(streams) => {
+            say(format!(
+                "[4/4] unary Fault driven by h2load, {} connection(s) x {streams} streams ...",
+                o.connections
+            ));
+            // h2load is an outside reference: if it cannot run, say why and
+            // keep vmasim's own figures.
+            match run_h2load(o, target, &slots[0], streams, unary.fault.rps).await {
+                Ok(h) => {
+                    print!("{}", section_h2load(&h));
+                    Some(h)
+                }
+                Err(e) => {
+                    eprintln!("bench: h2load comparison skipped: {e}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    Ok((unary, bulk, half_rate, h2))
+}
+
+/// Streams per connection for h2load, if it can run: installed, and the
+/// target plain HTTP without a token (h2load is given no credentials).
+fn h2load_plan(o: &BenchOptions, target: &Target) -> Option<usize> {
+    if !target.url.starts_with("http://") || target.token.is_some() || target.tls_ca.is_some() {
+        return None;
+    }
+    let found = std::process::Command::new("h2load")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    // vmasim spreads `concurrency` workers over `connections` channels.
+    found.then(|| o.concurrency.div_ceil(o.connections).max(1))
+}
+
+/// The gRPC body of one unary call: the 5-byte frame header (uncompressed
+/// flag, big-endian length) and the encoded message.
+fn grpc_frame(msg: &impl prost::Message) -> Vec<u8> {
+    let body = msg.encode_to_vec();
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.push(0);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+async fn run_h2load(
+    o: &BenchOptions,
+    target: &Target,
+    slot: &Slot,
+    streams: usize,
+    vmasim_rps: f64,
+) -> Result<H2load, CliError> {
+    let req = FaultRequest {
+        pid: slot.pid,
+        addr: slot.addrs[0],
+        access: Access::Read as i32,
+    };
+    let path = std::env::temp_dir().join(format!("vmasim-h2load-{}.bin", std::process::id()));
+    std::fs::write(&path, grpc_frame(&req))
+        .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))?;
+    let url = format!(
+        "{}/{}/Fault",
+        target.url.trim_end_matches('/'),
+        vmasim_proto::v1::address_space_server::SERVICE_NAME
+    );
+    let args: Vec<String> = vec![
+        // Whole milliseconds: h2load takes a unit suffix, not fractions.
+        "-D".into(),
+        format!("{}ms", o.duration.as_millis().max(1)),
+        format!("--warm-up-time={}ms", o.warmup.as_millis()),
+        "-c".into(),
+        o.connections.to_string(),
+        "-m".into(),
+        streams.to_string(),
+        "-t".into(),
+        "1".into(),
+        "-H".into(),
+        "content-type: application/grpc".into(),
+        "-H".into(),
+        "te: trailers".into(),
+        "-d".into(),
+        path.display().to_string(),
+        url,
+    ];
+    let command = format!("h2load {}", args.join(" "));
+    let out = wait_h2load(
+        &args,
+        o.duration + o.warmup + Duration::from_secs(30),
+        &command,
+    )
+    .await;
+    let _ = std::fs::remove_file(&path);
+    let out = out?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (rps, succeeded, failed) = parse_h2load(&text).ok_or_else(|| {
+        CliError::Other(format!(
+            "cannot read h2load's output ({}): {command}\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    })?;
+    if succeeded == 0 {
+        return Err(CliError::Other(format!(
+            "h2load: no request succeeded: {command}\n{text}"
+        )));
+    }
+    Ok(H2load {
+        command,
+        connections: o.connections,
+        streams,
+        rps,
+        succeeded,
+        failed,
+        ratio: vmasim_rps / rps.max(1e-9),
+        target_ratio: TARGET_VS_H2LOAD,
+    })
+}
+
+/// Runs h2load to completion (it stops itself after `-D`), polling so the
+/// runtime is not blocked; kills it if it is still running after `limit`.
+async fn wait_h2load(
+    args: &[String],
+    limit: Duration,
+    command: &str,
+) -> Result<std::process::Output, CliError> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("h2load")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| CliError::Other(format!("cannot run h2load: {e}")))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CliError::Other(format!(
+                    "h2load did not finish within {limit:?}: {command}"
+                )));
+            }
+            Err(e) => return Err(CliError::Other(format!("waiting for h2load: {e}"))),
+        }
+    }
+    // Exited: its pipes hold the (small) summary.
+    child
+        .wait_with_output()
+        .map_err(|e| CliError::Other(format!("reading h2load's output: {e}")))
+}
+
+/// `(req/s, succeeded, failed + errored)` from h2load's summary:
+/// `finished in 5.00s, 68123.40 req/s, 4.5MB/s` and
+/// `requests: N total, N started, N done, N succeeded, F failed, E errored, T timeout`.
+pub fn parse_h2load(text: &str) -> Option<(f64, u64, u64)> {
+    let rps = text.lines().find_map(|l| {
+        let l = l.trim();
+        let rest = l.strip_prefix("finished in ")?;
+        let field = rest.split(", ").nth(1)?;
+        field.strip_suffix(" req/s")?.trim().parse::<f64>().ok()
+    })?;
+    let reqs = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("requests: "))?;
+    let count = |name: &str| -> Option<u64> {
+        reqs.split(", ").find_map(|f| {
+            let (n, what) = f.trim().split_once(' ')?;
+            (what == name).then(|| n.parse().ok()).flatten()
+        })
+    };
+    let failed = count("failed").unwrap_or(0) + count("errored").unwrap_or(0);
+    Some((rps, count("succeeded")?, failed))
+}
+
+fn section_h2load(h: &H2load) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "[4/4] the same unary Fault driven by h2load ({} connection(s) x {} streams)",
+        h.connections, h.streams
+    );
+    let _ = writeln!(
+        o,
+        "  h2load {:>12.0} rps ({} succeeded, {} failed)",
+        h.rps, h.succeeded, h.failed
+    );
+    let _ = writeln!(
+        o,
+        "  ratio vmasim/h2load: {:.3} (target >= {}: {})\n  {}\n",
+        h.ratio,
+        h.target_ratio,
+        verdict(h.ratio >= h.target_ratio),
+        h.command
+    );
+    o
 }
 
 /// A phase with no successful call measured nothing: fail rather than
@@ -650,6 +893,23 @@ impl BenchReport {
             ["".into(), format!("p99 {:.3} ms", l.p99), String::new()],
             ["".into(), format!("p99.9 {:.3} ms", l.p999), String::new()],
         ];
+        let mut rows = rows;
+        if let Some(h2) = &self.h2load {
+            rows.push([
+                format!("Fault (unary) by h2load {}x{}", h2.connections, h2.streams),
+                format!("{} rps", human(h2.rps)),
+                String::new(),
+            ]);
+            rows.push([
+                "ratio vmasim/h2load".into(),
+                format!("{:.3}", h2.ratio),
+                format!(
+                    ">= {}  {}",
+                    h2.target_ratio,
+                    ok(h2.ratio >= h2.target_ratio)
+                ),
+            ]);
+        }
         let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
         let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0);
         let mut o = String::new();
@@ -671,5 +931,32 @@ impl BenchReport {
         let text = serde_json::to_string_pretty(self).expect("report serializes");
         std::fs::write(path, text + "\n")
             .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod h2load_tests {
+    use super::*;
+
+    #[test]
+    fn parses_h2load_summary() {
+        let out = "starting benchmark...\n\
+finished in 5.00s, 68123.40 req/s, 4.55MB/s\n\
+requests: 340617 total, 340625 started, 340617 done, 340600 succeeded, 17 failed, 0 errored, 0 timeout\n\
+status codes: 340617 2xx, 0 3xx, 0 4xx, 0 5xx\n";
+        assert_eq!(parse_h2load(out), Some((68123.40, 340600, 17)));
+        assert_eq!(parse_h2load("garbage"), None);
+    }
+
+    #[test]
+    fn grpc_frame_has_the_five_byte_header() {
+        let f = grpc_frame(&FaultRequest {
+            pid: 1,
+            addr: 0x1000,
+            access: 0,
+        });
+        assert_eq!(f[0], 0);
+        let len = u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize;
+        assert_eq!(len, f.len() - 5);
     }
 }

@@ -203,6 +203,13 @@ pub struct DemoArgs {
     /// RNG seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Length of the slow-reader phase per mode (embedded servers only): a
+    /// thread holds one RCU read section the whole time, as a big
+    /// /proc/PID/maps read would, while VMAs are mapped and unmapped. `rcu`
+    /// must park every freed slot and grow new slabs; `typesafe` stays flat.
+    /// `0s` skips the phase.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub slow_reader: Duration,
 }
 
 /// `bench` arguments.
@@ -399,6 +406,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 threads: a.threads,
                 seed: a.seed,
                 progress: std::io::stderr().is_terminal(),
+                slow_reader: a.slow_reader,
             };
             let server = cli.server.as_ref().map(|_| &target);
             crate::demo::run(&o, server).await?

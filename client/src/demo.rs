@@ -7,7 +7,17 @@
 //! workers mmap/munmap/mprotect/brk/fork/exit their processes and fault in
 //! them (mostly in batches), while fault threads fault concurrently in the
 //! same processes, so per-VMA locks really contend. The table compares the
-//! server-side counters (deltas of `Stats`) and client-side latency.
+//! server-side counters (deltas of `Stats`) and client-side latency, and a
+//! verdict says whether the throughput differs by more than the run's own
+//! second-to-second noise (it usually does not: what typesafe buys is not
+//! fault throughput).
+//!
+//! Then, with embedded servers, the slow-reader phase shows what
+//! `SLAB_TYPESAFE_BY_RCU` does buy: one thread holds an RCU read section
+//! (as a long `/proc/PID/maps` read would) while VMAs are mapped and
+//! unmapped. Under `rcu` every freed slot waits for the grace period the
+//! reader holds back, so the cache must carve new slabs; under `typesafe`
+//! slots are reused at once and memory stays flat.
 
 use crate::connect::Target;
 use crate::embedded::{Cache, Embedded};
@@ -31,6 +41,8 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Show progress bars.
     pub progress: bool,
+    /// Slow-reader phase length per mode (zero: skip it).
+    pub slow_reader: Duration,
 }
 
 impl Default for DemoOptions {
@@ -41,6 +53,7 @@ impl Default for DemoOptions {
             threads: 1,
             seed: 1,
             progress: true,
+            slow_reader: Duration::from_secs(3),
         }
     }
 }
@@ -61,6 +74,42 @@ pub fn demo_config(o: &DemoOptions) -> LoadConfig {
         progress: o.progress,
         ..LoadConfig::default()
     }
+}
+
+/// The slow-reader phase's workload: mapping churn, so that frees happen
+/// all the time while the reader is held.
+pub fn slow_reader_config(o: &DemoOptions) -> LoadConfig {
+    LoadConfig {
+        concurrency: o.concurrency,
+        threads: 0,
+        duration: Some(o.slow_reader),
+        processes: 2,
+        mix: "mmap=40,munmap=40,fault=20"
+            .parse()
+            .expect("slow-reader mix parses"),
+        batch: 1,
+        warmup: Duration::ZERO,
+        seed: o.seed,
+        progress: o.progress,
+        ..LoadConfig::default()
+    }
+}
+
+/// What one mode's slow-reader phase ended with.
+#[derive(Debug, Clone, Default)]
+pub struct SlowReaderRun {
+    /// Mode name.
+    pub name: String,
+    /// VMA frees during the phase.
+    pub frees: u64,
+    /// `call_rcu` made / avoided during the phase.
+    pub call_rcu: (u64, u64),
+    /// Slots waiting for a grace period at the end (reader still held).
+    pub waiting: u64,
+    /// Slabs at the end.
+    pub slabs: u64,
+    /// Fresh (never used) slots handed out during the phase.
+    pub fresh: u64,
 }
 
 /// Runs the demo; returns the table to print.
@@ -94,7 +143,171 @@ pub async fn run(o: &DemoOptions, server: Option<&Target>) -> Result<String, Cli
             }
         }
     }
-    Ok(table(&runs))
+    let mut out = table(&runs);
+    if runs.len() == 2 {
+        out.push('\n');
+        out.push_str(&throughput_verdict(&runs[0], &runs[1]));
+    }
+    if server.is_none() && !o.slow_reader.is_zero() {
+        let mut slow = Vec::new();
+        for cache in [Cache::Typesafe, Cache::Rcu] {
+            slow.push(run_slow_reader(o, cache).await?);
+        }
+        out.push('\n');
+        out.push_str(&slow_reader_table(&slow));
+    }
+    Ok(out)
+}
+
+/// One mode's slow-reader phase on a fresh embedded server.
+async fn run_slow_reader(o: &DemoOptions, cache: Cache) -> Result<SlowReaderRun, CliError> {
+    let srv = Embedded::start(cache, false).await?;
+    eprintln!(
+        "[{}] slow reader: one RCU read section held for {:?} while VMAs churn ...",
+        cache.name(),
+        o.slow_reader
+    );
+    let reader = crate::embedded::SlowReader::hold();
+    let r = load::run(slow_reader_config(o), &Target::plain(srv.url.clone())).await;
+    // Stats were read at the end of the run, before the reader lets go.
+    drop(reader);
+    srv.stop().await;
+    let s = Summary::new(&r?);
+    let get = |k: &str| s.server.as_ref().map_or(0, |d| d.get(k));
+    Ok(SlowReaderRun {
+        name: cache.name().to_string(),
+        frees: get("vma_frees"),
+        call_rcu: (get("call_rcu_made"), get("call_rcu_avoided")),
+        waiting: get("pool_slots_waiting"),
+        slabs: get("pool_slabs"),
+        fresh: get("vma_alloc_fresh"),
+    })
+}
+
+/// Bytes of one slab of VMA slots.
+fn slab_bytes() -> u64 {
+    u64::from(vmasim_server::mm::slab::SLAB_SIZE)
+        * std::mem::size_of::<vmasim_server::mm::vma::Vma>() as u64
+}
+
+/// The slow-reader phase, side by side.
+pub fn slow_reader_table(runs: &[SlowReaderRun]) -> String {
+    type Row = (&'static str, Box<dyn Fn(&SlowReaderRun) -> String>);
+    let rows: Vec<Row> = vec![
+        ("VMA frees", Box::new(|r| r.frees.to_string())),
+        (
+            "call_rcu made / avoided",
+            Box::new(|r| format!("{} / {}", r.call_rcu.0, r.call_rcu.1)),
+        ),
+        (
+            "slots waiting for a grace period",
+            Box::new(|r| r.waiting.to_string()),
+        ),
+        (
+            "fresh slots carved from slabs",
+            Box::new(|r| r.fresh.to_string()),
+        ),
+        (
+            "slabs (VMA cache memory)",
+            Box::new(|r| format!("{} ({} KiB)", r.slabs, r.slabs * slab_bytes() / 1024)),
+        ),
+    ];
+    let lw = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut o = String::from("slow reader held (one RCU read section for the whole phase):\n");
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(_, f)| runs.iter().map(f).collect())
+        .collect();
+    let cw: Vec<usize> = (0..runs.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .max()
+                .unwrap_or(0)
+                .max(runs[i].name.len())
+        })
+        .collect();
+    let _ = write!(o, "{:<lw$}", "");
+    for (i, r) in runs.iter().enumerate() {
+        let _ = write!(o, "  {:>w$}", r.name, w = cw[i]);
+    }
+    o.push('\n');
+    for (r, (label, _)) in cells.iter().zip(&rows) {
+        let _ = write!(o, "{label:<lw$}");
+        for (i, c) in r.iter().enumerate() {
+            let _ = write!(o, "  {:>w$}", c, w = cw[i]);
+        }
+        o.push('\n');
+    }
+    if let [ts, rcu] = runs {
+        let _ = writeln!(
+            o,
+            "\nWith a reader that never leaves, rcu parks every freed slot ({} waiting) and \
+             had to grow to {} slabs; typesafe reused slots at once: {} waiting, {} slab(s). \
+             That memory, and the {} call_rcu it avoided, is what SLAB_TYPESAFE_BY_RCU buys.",
+            rcu.waiting, rcu.slabs, ts.waiting, ts.slabs, ts.call_rcu.1
+        );
+    }
+    o
+}
+
+/// Median, min and max of a run's per-second simulated fault counts (the
+/// last, partial second left out when there are others).
+pub fn per_second_faults(s: &Summary) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = s.timeline.iter().map(|x| x.faults as f64).collect();
+    if v.len() > 2 {
+        v.pop();
+    }
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let med = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    Some((med, v[0], v[v.len() - 1]))
+}
+
+/// Says plainly whether two runs' fault throughput differs by more than the
+/// runs' own second-to-second spread.
+pub fn throughput_verdict(a: &(String, Summary), b: &(String, Summary)) -> String {
+    let (Some((am, alo, ahi)), Some((bm, blo, bhi))) =
+        (per_second_faults(&a.1), per_second_faults(&b.1))
+    else {
+        return "throughput: too short a run to compare\n".into();
+    };
+    let ratio = if bm > 0.0 { am / bm } else { f64::NAN };
+    let ranges = format!(
+        "{} median {}/s (per-second min-max {}-{}), {} median {}/s ({}-{})",
+        a.0,
+        human(am),
+        human(alo),
+        human(ahi),
+        b.0,
+        human(bm),
+        human(blo),
+        human(bhi)
+    );
+    if alo <= bhi && blo <= ahi {
+        format!(
+            "throughput: {} and {} are EQUAL WITHIN NOISE: {ranges}; ratio {ratio:.2}x, but the \
+             per-second ranges overlap, so neither mode is faster here.\n",
+            a.0, b.0
+        )
+    } else {
+        let (fast, slow, r) = if am >= bm {
+            (&a.0, &b.0, ratio)
+        } else {
+            (&b.0, &a.0, 1.0 / ratio)
+        };
+        format!(
+            "throughput: {fast} ran {r:.2}x {slow} ({ranges}); the per-second ranges do not \
+             overlap. One run each: repeat before calling it a speedup.\n"
+        )
+    }
 }
 
 /// The side-by-side table.

@@ -106,6 +106,29 @@ fn bench_against_a_server_url() {
     let srv = rt.block_on(Embedded::start(Cache::Rcu, false)).unwrap();
     let stdout = run_ok(vmasim().args(["--server", &srv.url]).args(QUICK));
     assert!(stdout.contains(&srv.url), "{stdout}");
+    // With h2load installed (Debian nghttp2-client), the same unary call is
+    // also driven by it and compared.
+    let h2load = std::process::Command::new("h2load")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if h2load {
+        assert!(
+            stdout.contains("[4/4] the same unary Fault driven by h2load"),
+            "{stdout}"
+        );
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("ratio vmasim/h2load: "))
+            .unwrap_or_else(|| panic!("no h2load ratio in {stdout}"));
+        let r: f64 = line
+            .split("ratio vmasim/h2load: ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no number in `{line}`"));
+        assert!(r.is_finite() && r > 0.0, "{line}");
+    }
 }
 
 #[test]

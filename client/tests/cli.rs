@@ -357,6 +357,44 @@ fn demo_against_a_given_server() {
     assert!(out.contains("call_rcu made / avoided"), "{out}");
 }
 
+/// The embedded demo's slow-reader phase: with one RCU reader held, the
+/// rcu server parks freed slots (waiting > 0) while typesafe has none.
+#[test]
+fn embedded_demo_shows_what_typesafe_buys_under_a_slow_reader() {
+    let out = Command::cargo_bin("vmasim")
+        .unwrap()
+        .env_remove("VMASIM_SERVER")
+        .args([
+            "demo",
+            "--duration",
+            "1s",
+            "--concurrency",
+            "2",
+            "--slow-reader",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = String::from_utf8(out.stdout).unwrap();
+    assert!(out.contains("throughput: "), "{out}");
+    let waiting = out
+        .lines()
+        .find(|l| l.starts_with("slots waiting for a grace period"))
+        .unwrap_or_else(|| panic!("no slow-reader table: {out}"));
+    let n: Vec<u64> = waiting
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(n.len(), 2, "{waiting}");
+    assert_eq!(n[0], 0, "typesafe parks nothing: {out}");
+    assert!(n[1] > 0, "rcu parks freed slots behind the reader: {out}");
+}
+
 #[test]
 fn test_data_is_present() {
     assert!(

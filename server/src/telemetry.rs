@@ -62,6 +62,17 @@ pub const POOL_SLOTS: &str = "vmasim_pool_slots";
 pub const POOL_CAPACITY_SLOTS: &str = "vmasim_pool_capacity_slots";
 /// Slabs allocated.
 pub const POOL_SLABS: &str = "vmasim_pool_slabs";
+/// `vmasim_vma_cache_sheaf_hits_total{op=alloc|free}`: VMA cache operations
+/// served by the thread's own sheaves (kernel `ALLOC_PCS` / `FREE_PCS`
+/// without a barn or slab trip).
+pub const SHEAF_HITS: &str = "vmasim_vma_cache_sheaf_hits_total";
+/// `vmasim_vma_cache_barn_exchanges_total{op=get|put}`: sheaves exchanged
+/// with the shared barn (`BARN_GET` / `BARN_PUT`).
+pub const BARN_EXCHANGES: &str = "vmasim_vma_cache_barn_exchanges_total";
+/// Sheaves refilled from the slabs (`SHEAF_REFILL`).
+pub const SLAB_REFILLS: &str = "vmasim_vma_cache_slab_refills_total";
+/// Sheaves flushed back to the slabs (`SHEAF_FLUSH`).
+pub const SHEAF_FLUSHES: &str = "vmasim_vma_cache_sheaf_flushes_total";
 /// Live processes.
 pub const PROCESSES: &str = "vmasim_processes";
 /// VMAs in all live processes.
@@ -175,6 +186,12 @@ struct EngineMetrics {
     rss_bytes: Gauge,
     pgtables_bytes: Gauge,
     reuse_detected: [Counter; 4],
+    /// `[alloc, free]`.
+    sheaf_hits: [Counter; 2],
+    /// `[get, put]`.
+    barn_exchanges: [Counter; 2],
+    slab_refills: Counter,
+    sheaf_flushes: Counter,
 }
 
 /// Per-method RPC handles, registered lazily per `code` (a bounded set: 17
@@ -267,6 +284,10 @@ impl Telemetry {
             pgtables_bytes: gauge(PGTABLES_BYTES, &[]),
             reuse_detected: ReuseCheck::ALL
                 .map(|c| counter(REUSE_DETECTED, &[("check", c.as_str())])),
+            sheaf_hits: ["alloc", "free"].map(|op| counter(SHEAF_HITS, &[("op", op)])),
+            barn_exchanges: ["get", "put"].map(|op| counter(BARN_EXCHANGES, &[("op", op)])),
+            slab_refills: counter(SLAB_REFILLS, &[]),
+            sheaf_flushes: counter(SHEAF_FLUSHES, &[]),
         };
         // A gauge is only exported once it has been set.
         for g in [
@@ -387,6 +408,12 @@ impl Telemetry {
         for (c, v) in e.reuse_detected.iter().zip(s.faults.reuse_detected) {
             c.absolute(v);
         }
+        e.sheaf_hits[0].absolute(s.pool.sheaf_alloc_hits);
+        e.sheaf_hits[1].absolute(s.pool.sheaf_free_hits);
+        e.barn_exchanges[0].absolute(s.pool.barn_get);
+        e.barn_exchanges[1].absolute(s.pool.barn_put);
+        e.slab_refills.absolute(s.pool.slab_refills);
+        e.sheaf_flushes.absolute(s.pool.sheaf_flushes);
     }
 
     /// The Prometheus text exposition of everything, after
@@ -456,6 +483,26 @@ fn describe(r: &PrometheusRecorder) {
         "Reused VMA slots handed out before a grace period had passed since their free (SLAB_TYPESAFE_BY_RCU only).",
     );
     c(VMA_FREES, Unit::Count, "VMA frees (vm_area_free calls).");
+    c(
+        SHEAF_HITS,
+        Unit::Count,
+        "VMA cache allocations and frees served by the calling thread's own sheaves, touching no shared cache line (kernel ALLOC_PCS/FREE_PCS without a barn or slab trip).",
+    );
+    c(
+        BARN_EXCHANGES,
+        Unit::Count,
+        "Sheaves exchanged with the VMA cache's shared barn: op=get took a full sheaf for an empty one (BARN_GET), op=put gave a full one for an empty one (BARN_PUT).",
+    );
+    c(
+        SLAB_REFILLS,
+        Unit::Count,
+        "Empty sheaves refilled from the slabs' free lists and new slab slots (SHEAF_REFILL).",
+    );
+    c(
+        SHEAF_FLUSHES,
+        Unit::Count,
+        "Sheaves flushed back to the slabs because the barn held enough full sheaves, or to drain free slots at the capacity (SHEAF_FLUSH).",
+    );
     c(
         CALL_RCU,
         Unit::Count,

@@ -1375,6 +1375,13 @@ async fn concurrent_traffic_adds_up() {
     );
     assert_eq!(m("vmasim_pool_capacity_slots", &[]), s.pool_capacity_slots);
     assert_eq!(m("vmasim_pool_slabs", &[]), s.pool_slabs);
+    // The sheaves serve most allocations; never more than were made.
+    let hits = m("vmasim_vma_cache_sheaf_hits_total", &[("op", "alloc")]);
+    assert!(
+        hits > 0 && hits <= s.vma_alloc_reused + s.vma_alloc_fresh,
+        "{hits}"
+    );
+    assert!(m("vmasim_vma_cache_slab_refills_total", &[]) > 0);
     assert_eq!(m("vmasim_processes", &[]), s.processes);
     assert_eq!(m("vmasim_vmas", &[]), s.vmas);
     assert_eq!(m("vmasim_rss_bytes", &[]), s.rss_pages * PAGE);

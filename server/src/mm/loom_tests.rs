@@ -79,6 +79,8 @@ fn pool_alloc_free_is_exclusive() {
 fn barn_exchange_hands_each_slot_out_once() {
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(2);
+    // Ten cache operations of a dozen atomics each: more than the default.
+    b.max_branches = 20_000;
     b.check(|| {
         let pool = VmaCache::new(CachePolicy::Typesafe, 6);
         // The freeing thread allocates its 5 slots itself, so they start
@@ -112,8 +114,20 @@ fn barn_exchange_hands_each_slot_out_once() {
         assert_eq!(s.live, 0);
         assert_eq!(s.free, s.created);
         assert_eq!(pool.audit().total(), s.free, "{s:?}");
+        // The freer's fourth free found main and spare full.
+        assert_eq!(s.barn_put, 1, "{s:?}");
+        if s.barn_get == 1 {
+            TOOK_FROM_BARN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     });
+    // Some interleavings had the taker get the freer's sheaf from the barn:
+    // the exchange itself was explored, not only the slab fallback.
+    assert!(TOOK_FROM_BARN.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
+
+/// Executions of the barn model in which the taker got a barn sheaf (a std
+/// atomic: counted across executions, outside the model).
+static TOOK_FROM_BARN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A reader racing a writer that write-locks and detaches: the reader
 /// either gets the read lock before the writer (which then waits for it)
