@@ -187,7 +187,7 @@ async fn run_slow_reader(o: &DemoOptions, cache: Cache) -> Result<SlowReaderRun,
 /// Bytes of one slab of VMA slots.
 fn slab_bytes() -> u64 {
     u64::from(vmasim_server::mm::slab::SLAB_SIZE)
-        * std::mem::size_of::<vmasim_server::mm::vma::Vma>() as u64
+        * std::mem::size_of::<vmasim_server::mm::mm_types::Vma>() as u64
 }
 
 /// The slow-reader phase, side by side.

@@ -11,8 +11,8 @@
 use crate::mm::fault::FaultLockMode;
 use crate::mm::mm_types::MmLockSeq;
 use crate::mm::pgtable::{PageTable, PgtableBudget};
-use crate::mm::slab::VmaCache;
 use crate::mm::race::RaceHooks;
+use crate::mm::slab::VmaCache;
 use crate::mm::sync::{AtomicU64, Ordering, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::mm::vma_tree::VmaTree;
 use crate::mm::vmstat::Counters;

@@ -53,9 +53,9 @@
 //! or die an index is as good as a pointer, and the sheaves and barn are
 //! arrays of atomics, so none of this needs `unsafe`.
 
+use crate::mm::mm_types::{VM_LOCK_SEQ_UNLOCKED, Vma};
 use crate::mm::rcu::{Rcu, RcuReadGuard};
 use crate::mm::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering};
-use crate::mm::mm_types::{VM_LOCK_SEQ_UNLOCKED, Vma};
 use crate::mm::vmstat::Counters;
 use crossbeam_utils::CachePadded;
 use std::sync::{Arc, Weak};

@@ -35,8 +35,8 @@
 
 use crate::mm::mm_struct::{MmStruct, MmapWriteGuard};
 use crate::mm::mm_types::VmaFields;
-use crate::mm::slab::{VmaCache, VmaIdx};
 use crate::mm::rcu::{RcuReadGuard, rcu_read_lock};
+use crate::mm::slab::{VmaCache, VmaIdx};
 use crate::mm::vma_tree::TreeEntry;
 use crate::mm::{MmError, PAGE_SHIFT};
 
@@ -667,8 +667,8 @@ mod tests {
     use crate::mm::mm_struct::{MmContext, MmStruct};
     use crate::mm::mmap::{MmapArgs, do_mmap, do_munmap, map::*, prot::*};
     use crate::mm::mprotect::do_mprotect;
-    use crate::mm::slab::{CachePolicy, VmaCache, VmaIdx};
     use crate::mm::rcu::rcu_read_lock;
+    use crate::mm::slab::{CachePolicy, VmaCache, VmaIdx};
     use crate::mm::{DEFAULT_MAX_MAP_COUNT, PAGE_SIZE};
     use std::sync::Arc;
 
