@@ -46,7 +46,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let svc = AddressSpaceService::new(
         sim.clone(),
         Arc::new(Telemetry::new(&cfg)),
-        Limits { max_batch: 64, max_maps_text: 1 << 16, stream_buffer: 4 },
+        Limits { max_batch: 64, max_maps_text: 1 << 16, stream_buffer: 4, ..Limits::default() },
         rx,
     );
     rt.block_on(async {

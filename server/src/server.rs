@@ -26,20 +26,21 @@
 //! layers, where the metrics would not see the calls it cuts off. A
 //! client's `grpc-timeout` is still honoured by tonic.
 
+use crate::call::{CallCtx, ReplyBudget, ReplyHold};
 use crate::mm::sim::{SimConfig, Simulator};
 use crate::service::{AddressSpaceService, Limits};
 use crate::telemetry::{METHODS, Telemetry};
+use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tonic::body::Body;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Code, Status};
 use tonic_health::ServingStatus;
@@ -53,6 +54,13 @@ pub const SERVICE_NAME: &str = "vmasim.v1.AddressSpace";
 
 /// How long in-flight calls may take to finish once shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest health-check request (a service name), bytes.
+const HEALTH_MAX_MESSAGE: usize = 4096;
+
+/// Replies larger than this reach HTTP/2 in copies of this size, so that
+/// the undelivered rest stays where its deadline can drop it.
+const REPLY_SLICE: usize = 16 << 10;
 
 /// How often recorded histogram samples are folded into buckets when
 /// nobody scrapes.
@@ -98,6 +106,27 @@ pub struct ServerConfig {
     /// Replies in flight per `Session` stream before the server stops
     /// reading that stream's requests (default 64).
     pub stream_buffer: usize,
+    /// Largest reply message, bytes (default 16 MiB: the `Maps` of a
+    /// process at the default `max_map_count` fits). A larger one is
+    /// RESOURCE_EXHAUSTED instead of being built.
+    pub max_reply_bytes: usize,
+    /// Bytes of replies built but not yet handed to HTTP/2, all calls and
+    /// streams together (default 256 MiB). What a client that stops
+    /// reading can pin: past it, calls with large replies get
+    /// RESOURCE_EXHAUSTED before doing anything.
+    pub max_reply_buffer_bytes: usize,
+    /// Open connections (default 512); more are closed on accept.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection (default 64).
+    pub max_streams_per_connection: u32,
+    /// Health `Watch` streams open at once, all connections together
+    /// (default 64); more get RESOURCE_EXHAUSTED.
+    pub max_watch_streams: usize,
+    /// Time a new connection has to send the HTTP/2 preface (default 5 s).
+    pub handshake_timeout: Duration,
+    /// HTTP/2 PING interval on a quiet connection; a peer that does not
+    /// answer within the same time again is disconnected (default 20 s).
+    pub keepalive: Duration,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +140,13 @@ impl Default for ServerConfig {
             auth_token: None,
             tls: None,
             stream_buffer: 64,
+            max_reply_bytes: 16 << 20,
+            max_reply_buffer_bytes: 256 << 20,
+            max_connections: 512,
+            max_streams_per_connection: 64,
+            max_watch_streams: 64,
+            handshake_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(20),
         }
     }
 }
@@ -127,6 +163,16 @@ impl std::fmt::Debug for ServerConfig {
             .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
             .field("tls", &self.tls.is_some())
             .field("stream_buffer", &self.stream_buffer)
+            .field("max_reply_bytes", &self.max_reply_bytes)
+            .field("max_reply_buffer_bytes", &self.max_reply_buffer_bytes)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_streams_per_connection",
+                &self.max_streams_per_connection,
+            )
+            .field("max_watch_streams", &self.max_watch_streams)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("keepalive", &self.keepalive)
             .finish()
     }
 }
@@ -196,6 +242,7 @@ impl Server {
                 .await;
         }
         let (stop_tx, stop_rx) = watch::channel(false);
+        let reply_budget = Arc::new(ReplyBudget::new(cfg.max_reply_buffer_bytes));
 
         let service = AddressSpaceService::new(
             sim.clone(),
@@ -204,12 +251,19 @@ impl Server {
                 max_batch: cfg.max_batch,
                 max_maps_text: cfg.max_message_bytes,
                 stream_buffer: cfg.stream_buffer,
+                max_reply_bytes: cfg.max_reply_bytes,
+                request_timeout: cfg.request_timeout,
             },
             stop_rx.clone(),
-        );
+        )
+        .with_reply_budget(reply_budget.clone());
         let auth = BearerAuth::new(cfg.auth_token.as_deref());
         let api = InterceptedService::new(
-            AddressSpaceServer::new(service).max_decoding_message_size(cfg.max_message_bytes),
+            AddressSpaceServer::new(service)
+                .max_decoding_message_size(cfg.max_message_bytes)
+                // The service refuses larger replies itself, with a clear
+                // message; this only backs that up.
+                .max_encoding_message_size(cfg.max_reply_bytes.saturating_add(1 << 16)),
             auth.clone(),
         );
         let reflection = || {
@@ -219,7 +273,10 @@ impl Server {
         };
         let reflection_v1 = InterceptedService::new(reflection().build_v1()?, auth.clone());
         let reflection_v1alpha = InterceptedService::new(reflection().build_v1alpha()?, auth);
-        let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
+        // A health request is a service name: no reason to buffer 4 MiB of
+        // one from an unauthenticated peer.
+        let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()))
+            .max_decoding_message_size(HEALTH_MAX_MESSAGE);
 
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &cfg.tls {
@@ -228,10 +285,15 @@ impl Server {
             )?;
         }
         let router = builder
+            .max_concurrent_streams(Some(cfg.max_streams_per_connection.max(1)))
+            .http2_keepalive_interval(Some(cfg.keepalive))
+            .http2_keepalive_timeout(Some(cfg.keepalive))
             .layer(RpcLayer {
                 telemetry: telemetry.clone(),
                 limit: Arc::new(Semaphore::new(cfg.concurrency_limit.max(1))),
+                watch_limit: Arc::new(Semaphore::new(cfg.max_watch_streams.max(1))),
                 timeout: cfg.request_timeout,
+                stop: stop_rx.clone(),
             })
             .add_service(health_service)
             .add_service(api)
@@ -239,9 +301,12 @@ impl Server {
             .add_service(reflection_v1alpha);
 
         let grpc_addr = grpc.local_addr()?;
-        // TCP_NODELAY: small gRPC frames must not wait for Nagle plus a
-        // delayed ACK (40 ms on Linux loopback).
-        let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+        let incoming = crate::conn::Incoming::new(
+            grpc,
+            cfg.max_connections.max(1),
+            cfg.handshake_timeout,
+            telemetry.clone(),
+        );
         let mut grpc_task =
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
         tracing::info!(%grpc_addr, tls = cfg.tls.is_some(), auth = cfg.auth_token.is_some(), "serving gRPC");
@@ -410,14 +475,20 @@ impl Interceptor for BearerAuth {
 }
 
 // ---------------------------------------------------------------------------
-// The RPC layer: concurrency limit, timeout, metrics.
+// The RPC layer: concurrency limit, deadlines, reply delivery, metrics.
 
 /// See the module documentation, item 2.
 #[derive(Clone)]
 struct RpcLayer {
     telemetry: Arc<Telemetry>,
     limit: Arc<Semaphore>,
+    /// Health `Watch` streams: exempt from `limit` like every health call,
+    /// but long-lived, so capped on their own.
+    watch_limit: Arc<Semaphore>,
     timeout: Duration,
+    /// Turns true at shutdown: open streams other than `Session` (which
+    /// ends itself) end with UNAVAILABLE so the drain need not wait.
+    stop: watch::Receiver<bool>,
 }
 
 impl<S> Layer<S> for RpcLayer {
@@ -468,13 +539,47 @@ fn is_health(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
 }
 
+/// Methods whose response is a stream that may stay open indefinitely.
+fn is_streaming(method: &str) -> bool {
+    matches!(
+        method,
+        "Session"
+            | "grpc.health.v1.Health/Watch"
+            | "grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+            | "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    )
+}
+
+/// The client's `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits
+/// and a unit H, M, S, m, u or n), if present and well-formed.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// One call's metrics, recorded exactly once: when the response body ends,
-/// or, if the call is abandoned first (client reset, client deadline), on
-/// drop as CANCELLED.
+/// or, if the call is abandoned first, on drop: DEADLINE_EXCEEDED when its
+/// deadline has passed (tonic answers the client's `grpc-timeout` outside
+/// this layer by dropping it), CANCELLED otherwise (the client reset the
+/// stream or went away).
 struct CallRecord {
     telemetry: Arc<Telemetry>,
     method: &'static str,
     start: Instant,
+    deadline: Option<Instant>,
     code: Option<Code>,
 }
 
@@ -487,7 +592,13 @@ impl CallRecord {
 
 impl Drop for CallRecord {
     fn drop(&mut self) {
-        let code = self.code.unwrap_or(Code::Cancelled);
+        let code = self.code.unwrap_or_else(|| {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                Code::DeadlineExceeded
+            } else {
+                Code::Cancelled
+            }
+        });
         self.telemetry
             .record_rpc(self.method, code, self.start.elapsed());
     }
@@ -503,14 +614,35 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     Some(Code::from(v))
 }
 
+/// tonic answers a request message over the decode limit with OUT_OF_RANGE;
+/// the gRPC status-code table (and the README) say RESOURCE_EXHAUSTED. The
+/// service itself never answers OUT_OF_RANGE, so the rewrite is exact.
+fn fix_too_large(headers: &mut http::HeaderMap) {
+    if grpc_status(headers) == Some(Code::OutOfRange) {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(Code::ResourceExhausted as i32),
+        );
+    }
+}
+
 /// A status answered by the layer itself.
 fn refuse(status: Status, mut call: CallRecord) -> http::Response<RpcBody> {
     call.code = Some(status.code());
-    status.into_http::<Body>().map(|inner| RpcBody {
-        inner,
-        call: Some(call),
-        _permit: None,
-    })
+    status
+        .into_http::<Body>()
+        .map(|inner| RpcBody::new(inner, Some(call)))
+}
+
+/// Marks the call abandoned if its future is dropped before it answers.
+struct AbandonOnDrop(Option<CallCtx>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.0.take() {
+            ctx.abandon();
+        }
+    }
 }
 
 impl<S, ReqBody> Service<http::Request<ReqBody>> for RpcService<S>
@@ -529,47 +661,93 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let path = req.uri().path();
+        let method = method_label(path);
+        let start = Instant::now();
+        // The earlier of the server's limit and the client's: work that
+        // starts after it would answer nobody.
+        let budget =
+            grpc_timeout(req.headers()).map_or(self.layer.timeout, |t| t.min(self.layer.timeout));
+        let deadline = start + budget;
         let mut call = CallRecord {
             telemetry: self.layer.telemetry.clone(),
-            method: method_label(path),
-            start: Instant::now(),
+            method,
+            start,
+            deadline: Some(deadline),
             code: None,
         };
-        // Health checks are never refused: a loaded server is not a dead one.
-        let permit = if is_health(path) {
+        // Health checks are never refused: a loaded server is not a dead
+        // one. Watch streams live long, so they have a cap of their own.
+        let sem = if method == "grpc.health.v1.Health/Watch" {
+            Some((&self.layer.watch_limit, "health Watch stream limit reached"))
+        } else if is_health(path) {
             None
         } else {
-            match self.layer.limit.clone().try_acquire_owned() {
+            Some((
+                &self.layer.limit,
+                "server concurrency limit reached; retry later",
+            ))
+        };
+        let permit = match sem {
+            None => None,
+            Some((sem, msg)) => match sem.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    let r = refuse(
-                        Status::resource_exhausted("server concurrency limit reached; retry later"),
-                        call,
-                    );
+                    let r = refuse(Status::resource_exhausted(msg), call);
                     return Box::pin(async move { Ok(r) });
                 }
-            }
+            },
         };
+        let ctx = CallCtx::new(permit, Some(deadline));
         // The usual tower dance: the clone we leave behind has not been
         // polled ready; the one we take has.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let timeout = self.layer.timeout;
+        let timeout = budget;
+        let stop = self.layer.stop.clone();
         Box::pin(async move {
-            match tokio::time::timeout(timeout, inner.call(req)).await {
-                Ok(Ok(resp)) => {
+            let mut guard = AbandonOnDrop(Some(ctx.clone()));
+            let fut = inner.call(req);
+            let r = ctx
+                .clone()
+                .scope(tokio::time::timeout_at(deadline.into(), fut))
+                .await;
+            match r {
+                Ok(Ok(mut resp)) => {
+                    guard.0 = None;
+                    fix_too_large(resp.headers_mut());
                     // Trailers-only responses (every error status) carry
                     // the code in the headers.
                     call.code = grpc_status(resp.headers());
-                    let mut resp = resp.map(|inner| RpcBody {
-                        inner,
-                        call: Some(call),
-                        _permit: permit,
-                    });
+                    let hold = resp.extensions_mut().remove::<ReplyHold>();
+                    let streaming = is_streaming(method);
+                    let mut resp = resp.map(|inner| RpcBody::new(inner, Some(call)));
+                    let body = resp.body_mut();
+                    if streaming {
+                        // A stream holds its slot for its whole life.
+                        body.ctx = Some(ctx);
+                        if method != "Session" {
+                            body.stop = Some(Box::pin(stopped(stop)));
+                        }
+                    } else if let Some(h) = &hold {
+                        // A unary reply's time is the call's time: past
+                        // the deadline its undelivered bytes are dropped.
+                        let h = h.clone();
+                        body.timer = Some(
+                            tokio::spawn(async move {
+                                tokio::time::sleep_until(deadline.into()).await;
+                                h.expire(Status::deadline_exceeded(
+                                    "the reply was not read before the call's deadline",
+                                ));
+                            })
+                            .abort_handle(),
+                        );
+                    }
+                    // Unary: the slot is free once the work is (the
+                    // blocking closure held its own clone of `ctx`).
+                    body.hold = hold;
                     // A trailers-only answer is complete now: record it
                     // before the client can see it, not when hyper drops
                     // the empty body.
-                    let body = resp.body_mut();
                     if body.inner.is_end_stream()
                         && body.call.as_ref().is_some_and(|c| c.code.is_some())
                     {
@@ -578,41 +756,142 @@ where
                     Ok(resp)
                 }
                 Ok(Err(e)) => {
+                    guard.0 = None;
                     call.finish(Code::Internal);
                     Err(e)
                 }
-                Err(_) => Ok(refuse(
-                    Status::deadline_exceeded(format!(
-                        "no answer within the server's request timeout of {}",
-                        humantime::format_duration(timeout)
-                    )),
-                    call,
-                )),
+                Err(_) => {
+                    // Work still running keeps the slot through its own
+                    // clone of `ctx`; what has not started will not.
+                    ctx.abandon();
+                    guard.0 = None;
+                    Ok(refuse(
+                        Status::deadline_exceeded(format!(
+                            "no answer within the call's deadline of {}",
+                            humantime::format_duration(timeout)
+                        )),
+                        call,
+                    ))
+                }
             }
         })
     }
 }
 
-/// The response body, holding the call's concurrency permit and metrics
-/// record until the last frame (a `Session` stream holds them for its
-/// whole life).
+/// The response body: records the call when it ends, holds a stream's
+/// slot for its life, hands large replies to HTTP/2 in small copies so
+/// their undelivered rest can be dropped at the deadline, and ends
+/// streams at shutdown.
 struct RpcBody {
     inner: Body,
     call: Option<CallRecord>,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// A stream's concurrency slot.
+    ctx: Option<CallCtx>,
+    /// The reply's memory and budget charge (large replies).
+    hold: Option<ReplyHold>,
+    /// Drops `hold` at the deadline even if nobody polls this body.
+    timer: Option<tokio::task::AbortHandle>,
+    /// Shutdown, for streams that do not end themselves.
+    stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    done: bool,
+}
+
+impl RpcBody {
+    fn new(inner: Body, call: Option<CallRecord>) -> Self {
+        Self {
+            inner,
+            call,
+            ctx: None,
+            hold: None,
+            timer: None,
+            stop: None,
+            done: false,
+        }
+    }
+
+    /// End the response now with `status` in trailers.
+    fn end_with(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(call) = self.call.as_mut() {
+            call.code = Some(status.code());
+        }
+        self.finish();
+        self.done = true;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+        if let Ok(v) = http::HeaderValue::from_str(&percent_encode(status.message())) {
+            trailers.insert("grpc-message", v);
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    /// Record the call and release its slot, charge and timer now, not when
+    /// hyper gets round to dropping the body.
+    fn finish(&mut self) {
+        self.call.take();
+        self.ctx.take();
+        if let Some(h) = self.hold.take() {
+            h.release();
+        }
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for RpcBody {
+    fn drop(&mut self) {
+        if let Some(h) = &self.hold {
+            h.release();
+        }
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+    }
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl HttpBody for RpcBody {
-    type Data = <Body as HttpBody>::Data;
-    type Error = <Body as HttpBody>::Error;
+    type Data = Bytes;
+    type Error = Status;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(h) = &this.hold {
+            if let Some(status) = h.take_expired() {
+                return this.end_with(status);
+            }
+            if let Some(slice) = h.next_slice(REPLY_SLICE) {
+                return Poll::Ready(Some(Ok(Frame::data(slice))));
+            }
+        }
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
+        // At shutdown a stream first delivers what is ready (health's
+        // NOT_SERVING update was published before the stop), then ends.
+        if r.is_pending()
+            && let Some(stop) = this.stop.as_mut()
+            && stop.as_mut().poll(cx).is_ready()
+        {
+            return this.end_with(Status::unavailable("server is shutting down"));
+        }
+        match r {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(t) = frame.trailers_ref() {
                     if let Some(call) = this.call.as_mut() {
@@ -622,6 +901,20 @@ impl HttpBody for RpcBody {
                     // sends them, so a client that saw the status also
                     // sees it counted.
                     this.finish();
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                match (frame.into_data(), &this.hold) {
+                    (Ok(data), Some(h)) if data.len() > REPLY_SLICE => {
+                        h.stash(data);
+                        if h.is_expired() {
+                            let s = h.take_expired().unwrap_or_else(|| Status::cancelled(""));
+                            return this.end_with(s);
+                        }
+                        let slice = h.next_slice(REPLY_SLICE).unwrap_or_default();
+                        Poll::Ready(Some(Ok(Frame::data(slice))))
+                    }
+                    (Ok(data), _) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    (Err(frame), _) => Poll::Ready(Some(Ok(frame))),
                 }
             }
             Poll::Ready(Some(Err(status))) => {
@@ -629,6 +922,7 @@ impl HttpBody for RpcBody {
                     call.code = Some(status.code());
                 }
                 this.finish();
+                Poll::Ready(Some(Err(status)))
             }
             Poll::Ready(None) => {
                 if let Some(call) = this.call.as_mut() {
@@ -636,27 +930,22 @@ impl HttpBody for RpcBody {
                     call.code.get_or_insert(Code::Unknown);
                 }
                 this.finish();
+                Poll::Ready(None)
             }
-            Poll::Pending => {}
+            Poll::Pending => Poll::Pending,
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done || (self.inner.is_end_stream() && self.hold.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl RpcBody {
-    /// Record the call and release its permit now, not when hyper gets
-    /// round to dropping the body.
-    fn finish(&mut self) {
-        self.call.take();
-        self._permit.take();
+        if self.hold.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
 

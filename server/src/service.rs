@@ -26,6 +26,7 @@
 //!   stops reading requests, and HTTP/2 flow control pushes back on the
 //!   client: nothing is buffered without bound.
 
+use crate::call::{CallCtx, Charge, ReplyBudget, ReplyHold};
 use crate::mm::MmError;
 use crate::mm::fault::{self as mmfault, FaultResult, do_user_addr_fault};
 use crate::mm::madvise::do_madvise;
@@ -42,8 +43,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 use vmasim_proto::v1::address_space_server::AddressSpace;
 use vmasim_proto::v1::{self as pb, session_reply, session_request};
@@ -73,6 +74,24 @@ pub struct Limits {
     pub max_maps_text: usize,
     /// Replies in flight per `Session` stream.
     pub stream_buffer: usize,
+    /// Largest reply message, bytes.
+    pub max_reply_bytes: usize,
+    /// How long a `Session` reply may wait for the client to read before
+    /// the stream ends with DEADLINE_EXCEEDED (the server's
+    /// `--request-timeout`).
+    pub request_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_batch: 65536,
+            max_maps_text: 4 << 20,
+            stream_buffer: 64,
+            max_reply_bytes: 16 << 20,
+            request_timeout: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// The `AddressSpace` service. Cheap to clone (one `Arc`).
@@ -89,6 +108,8 @@ struct Inner {
     /// UNAVAILABLE after the operation in hand, so the drain does not wait
     /// for load generators that never hang up.
     shutdown: watch::Receiver<bool>,
+    /// Bytes of replies not yet handed to HTTP/2, server-wide.
+    replies: Arc<ReplyBudget>,
 }
 
 impl std::fmt::Debug for AddressSpaceService {
@@ -188,6 +209,14 @@ fn path_to_pb(p: mmfault::FaultPath) -> pb::FaultPath {
     }
 }
 
+/// An upper bound on the encoded size of a `FaultBatchResponse` for `n`
+/// addresses: three packed varint arrays (outcome and path fit a byte,
+/// retries at most 5) plus the totals (11 varints of at most 10 bytes).
+fn req_len_bound(n: usize, totals_only: bool) -> usize {
+    let per = if totals_only { 0 } else { 1 + 1 + 5 };
+    n.saturating_mul(per).saturating_add(3 * 16 + 128)
+}
+
 /// Add one fault to `t`.
 fn count(t: &mut pb::FaultTotals, r: &FaultResult) {
     use mmfault::{FaultOutcome as O, FaultPath as P};
@@ -225,14 +254,116 @@ fn entry_to_pb(e: MapsEntry) -> pb::VmaEntry {
     }
 }
 
-/// Run `f` on the blocking pool. An engine panic becomes INTERNAL for this
-/// call instead of taking a worker (and the connection) down.
+/// Run `f` on the blocking pool, as part of the current call: the call's
+/// concurrency slot stays taken until `f` has returned even if the call
+/// is abandoned meanwhile, and `f` does not run at all if, by the time a
+/// thread picks it up, the client has gone or the deadline has passed
+/// (`what` names the operation in that answer). An engine panic becomes
+/// INTERNAL for this call instead of taking a worker (and the connection)
+/// down.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+    what: &'static str,
+    f: impl FnOnce(Option<&CallCtx>) -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("engine task failed: {e}")))?
+    let ctx = CallCtx::current();
+    tokio::task::spawn_blocking(move || {
+        if let Some(c) = &ctx {
+            c.check_live(what)?;
+        }
+        // `ctx` (and the slot in it) is dropped after `f`, never before.
+        f(ctx.as_ref())
+    })
+    .await
+    .map_err(|e| Status::internal(format!("engine task failed: {e}")))?
+}
+
+/// After engine work that took effect: if the call was abandoned
+/// meanwhile, count it (the effect stands; nobody saw the answer).
+fn note_applied(ctx: Option<&CallCtx>, telemetry: &Telemetry, method: &'static str) {
+    if ctx.is_some_and(|c| c.is_dead()) {
+        telemetry.applied_after_abandon(method);
+    }
+}
+
+/// A process created for a call whose answer may never be delivered: if
+/// the call is abandoned before the pid is handed over, the process is
+/// exited again (nobody could ever name it). Shared between the engine
+/// closure, the handler and the handler's drop.
+struct NewProcess {
+    state: std::sync::Mutex<(Option<u32>, bool)>,
+    sim: Arc<Simulator>,
+    telemetry: Arc<Telemetry>,
+    method: &'static str,
+}
+
+impl NewProcess {
+    fn new(sim: Arc<Simulator>, telemetry: Arc<Telemetry>, method: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            state: std::sync::Mutex::new((None, false)),
+            sim,
+            telemetry,
+            method,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<u32>, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn undo(&self, pid: u32) {
+        let _ = self.sim.exit(pid);
+        self.telemetry.undone_after_abandon(self.method);
+    }
+
+    /// Engine side: `pid` exists now. Undone at once if the call is gone.
+    fn created(&self, pid: u32, ctx: Option<&CallCtx>) -> Result<(), Status> {
+        let mut s = self.lock();
+        if s.1 || ctx.is_some_and(|c| c.is_dead()) {
+            drop(s);
+            self.undo(pid);
+            return Err(Status::cancelled(format!(
+                "{}: the call was abandoned while it ran; the new process {pid} was exited again",
+                self.method
+            )));
+        }
+        s.0 = Some(pid);
+        Ok(())
+    }
+
+    /// Handler side: the pid goes into the reply now.
+    fn claim(&self) -> Option<u32> {
+        self.lock().0.take()
+    }
+
+    /// The handler's future was dropped: undo whatever was not claimed.
+    fn abandon(&self) {
+        let pid = {
+            let mut s = self.lock();
+            s.1 = true;
+            s.0.take()
+        };
+        if let Some(pid) = pid {
+            // exit is O(VMAs): off the async worker.
+            let sim = self.sim.clone();
+            let telemetry = self.telemetry.clone();
+            let method = self.method;
+            tokio::task::spawn_blocking(move || {
+                let _ = sim.exit(pid);
+                telemetry.undone_after_abandon(method);
+            });
+        }
+    }
+}
+
+/// Calls [`NewProcess::abandon`] unless the handler got to the end.
+struct AbandonGuard(Option<Arc<NewProcess>>);
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.abandon();
+        }
+    }
 }
 
 fn vma_count(mm: &crate::mm::mm_struct::MmStruct) -> u32 {
@@ -254,8 +385,18 @@ impl AddressSpaceService {
                 telemetry,
                 limits,
                 shutdown,
+                replies: Arc::new(ReplyBudget::new(usize::MAX)),
             }),
         }
+    }
+
+    /// Charge large replies against `budget` (shared with the server's
+    /// other services; unlimited by default).
+    pub fn with_reply_budget(mut self, budget: Arc<ReplyBudget>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.replies = budget;
+        }
+        self
     }
 
     fn sim(&self) -> Arc<Simulator> {
@@ -288,7 +429,9 @@ impl AddressSpaceService {
                 ),
             ));
         }
-        blocking(move || {
+        let created = NewProcess::new(sim.clone(), self.inner.telemetry.clone(), "Spawn");
+        let mut guard = AbandonGuard(Some(created.clone()));
+        let r = blocking("spawn", move |ctx| {
             let pid = sim
                 .spawn_from_maps(&req.maps_text, start_brk)
                 .map_err(status_from)?;
@@ -296,9 +439,16 @@ impl AddressSpaceService {
             // then it started with as many VMAs as the text has lines, which
             // we no longer know, so report 0 rather than fail a done spawn.
             let vma_count = sim.mm(pid).map(|mm| vma_count(&mm)).unwrap_or(0);
-            Ok(pb::SpawnResponse { pid, vma_count })
+            created.created(pid, ctx)?;
+            Ok(vma_count)
         })
-        .await
+        .await;
+        let created = guard.0.take().expect("guard armed");
+        let vma_count = r?;
+        match created.claim() {
+            Some(pid) => Ok(pb::SpawnResponse { pid, vma_count }),
+            None => Err(Status::internal("spawned process lost")),
+        }
     }
 
     async fn op_mmap(&self, req: pb::MmapRequest) -> Result<pb::MmapResponse, Status> {
@@ -323,9 +473,11 @@ impl AddressSpaceService {
             offset: req.offset,
         };
         let sim = self.sim();
-        blocking(move || {
+        let telemetry = self.inner.telemetry.clone();
+        blocking("mmap", move |ctx| {
             let mm = sim.mm(pid).map_err(status_from)?;
             let addr = do_mmap(&mm, args).map_err(status_from)?;
+            note_applied(ctx, &telemetry, "Mmap");
             Ok(pb::MmapResponse { addr })
         })
         .await
@@ -335,9 +487,11 @@ impl AddressSpaceService {
         let pid = check_pid(req.pid)?;
         check_length(req.length)?;
         let sim = self.sim();
-        blocking(move || {
+        let telemetry = self.inner.telemetry.clone();
+        blocking("munmap", move |ctx| {
             let mm = sim.mm(pid).map_err(status_from)?;
             do_munmap(&mm, req.addr, req.length).map_err(status_from)?;
+            note_applied(ctx, &telemetry, "Munmap");
             Ok(pb::MunmapResponse {
                 vma_count: vma_count(&mm),
             })
@@ -349,9 +503,11 @@ impl AddressSpaceService {
         let pid = check_pid(req.pid)?;
         check_length(req.length)?;
         let sim = self.sim();
-        blocking(move || {
+        let telemetry = self.inner.telemetry.clone();
+        blocking("mprotect", move |ctx| {
             let mm = sim.mm(pid).map_err(status_from)?;
             do_mprotect(&mm, req.addr, req.length, req.prot).map_err(status_from)?;
+            note_applied(ctx, &telemetry, "Mprotect");
             Ok(pb::MprotectResponse {
                 vma_count: vma_count(&mm),
             })
@@ -363,7 +519,8 @@ impl AddressSpaceService {
         let pid = check_pid(req.pid)?;
         check_length(req.new_length)?;
         let sim = self.sim();
-        blocking(move || {
+        let telemetry = self.inner.telemetry.clone();
+        blocking("mremap", move |ctx| {
             let mm = sim.mm(pid).map_err(status_from)?;
             let addr = do_mremap(
                 &mm,
@@ -374,6 +531,7 @@ impl AddressSpaceService {
                 req.new_addr,
             )
             .map_err(status_from)?;
+            note_applied(ctx, &telemetry, "Mremap");
             Ok(pb::MremapResponse {
                 addr,
                 vma_count: vma_count(&mm),
@@ -385,9 +543,11 @@ impl AddressSpaceService {
     async fn op_madvise(&self, req: pb::MadviseRequest) -> Result<pb::MadviseResponse, Status> {
         let pid = check_pid(req.pid)?;
         let sim = self.sim();
-        blocking(move || {
+        let telemetry = self.inner.telemetry.clone();
+        blocking("madvise", move |ctx| {
             let mm = sim.mm(pid).map_err(status_from)?;
             do_madvise(&mm, req.addr, req.length, req.advice).map_err(status_from)?;
+            note_applied(ctx, &telemetry, "Madvise");
             Ok(pb::MadviseResponse {
                 vma_count: vma_count(&mm),
             })
@@ -398,9 +558,11 @@ impl AddressSpaceService {
     async fn op_brk(&self, req: pb::BrkRequest) -> Result<pb::BrkResponse, Status> {
         let pid = check_pid(req.pid)?;
         let sim = self.sim();
-        blocking(move || {
+        let telemetry = self.inner.telemetry.clone();
+        blocking("brk", move |ctx| {
             let mm = sim.mm(pid).map_err(status_from)?;
             let (brk, start_brk) = do_brk(&mm, req.brk).map_err(status_from)?;
+            note_applied(ctx, &telemetry, "Brk");
             Ok(pb::BrkResponse { brk, start_brk })
         })
         .await
@@ -428,7 +590,7 @@ impl AddressSpaceService {
     async fn op_fault_batch(
         &self,
         req: pb::FaultBatchRequest,
-    ) -> Result<pb::FaultBatchResponse, Status> {
+    ) -> Result<(pb::FaultBatchResponse, Option<Charge>), Status> {
         let pid = check_pid(req.pid)?;
         let access = access_from(req.access)?;
         let max = self.inner.limits.max_batch;
@@ -445,6 +607,7 @@ impl AddressSpaceService {
         let mm = self.inner.sim.mm(pid).map_err(status_from)?;
         let telemetry = self.inner.telemetry.clone();
         let inline = req.addrs.len() <= INLINE_BATCH;
+        let (n_addrs, totals_only) = (req.addrs.len(), req.totals_only);
         let run = move || {
             let n = if req.totals_only { 0 } else { req.addrs.len() };
             let mut resp = pb::FaultBatchResponse {
@@ -476,24 +639,48 @@ impl AddressSpaceService {
             resp.totals = Some(totals);
             Ok(resp)
         };
-        if inline { run() } else { blocking(run).await }
+        // The reply's size is known before any fault: charge it first, so
+        // a full reply budget refuses the batch before it does anything.
+        let charge = if req_len_bound(n_addrs, totals_only) > crate::call::CHARGE_MIN_BYTES {
+            self.inner
+                .replies
+                .try_charge(req_len_bound(n_addrs, totals_only), "FaultBatch")?
+        } else {
+            None
+        };
+        let resp = if inline {
+            run()
+        } else {
+            blocking("FaultBatch", move |_| run()).await
+        }?;
+        Ok((resp, charge))
     }
 
     async fn op_fork(&self, req: pb::ForkRequest) -> Result<pb::ForkResponse, Status> {
         let pid = check_pid(req.pid)?;
         let sim = self.sim();
-        blocking(move || {
+        let created = NewProcess::new(sim.clone(), self.inner.telemetry.clone(), "Fork");
+        let mut guard = AbandonGuard(Some(created.clone()));
+        let r = blocking("fork", move |ctx| {
             let child_pid = sim.fork(pid).map_err(status_from)?;
-            Ok(pb::ForkResponse { child_pid })
+            created.created(child_pid, ctx)
         })
-        .await
+        .await;
+        let created = guard.0.take().expect("guard armed");
+        r?;
+        match created.claim() {
+            Some(child_pid) => Ok(pb::ForkResponse { child_pid }),
+            None => Err(Status::internal("forked process lost")),
+        }
     }
 
     async fn op_exit(&self, req: pb::ExitRequest) -> Result<pb::ExitResponse, Status> {
         let pid = check_pid(req.pid)?;
         let sim = self.sim();
-        blocking(move || {
+        let telemetry = self.inner.telemetry.clone();
+        blocking("exit", move |ctx| {
             let s = sim.exit(pid).map_err(status_from)?;
+            note_applied(ctx, &telemetry, "Exit");
             Ok(pb::ExitResponse {
                 vmas_freed: s.vmas_freed,
                 rss_pages_freed: s.rss_pages_freed,
@@ -502,18 +689,33 @@ impl AddressSpaceService {
         .await
     }
 
-    async fn op_maps(&self, req: pb::MapsRequest) -> Result<pb::MapsResponse, Status> {
+    async fn op_maps(
+        &self,
+        req: pb::MapsRequest,
+    ) -> Result<(pb::MapsResponse, Option<Charge>), Status> {
         let pid = check_pid(req.pid)?;
         let sim = self.sim();
-        blocking(move || {
+        let max = self.inner.limits.max_reply_bytes;
+        let replies = self.inner.replies.clone();
+        blocking("maps", move |_| {
             let m = sim.maps(pid).map_err(status_from)?;
-            Ok(pb::MapsResponse {
+            let resp = pb::MapsResponse {
                 text: m.text,
                 entries: m.entries.into_iter().map(entry_to_pb).collect(),
                 brk: m.brk,
                 start_brk: m.start_brk,
                 rss_pages: m.rss_pages,
-            })
+            };
+            let len = prost::Message::encoded_len(&resp);
+            if len > max {
+                return Err(Status::resource_exhausted(format!(
+                    "maps of pid {pid}: the reply would be {len} bytes ({} VMAs), over the \
+                     server's --max-reply-bytes of {max}",
+                    resp.entries.len()
+                )));
+            }
+            let charge = replies.try_charge(len, "Maps")?;
+            Ok((resp, charge))
         })
         .await
     }
@@ -581,12 +783,15 @@ impl AddressSpaceService {
     /// Run one `Session` operation exactly as the stream does (used by the
     /// stream task and by the dispatch fuzzer).
     pub async fn dispatch(&self, req: pb::SessionRequest) -> pb::SessionReply {
-        self.session_op(req).await
+        self.session_op(req).await.0
     }
 
-    async fn session_op(&self, req: pb::SessionRequest) -> pb::SessionReply {
+    /// One `Session` operation: the reply and the budget charge of its
+    /// bytes, if large.
+    async fn session_op(&self, req: pb::SessionRequest) -> (pb::SessionReply, Option<Charge>) {
         use session_reply::Result as R;
         use session_request::Op;
+        let mut charge = None;
         let result: Result<R, Status> = match req.op {
             None => Err(invalid("op", "not set")),
             Some(Op::Spawn(r)) => self.op_spawn(r).await.map(R::Spawn),
@@ -595,14 +800,20 @@ impl AddressSpaceService {
             Some(Op::Mprotect(r)) => self.op_mprotect(r).await.map(R::Mprotect),
             Some(Op::Brk(r)) => self.op_brk(r).await.map(R::Brk),
             Some(Op::Fault(r)) => self.op_fault(r).map(R::Fault),
-            Some(Op::FaultBatch(r)) => self.op_fault_batch(r).await.map(R::FaultBatch),
+            Some(Op::FaultBatch(r)) => self.op_fault_batch(r).await.map(|(r, c)| {
+                charge = c;
+                R::FaultBatch(r)
+            }),
             Some(Op::Fork(r)) => self.op_fork(r).await.map(R::Fork),
             Some(Op::Exit(r)) => self.op_exit(r).await.map(R::Exit),
-            Some(Op::Maps(r)) => self.op_maps(r).await.map(R::Maps),
+            Some(Op::Maps(r)) => self.op_maps(r).await.map(|(r, c)| {
+                charge = c;
+                R::Maps(r)
+            }),
             Some(Op::Mremap(r)) => self.op_mremap(r).await.map(R::Mremap),
             Some(Op::Madvise(r)) => self.op_madvise(r).await.map(R::Madvise),
         };
-        match result {
+        let reply = match result {
             Ok(r) => pb::SessionReply {
                 id: req.id,
                 code: Code::Ok as i32,
@@ -615,11 +826,48 @@ impl AddressSpaceService {
                 message: s.message().to_string(),
                 result: None,
             },
-        }
+        };
+        (reply, charge)
     }
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionReply, Status>> + Send>>;
+
+/// A unary response whose bytes are charged: the charge rides in the
+/// response's extensions to the RPC layer, which holds it until the bytes
+/// are delivered or the call's time is up.
+fn with_charge<T>(resp: T, charge: Option<Charge>) -> Response<T> {
+    let mut r = Response::new(resp);
+    if let Some(c) = charge {
+        let hold = ReplyHold::default();
+        hold.set_charge(Some(c));
+        r.extensions_mut().insert(hold);
+    }
+    r
+}
+
+/// A `Session` reply and the budget charge of its bytes.
+type QueuedItem = (Result<pb::SessionReply, Status>, Option<Charge>);
+
+/// One queued `Session` reply. The task keeps a weak reference to every
+/// queued reply so that, when the client stops reading for longer than
+/// the request timeout, it can drop them from its side of the channel.
+type Queued = Arc<std::sync::Mutex<Option<QueuedItem>>>;
+
+fn queued(item: Result<pb::SessionReply, Status>, charge: Option<Charge>) -> Queued {
+    Arc::new(std::sync::Mutex::new(Some((item, charge))))
+}
+
+/// Drop the contents of every reply still queued.
+fn drain(
+    sent: &mut std::collections::VecDeque<std::sync::Weak<std::sync::Mutex<Option<QueuedItem>>>>,
+) {
+    for w in sent.drain(..) {
+        if let Some(q) = w.upgrade() {
+            q.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl AddressSpace for AddressSpaceService {
@@ -680,7 +928,9 @@ impl AddressSpace for AddressSpaceService {
         &self,
         r: Request<pb::FaultBatchRequest>,
     ) -> Result<Response<pb::FaultBatchResponse>, Status> {
-        self.op_fault_batch(r.into_inner()).await.map(Response::new)
+        self.op_fault_batch(r.into_inner())
+            .await
+            .map(|(r, c)| with_charge(r, c))
     }
 
     async fn fork(
@@ -701,7 +951,9 @@ impl AddressSpace for AddressSpaceService {
         &self,
         r: Request<pb::MapsRequest>,
     ) -> Result<Response<pb::MapsResponse>, Status> {
-        self.op_maps(r.into_inner()).await.map(Response::new)
+        self.op_maps(r.into_inner())
+            .await
+            .map(|(r, c)| with_charge(r, c))
     }
 
     async fn stats(
@@ -740,7 +992,7 @@ impl AddressSpace for AddressSpaceService {
         let buggy = variant == pb::RaceVariant::Buggy;
         // A scenario drives real threads through a private address space
         // for a few milliseconds: off the async workers.
-        let report = blocking(move || {
+        let report = blocking("race scenario", move |_| {
             race_lab::run(&req.name, buggy).map_err(|e| Status::not_found(e.to_string()))
         })
         .await?;
@@ -780,32 +1032,75 @@ impl AddressSpace for AddressSpaceService {
         r: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = r.into_inner();
-        let (tx, rx) = mpsc::channel(self.inner.limits.stream_buffer.max(1));
+        let (tx, rx) = mpsc::channel::<Queued>(self.inner.limits.stream_buffer.max(1));
         let this = self.clone();
         let mut shutdown = self.inner.shutdown.clone();
+        // The stream's concurrency slot: the task holds it until it ends,
+        // so the slot is taken exactly while work can still run for this
+        // stream (not until hyper drops a body nobody reads).
+        let stream_ctx = CallCtx::current();
+        let hold = ReplyHold::default();
+        let task_hold = hold.clone();
+        let patience = self.inner.limits.request_timeout;
+        let buffer = self.inner.limits.stream_buffer.max(1);
         tokio::spawn(async move {
+            let _slot = stream_ctx;
+            let mut sent = std::collections::VecDeque::new();
             let stop = async move {
                 let _ = shutdown.wait_for(|&s| s).await;
             };
             tokio::pin!(stop);
+            // Queue one reply; false when the stream is over (client gone,
+            // or not reading for longer than `patience`).
+            let push = |tx: &mpsc::Sender<Queued>,
+                        sent: &mut std::collections::VecDeque<_>,
+                        item: Result<pb::SessionReply, Status>,
+                        charge: Option<Charge>| {
+                let q = queued(item, charge);
+                if sent.len() >= 2 * buffer {
+                    sent.retain(|w: &std::sync::Weak<_>| w.strong_count() > 0);
+                }
+                sent.push_back(Arc::downgrade(&q));
+                let tx = tx.clone();
+                async move { matches!(tokio::time::timeout(patience, tx.send(q)).await, Ok(Ok(()))) }
+            };
             loop {
                 let next = tokio::select! {
                     // Shutdown first: stop taking new work as soon as it
                     // starts; the operation in hand has already finished.
                     biased;
                     _ = &mut stop => {
-                        let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
+                        let _ = push(&tx, &mut sent, Err(Status::unavailable("server is shutting down")), None).await;
                         return;
                     }
                     m = inbound.message() => m,
                 };
                 match next {
                     Ok(Some(req)) => {
-                        let reply = this.session_op(req).await;
-                        // Blocks while `stream_buffer` replies are unread:
-                        // that is the backpressure. An error means the
-                        // client has gone.
-                        if tx.send(Ok(reply)).await.is_err() {
+                        if tx.is_closed() {
+                            return;
+                        }
+                        let op = session_op_name(&req);
+                        // Each operation is a call of its own inside the
+                        // stream: no deadline, abandoned with the stream.
+                        let op_ctx = CallCtx::new(None, None);
+                        let (reply, charge) = op_ctx.clone().scope(this.session_op(req)).await;
+                        if tx.is_closed() {
+                            // Nobody will read this reply: undo what would
+                            // be lost for good, count what stands.
+                            this.session_abandoned(op, &reply);
+                            return;
+                        }
+                        // Waits while `stream_buffer` replies are unread:
+                        // that is the backpressure. Past `patience` the
+                        // client is not reading at all: end the stream and
+                        // drop what it left queued.
+                        if !push(&tx, &mut sent, Ok(reply), charge).await {
+                            drain(&mut sent);
+                            task_hold.expire(Status::deadline_exceeded(format!(
+                                "Session: replies not read for {}; stream closed",
+                                humantime::format_duration(patience)
+                            )));
                             return;
                         }
                     }
@@ -813,12 +1108,73 @@ impl AddressSpace for AddressSpaceService {
                     Ok(None) => return,
                     // Undecodable message or transport error.
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                        // A message over the decode limit: the gRPC
+                        // status for it is RESOURCE_EXHAUSTED.
+                        let status = if status.code() == Code::OutOfRange {
+                            Status::resource_exhausted(status.message().to_string())
+                        } else {
+                            status
+                        };
+                        let _ = push(&tx, &mut sent, Err(status), None).await;
                         return;
                     }
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // Hand each reply over, moving its charge to the body's hold: the
+        // bytes are then the body's until they reach HTTP/2.
+        let body_hold = hold.clone();
+        let stream = ReceiverStream::new(rx).filter_map(move |q| {
+            let item = q.lock().unwrap_or_else(|e| e.into_inner()).take();
+            item.map(|(reply, charge)| {
+                body_hold.set_charge(charge);
+                reply
+            })
+        });
+        let mut resp = Response::new(Box::pin(stream) as Self::SessionStream);
+        resp.extensions_mut().insert(hold);
+        Ok(resp)
+    }
+}
+
+/// The method name of a `Session` operation (for the abandoned-call
+/// counters).
+fn session_op_name(req: &pb::SessionRequest) -> &'static str {
+    use session_request::Op;
+    match &req.op {
+        None => "Session",
+        Some(Op::Spawn(_)) => "Spawn",
+        Some(Op::Mmap(_)) => "Mmap",
+        Some(Op::Munmap(_)) => "Munmap",
+        Some(Op::Mprotect(_)) => "Mprotect",
+        Some(Op::Brk(_)) => "Brk",
+        Some(Op::Fault(_)) => "Fault",
+        Some(Op::FaultBatch(_)) => "FaultBatch",
+        Some(Op::Fork(_)) => "Fork",
+        Some(Op::Exit(_)) => "Exit",
+        Some(Op::Maps(_)) => "Maps",
+        Some(Op::Mremap(_)) => "Mremap",
+        Some(Op::Madvise(_)) => "Madvise",
+    }
+}
+
+impl AddressSpaceService {
+    /// A `Session` operation finished after its stream's client had gone:
+    /// exit a process nobody received the pid of, count what stands.
+    fn session_abandoned(&self, op: &'static str, reply: &pb::SessionReply) {
+        use session_reply::Result as R;
+        let t = &self.inner.telemetry;
+        match &reply.result {
+            Some(R::Spawn(s)) => {
+                let _ = self.inner.sim.exit(s.pid);
+                t.undone_after_abandon(op);
+            }
+            Some(R::Fork(f)) => {
+                let _ = self.inner.sim.exit(f.child_pid);
+                t.undone_after_abandon(op);
+            }
+            Some(R::Maps(_)) | None => {}
+            Some(_) => t.applied_after_abandon(op),
+        }
     }
 }

@@ -91,6 +91,18 @@ pub const RPC_DURATION: &str = "vmasim_rpc_duration_seconds";
 pub const RPC_REQUESTS: &str = "vmasim_rpc_requests_total";
 /// `vmasim_fault_duration_seconds` histogram.
 pub const FAULT_DURATION: &str = "vmasim_fault_duration_seconds";
+/// Open gRPC connections.
+pub const CONNECTIONS: &str = "vmasim_connections";
+/// `vmasim_connections_refused_total{reason=limit|handshake_timeout}`.
+pub const CONNECTIONS_REFUSED: &str = "vmasim_connections_refused_total";
+/// `vmasim_rpc_applied_after_abandon_total{method}`: calls whose engine
+/// work completed after the client had gone (cancelled or past its
+/// deadline), so their effect stands although nobody saw the answer.
+pub const RPC_APPLIED_AFTER_ABANDON: &str = "vmasim_rpc_applied_after_abandon_total";
+/// `vmasim_rpc_undone_after_abandon_total{method}`: abandoned `Fork`s and
+/// `Spawn`s whose new process was exited again, since nobody received its
+/// pid.
+pub const RPC_UNDONE_AFTER_ABANDON: &str = "vmasim_rpc_undone_after_abandon_total";
 
 /// RPC latency buckets, seconds: 50 µs (a unary call on loopback) up to the
 /// default 30 s request timeout.
@@ -208,6 +220,9 @@ pub struct Telemetry {
     engine: EngineMetrics,
     rpc: HashMap<&'static str, RpcMetrics>,
     fault_duration: Histogram,
+    connections: Gauge,
+    refused_limit: Counter,
+    refused_handshake: Counter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -318,6 +333,16 @@ impl Telemetry {
             })
             .collect();
         let fault_duration = r.register_histogram(&key(FAULT_DURATION, &[]), &METADATA);
+        let connections = gauge(CONNECTIONS, &[]);
+        connections.set(0.0);
+        let refused_limit = counter(CONNECTIONS_REFUSED, &[("reason", "limit")]);
+        let refused_handshake = counter(CONNECTIONS_REFUSED, &[("reason", "handshake_timeout")]);
+        for m in METHODS {
+            counter(RPC_APPLIED_AFTER_ABANDON, &[("method", m)]).absolute(0);
+        }
+        for m in ["Fork", "Spawn"] {
+            counter(RPC_UNDONE_AFTER_ABANDON, &[("method", m)]).absolute(0);
+        }
 
         Self {
             recorder,
@@ -325,6 +350,9 @@ impl Telemetry {
             engine,
             rpc,
             fault_duration,
+            connections,
+            refused_limit,
+            refused_handshake,
         }
     }
 
@@ -364,6 +392,46 @@ impl Telemetry {
                 )
                 .increment(1);
         }
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections.increment(1.0);
+    }
+
+    /// An accepted connection closed.
+    pub fn connection_closed(&self) {
+        self.connections.decrement(1.0);
+    }
+
+    /// A connection was closed by the server: `reason` is `limit` (over
+    /// `--max-connections`) or `handshake_timeout`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        match reason {
+            "limit" => self.refused_limit.increment(1),
+            _ => self.refused_handshake.increment(1),
+        }
+    }
+
+    /// `method`'s work took effect after its caller had gone.
+    pub fn applied_after_abandon(&self, method: &'static str) {
+        self.recorder
+            .register_counter(
+                &key(RPC_APPLIED_AFTER_ABANDON, &[("method", method)]),
+                &METADATA,
+            )
+            .increment(1);
+    }
+
+    /// `method` (Fork, Spawn) created a process after its caller had gone,
+    /// and the process was exited again.
+    pub fn undone_after_abandon(&self, method: &'static str) {
+        self.recorder
+            .register_counter(
+                &key(RPC_UNDONE_AFTER_ABANDON, &[("method", method)]),
+                &METADATA,
+            )
+            .increment(1);
     }
 
     /// Record the service time of one page fault.
@@ -565,6 +633,22 @@ fn describe(r: &PrometheusRecorder) {
         FAULT_DURATION,
         Unit::Seconds,
         "Service time of one page fault in seconds (every Fault, every Session fault, 1 in 64 faults of a FaultBatch).",
+    );
+    g(CONNECTIONS, Unit::Count, "Open gRPC connections.");
+    c(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections closed by the server: reason=limit (over --max-connections, closed on accept), reason=handshake_timeout (no HTTP/2 preface in time).",
+    );
+    c(
+        RPC_APPLIED_AFTER_ABANDON,
+        Unit::Count,
+        "Calls whose engine work completed although the client had already cancelled or passed its deadline: the effect stands, nobody saw the answer. Work that had not started when the call was abandoned is not done at all.",
+    );
+    c(
+        RPC_UNDONE_AFTER_ABANDON,
+        Unit::Count,
+        "Abandoned Fork and Spawn calls whose new process was exited again because nobody received its pid.",
     );
 }
 

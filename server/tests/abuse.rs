@@ -923,10 +923,11 @@ fn session_stream_with_arbitrary_operations() {
     run(op, 8, true, cases());
 }
 
-/// A message over the server's decode limit (4 MiB) is refused by tonic
-/// before any handler runs, with OUT_OF_RANGE: gRPC's own status for an
-/// oversized message in tonic, not one of the API's. The connection
-/// survives and the target is untouched.
+/// A message over the server's decode limit (4 MiB) is refused before any
+/// handler runs with RESOURCE_EXHAUSTED, the status gRPC's status-code
+/// table gives a message larger than the configured limit (tonic says
+/// OUT_OF_RANGE; the RPC layer corrects it). The connection survives and
+/// the target is untouched.
 #[test]
 fn oversized_message_is_refused_and_changes_nothing() {
     let h = Harness::start();
@@ -950,7 +951,8 @@ fn oversized_message_is_refused_and_changes_nothing() {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("too large"), "{e:?}");
         let e = c
             .fault_batch(pb::FaultBatchRequest {
                 pid,
@@ -960,7 +962,8 @@ fn oversized_message_is_refused_and_changes_nothing() {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("too large"), "{e:?}");
         let after = c.maps(pb::MapsRequest { pid }).await.unwrap().into_inner();
         assert_eq!(before, after);
         assert_eq!(h.sim.pids(), vec![pid]);

@@ -80,6 +80,34 @@ mod imp {
         #[arg(long, env = "VMASIM_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
         request_timeout: Duration,
 
+        /// Largest reply message (e.g. 16MiB); a larger Maps reply is RESOURCE_EXHAUSTED.
+        #[arg(long, env = "VMASIM_MAX_REPLY_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+        max_reply_bytes: u64,
+
+        /// Bytes of replies built but not yet read by clients, all calls and streams together; past it, calls with large replies get RESOURCE_EXHAUSTED before doing anything. What clients that stop reading can pin.
+        #[arg(long, env = "VMASIM_MAX_REPLY_BUFFER_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+        max_reply_buffer_bytes: u64,
+
+        /// Open gRPC connections; more are closed on accept.
+        #[arg(long, env = "VMASIM_MAX_CONNECTIONS", default_value_t = 512)]
+        max_connections: usize,
+
+        /// Concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+        #[arg(long, env = "VMASIM_MAX_STREAMS_PER_CONNECTION", default_value_t = 64)]
+        max_streams_per_connection: u32,
+
+        /// Health Watch streams open at once, all connections together; more get RESOURCE_EXHAUSTED.
+        #[arg(long, env = "VMASIM_MAX_WATCH_STREAMS", default_value_t = 64)]
+        max_watch_streams: usize,
+
+        /// Time a new connection has to send the HTTP/2 preface.
+        #[arg(long, env = "VMASIM_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+        handshake_timeout: Duration,
+
+        /// HTTP/2 PING interval on a quiet connection; a peer that does not answer within as long again is disconnected.
+        #[arg(long, env = "VMASIM_KEEPALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
+        keepalive: Duration,
+
         /// Require `authorization: Bearer <token>` on every call but health checks. A value given on the command line is readable by every local user in /proc/PID/cmdline: prefer --auth-token-file or the environment variable.
         #[arg(
             long,
@@ -201,6 +229,14 @@ mod imp {
             max_batch: args.max_batch,
             concurrency_limit: args.concurrency_limit.max(1),
             request_timeout: args.request_timeout,
+            max_reply_bytes: usize::try_from(args.max_reply_bytes).unwrap_or(usize::MAX),
+            max_reply_buffer_bytes: usize::try_from(args.max_reply_buffer_bytes)
+                .unwrap_or(usize::MAX),
+            max_connections: args.max_connections.max(1),
+            max_streams_per_connection: args.max_streams_per_connection.max(1),
+            max_watch_streams: args.max_watch_streams.max(1),
+            handshake_timeout: args.handshake_timeout,
+            keepalive: args.keepalive,
             auth_token,
             tls,
             ..ServerConfig::default()
