@@ -243,6 +243,11 @@ impl Server {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let reply_budget = Arc::new(ReplyBudget::new(cfg.max_reply_buffer_bytes));
+        let slots = Arc::new(Semaphore::new(cfg.concurrency_limit.max(1)));
+        telemetry.attach_server_state(crate::telemetry::ServerState {
+            replies: reply_budget.clone(),
+            slots: (slots.clone(), cfg.concurrency_limit.max(1)),
+        });
 
         let service = AddressSpaceService::new(
             sim.clone(),
@@ -290,7 +295,7 @@ impl Server {
             .http2_keepalive_timeout(Some(cfg.keepalive))
             .layer(RpcLayer {
                 telemetry: telemetry.clone(),
-                limit: Arc::new(Semaphore::new(cfg.concurrency_limit.max(1))),
+                limit: slots.clone(),
                 watch_limit: Arc::new(Semaphore::new(cfg.max_watch_streams.max(1))),
                 timeout: cfg.request_timeout,
                 stop: stop_rx.clone(),

@@ -858,11 +858,15 @@ fn queued(item: Result<pb::SessionReply, Status>, charge: Option<Charge>) -> Que
     Arc::new(std::sync::Mutex::new(Some((item, charge))))
 }
 
+/// Replies queued on a `Session` stream and when they were queued.
+type SentLog = std::collections::VecDeque<(
+    std::sync::Weak<std::sync::Mutex<Option<QueuedItem>>>,
+    tokio::time::Instant,
+)>;
+
 /// Drop the contents of every reply still queued.
-fn drain(
-    sent: &mut std::collections::VecDeque<std::sync::Weak<std::sync::Mutex<Option<QueuedItem>>>>,
-) {
-    for w in sent.drain(..) {
+fn drain(sent: &mut SentLog) {
+    for (w, _) in sent.drain(..) {
         if let Some(q) = w.upgrade() {
             q.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
@@ -1045,7 +1049,7 @@ impl AddressSpace for AddressSpaceService {
         let buffer = self.inner.limits.stream_buffer.max(1);
         tokio::spawn(async move {
             let _slot = stream_ctx;
-            let mut sent = std::collections::VecDeque::new();
+            let mut sent = SentLog::new();
             let stop = async move {
                 let _ = shutdown.wait_for(|&s| s).await;
             };
@@ -1058,13 +1062,28 @@ impl AddressSpace for AddressSpaceService {
                         charge: Option<Charge>| {
                 let q = queued(item, charge);
                 if sent.len() >= 2 * buffer {
-                    sent.retain(|w: &std::sync::Weak<_>| w.strong_count() > 0);
+                    sent.retain(|(w, _): &(std::sync::Weak<_>, _)| w.strong_count() > 0);
                 }
-                sent.push_back(Arc::downgrade(&q));
+                sent.push_back((Arc::downgrade(&q), tokio::time::Instant::now()));
                 let tx = tx.clone();
                 async move { matches!(tokio::time::timeout(patience, tx.send(q)).await, Ok(Ok(()))) }
             };
+            let expire = |sent: &mut SentLog| {
+                drain(sent);
+                task_hold.expire(Status::deadline_exceeded(format!(
+                    "Session: replies not read for {}; stream closed",
+                    humantime::format_duration(patience)
+                )));
+            };
             loop {
+                // Replies the client has taken are gone from the front.
+                while sent
+                    .front()
+                    .is_some_and(|(w, _): &(std::sync::Weak<_>, _)| w.strong_count() == 0)
+                {
+                    sent.pop_front();
+                }
+                let oldest = sent.front().map(|(_, t)| *t);
                 let next = tokio::select! {
                     // Shutdown first: stop taking new work as soon as it
                     // starts; the operation in hand has already finished.
@@ -1072,6 +1091,15 @@ impl AddressSpace for AddressSpaceService {
                     _ = &mut stop => {
                         let _ = push(&tx, &mut sent, Err(Status::unavailable("server is shutting down")), None).await;
                         return;
+                    }
+                    // A reply left unread for `patience`, even with no new
+                    // request coming: the client is not reading.
+                    _ = tokio::time::sleep_until(oldest.unwrap_or_else(tokio::time::Instant::now) + patience), if oldest.is_some() => {
+                        if sent.front().is_some_and(|(w, t)| w.strong_count() > 0 && t.elapsed() >= patience) {
+                            expire(&mut sent);
+                            return;
+                        }
+                        continue;
                     }
                     m = inbound.message() => m,
                 };
@@ -1096,11 +1124,7 @@ impl AddressSpace for AddressSpaceService {
                         // client is not reading at all: end the stream and
                         // drop what it left queued.
                         if !push(&tx, &mut sent, Ok(reply), charge).await {
-                            drain(&mut sent);
-                            task_hold.expire(Status::deadline_exceeded(format!(
-                                "Session: replies not read for {}; stream closed",
-                                humantime::format_duration(patience)
-                            )));
+                            expire(&mut sent);
                             return;
                         }
                     }

@@ -93,6 +93,13 @@ pub const RPC_REQUESTS: &str = "vmasim_rpc_requests_total";
 pub const FAULT_DURATION: &str = "vmasim_fault_duration_seconds";
 /// Open gRPC connections.
 pub const CONNECTIONS: &str = "vmasim_connections";
+/// Bytes of large replies built but not yet handed to HTTP/2.
+pub const REPLY_BUFFER_BYTES: &str = "vmasim_reply_buffer_bytes";
+/// Its limit (`--max-reply-buffer-bytes`).
+pub const REPLY_BUFFER_LIMIT_BYTES: &str = "vmasim_reply_buffer_limit_bytes";
+/// Calls holding a concurrency slot now (including work that outlived
+/// its call).
+pub const CALLS_IN_FLIGHT: &str = "vmasim_calls_in_flight";
 /// `vmasim_connections_refused_total{reason=limit|handshake_timeout}`.
 pub const CONNECTIONS_REFUSED: &str = "vmasim_connections_refused_total";
 /// `vmasim_rpc_applied_after_abandon_total{method}`: calls whose engine
@@ -223,6 +230,18 @@ pub struct Telemetry {
     connections: Gauge,
     refused_limit: Counter,
     refused_handshake: Counter,
+    /// What the server layer lets the metrics read at render time: the
+    /// reply budget and the concurrency semaphore.
+    server_state: std::sync::OnceLock<ServerState>,
+}
+
+/// Server-layer state sampled when metrics are rendered.
+#[derive(Debug)]
+pub struct ServerState {
+    /// The reply-byte budget.
+    pub replies: std::sync::Arc<crate::call::ReplyBudget>,
+    /// The global concurrency limit's semaphore and its size.
+    pub slots: (std::sync::Arc<tokio::sync::Semaphore>, usize),
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -353,6 +372,7 @@ impl Telemetry {
             connections,
             refused_limit,
             refused_handshake,
+            server_state: std::sync::OnceLock::new(),
         }
     }
 
@@ -391,6 +411,27 @@ impl Telemetry {
                     &METADATA,
                 )
                 .increment(1);
+        }
+    }
+
+    /// Let rendering sample the server's reply budget and slots (once).
+    pub fn attach_server_state(&self, state: ServerState) {
+        let r = &self.recorder;
+        r.register_gauge(&key(REPLY_BUFFER_LIMIT_BYTES, &[]), &METADATA)
+            .set(state.replies.limit() as f64);
+        let _ = self.server_state.set(state);
+        self.refresh_server_state();
+    }
+
+    fn refresh_server_state(&self) {
+        if let Some(s) = self.server_state.get() {
+            self.recorder
+                .register_gauge(&key(REPLY_BUFFER_BYTES, &[]), &METADATA)
+                .set(s.replies.used() as f64);
+            let (sem, size) = &s.slots;
+            self.recorder
+                .register_gauge(&key(CALLS_IN_FLIGHT, &[]), &METADATA)
+                .set(size.saturating_sub(sem.available_permits()) as f64);
         }
     }
 
@@ -488,6 +529,7 @@ impl Telemetry {
     /// [`Self::refresh`] with `s`.
     pub fn render(&self, s: &SimStats) -> String {
         self.refresh(s);
+        self.refresh_server_state();
         self.handle.render()
     }
 
@@ -635,6 +677,21 @@ fn describe(r: &PrometheusRecorder) {
         "Service time of one page fault in seconds (every Fault, every Session fault, 1 in 64 faults of a FaultBatch).",
     );
     g(CONNECTIONS, Unit::Count, "Open gRPC connections.");
+    g(
+        REPLY_BUFFER_BYTES,
+        Unit::Bytes,
+        "Bytes of large replies built but not yet handed to HTTP/2 (what clients that do not read pin), all calls together.",
+    );
+    g(
+        REPLY_BUFFER_LIMIT_BYTES,
+        Unit::Bytes,
+        "The limit on vmasim_reply_buffer_bytes (--max-reply-buffer-bytes); past it calls with large replies are RESOURCE_EXHAUSTED.",
+    );
+    g(
+        CALLS_IN_FLIGHT,
+        Unit::Count,
+        "Calls holding a concurrency slot, including engine work still running for a call that was abandoned (at most --concurrency-limit).",
+    );
     c(
         CONNECTIONS_REFUSED,
         Unit::Count,

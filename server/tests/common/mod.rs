@@ -162,3 +162,104 @@ pub async fn mmap(
     .into_inner()
     .addr
 }
+
+/// A hand-written HTTP/2 client for the cases a well-behaved client cannot
+/// produce: it opens streams, sends gRPC requests, and then never reads a
+/// byte (or never even sends the preface).
+pub mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// HPACK literal header field without indexing, literal name.
+    fn header(block: &mut Vec<u8>, name: &str, value: &str) {
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+
+    /// A connection that has sent the preface and an empty SETTINGS
+    /// frame with a tiny initial window (so the server can send almost
+    /// nothing), and answers nothing.
+    pub async fn connect(addr: std::net::SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut out = PREFACE.to_vec();
+        // SETTINGS_INITIAL_WINDOW_SIZE (4) = 1 byte per stream.
+        out.extend(frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 1]));
+        s.write_all(&out).await.unwrap();
+        s
+    }
+
+    /// Send one unary gRPC request on `stream` (odd, increasing).
+    pub async fn call(s: &mut TcpStream, stream: u32, path: &str, message: &[u8]) {
+        let mut block = Vec::new();
+        for (n, v) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ] {
+            header(&mut block, n, v);
+        }
+        let mut out = frame(0x1, 0x4, stream, &block); // HEADERS, END_HEADERS
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        out.extend(frame(0x0, 0x1, stream, &body)); // DATA, END_STREAM
+        s.write_all(&out).await.unwrap();
+    }
+
+    /// Read frames until the server's first SETTINGS frame and return its
+    /// MAX_CONCURRENT_STREAMS (id 3), if set.
+    pub async fn server_max_streams(s: &mut TcpStream) -> Option<u32> {
+        loop {
+            let mut h = [0u8; 9];
+            s.read_exact(&mut h).await.unwrap();
+            let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            let mut p = vec![0u8; len];
+            s.read_exact(&mut p).await.unwrap();
+            if h[3] == 0x4 && h[4] & 0x1 == 0 {
+                return p
+                    .chunks(6)
+                    .find(|c| u16::from_be_bytes([c[0], c[1]]) == 3)
+                    .map(|c| u32::from_be_bytes([c[2], c[3], c[4], c[5]]));
+            }
+        }
+    }
+
+    /// Has the server closed `s`? Reads (and discards) until EOF or error.
+    pub async fn closed_by_server(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// `GET /metrics` on `addr`.
+pub async fn get_metrics(addr: SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
