@@ -682,3 +682,37 @@ fn madvise_dontneed_zaps_and_fork_flags_split_and_merge() {
     ));
     assert_eq!(s.maps(pid).unwrap().rss_pages, 0);
 }
+
+#[test]
+fn a_fault_below_the_stack_grows_it_under_mmap_lock() {
+    // lock_vma_under_rcu finds no VMA (VMA_LOCK_ABORT); lock_mm_and_find_vma
+    // then finds the VM_GROWSDOWN [stack] above the address and
+    // expand_stack grows it (mmap_lock for write), keeping stack_guard_gap
+    // to the VMA below.
+    let s = sim();
+    let top = 0x7fff_0000_0000u64;
+    let maps = format!(
+        "{:x}-{:x} rw-p 00000000 00:00 0 \n{:x}-{:x} rw-p 00000000 00:00 0                          [stack]\n",
+        top - (2 << 20) - 4 * P,
+        top - (2 << 20) - 3 * P,
+        top - 4 * P,
+        top
+    );
+    let pid = s.spawn_from_maps(&maps, None).unwrap();
+    let before = s.stats().faults.vma_lock;
+    let r = s.fault(pid, top - 6 * P + 8, Access::Write).unwrap();
+    assert_eq!(
+        (r.outcome, r.path),
+        (FaultOutcome::AnonZeroFill, FaultPath::MmapLockFallback)
+    );
+    let after = s.stats().faults.vma_lock;
+    assert_eq!(after[1] - before[1], 1, "one VMA_LOCK_ABORT");
+    let l = layout(&s, pid);
+    assert_eq!(l[1], (top - 6 * P, top, "rw-p".into()));
+    // Within stack_guard_gap (256 pages) of the VMA below: SEGV_MAPERR.
+    let r = s
+        .fault(pid, top - (2 << 20) + (1 << 20) - 4 * P, Access::Write)
+        .unwrap();
+    assert_eq!(r.outcome, FaultOutcome::SegvMaperr);
+    assert_eq!(layout(&s, pid)[1].0, top - 6 * P);
+}

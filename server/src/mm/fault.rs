@@ -408,14 +408,38 @@ fn fault_under_mmap_lock(
     if addr >= TASK_SIZE {
         return maperr;
     }
-    let state = mm.mmap_read_lock();
+    let mut state = mm.mmap_read_lock();
     if state.dead {
         return maperr;
     }
     // Writers are excluded, so the tree is stable and authoritative.
     let guard = rcu_read_lock();
-    let Some(entry) = mm.mm_mt.mas_walk(addr, &guard) else {
-        return maperr;
+    let entry = match mm.mm_mt.mas_walk(addr, &guard) {
+        Some(e) => e,
+        None => {
+            // lock_mm_and_find_vma: just below a VM_GROWSDOWN VMA the stack
+            // grows, which needs mmap_lock for write (expand_stack_locked);
+            // then the fault goes on under the read lock.
+            let grows = mm
+                .mm_mt
+                .next(addr, &guard)
+                .is_some_and(|n| mm.ctx.pool.get(n.idx).vm_flags() & VM_GROWSDOWN != 0);
+            if !grows {
+                return maperr;
+            }
+            drop(state);
+            if crate::mm::mmap::expand_stack(mm, addr).is_err() {
+                return maperr;
+            }
+            state = mm.mmap_read_lock();
+            if state.dead {
+                return maperr;
+            }
+            match mm.mm_mt.mas_walk(addr, &guard) {
+                Some(e) => e,
+                None => return maperr,
+            }
+        }
     };
     let vma = mm.ctx.pool.get(entry.idx);
     let f = vma.fields();
@@ -460,10 +484,10 @@ fn vmf_anon_prepare(
     Ok(())
 }
 
-/// `__anon_vma_prepare` (mm/rmap.c), with `mmap_lock` held for read: reuse
+/// `__anon_vma_prepare` (mm/rmap.c), with `mmap_lock` held: reuse
 /// a neighbour's `anon_vma` if `find_mergeable_anon_vma` finds one (so the
 /// two VMAs can merge again later), else a new one.
-fn __anon_vma_prepare(mm: &MmStruct, vma: &Vma, f: &VmaFields) {
+pub(crate) fn __anon_vma_prepare(mm: &MmStruct, vma: &Vma, f: &VmaFields) {
     let anon_vma = find_mergeable_anon_vma(mm, f).unwrap_or_else(|| mm.ctx.new_anon_vma());
     // Several mmap_lock readers may race here (the kernel serialises them
     // with page_table_lock); the CAS picks one anon_vma. Relaxed: the

@@ -494,6 +494,60 @@ pub fn do_brk(mm: &MmStruct, brk: u64) -> Result<(u64, u64), MmError> {
     }
 }
 
+/// `RLIMIT_STACK`'s default soft limit (8 MiB): how far a stack may grow
+/// (`acct_stack_growth`).
+pub const STACK_RLIMIT: u64 = 8 << 20;
+
+/// `expand_stack` (since 6.5: `mmap_lock` for write, `expand_downwards`):
+/// grow the `VM_GROWSDOWN` VMA just above `addr` down to cover it. Fails
+/// (the fault is then SEGV_MAPERR) if that would come within
+/// `stack_guard_gap` of an accessible VMA below, exceed `RLIMIT_STACK`, or
+/// go under `mmap_min_addr`.
+pub(crate) fn expand_stack(mm: &MmStruct, addr: u64) -> Result<(), MmError> {
+    let w = Writer::lock(mm)?;
+    let addr = addr & !(PAGE_SIZE - 1);
+    if addr < MMAP_MIN_ADDR {
+        return Err(MmError::NoSpace { len: PAGE_SIZE });
+    }
+    let Some(vma) = w.find_vma(addr) else {
+        return Err(MmError::NoSpace { len: PAGE_SIZE });
+    };
+    let f = w.fields(vma.idx);
+    if f.vm_start <= addr {
+        // Somebody else expanded it already.
+        return Ok(());
+    }
+    if f.vm_flags & VM_GROWSDOWN == 0 {
+        return Err(MmError::NoSpace { len: PAGE_SIZE });
+    }
+    // Enforce stack_guard_gap.
+    if let Some(prev) = w.vma_prev(f.vm_start) {
+        let pf = w.fields(prev.idx);
+        if pf.vm_flags & VM_GROWSDOWN == 0
+            && pf.vm_flags & VM_ACCESS_FLAGS != 0
+            && addr.saturating_sub(pf.vm_end) < STACK_GUARD_GAP
+        {
+            return Err(MmError::NoSpace { len: PAGE_SIZE });
+        }
+        if pf.vm_end > addr {
+            return Err(MmError::NoSpace { len: PAGE_SIZE });
+        }
+    }
+    let grow = (f.vm_start - addr) >> PAGE_SHIFT;
+    if grow > f.vm_pgoff || f.vm_end - addr > STACK_RLIMIT {
+        return Err(MmError::NoSpace { len: PAGE_SIZE });
+    }
+    // "We must make sure the anon_vma is allocated."
+    let v = w.pool().get(vma.idx);
+    if f.anon_vma == 0 {
+        crate::mm::fault::__anon_vma_prepare(mm, v, &f);
+    }
+    // Lock the VMA before expanding, to keep concurrent faults out.
+    w.vma_start_write(vma.idx);
+    w.vma_set_range_pub(vma.idx, addr, f.vm_end, f.vm_pgoff - grow);
+    Ok(())
+}
+
 /// `stack_guard_gap`: 256 pages kept free below a `VM_GROWSDOWN` VMA.
 pub const STACK_GUARD_GAP: u64 = 256 << PAGE_SHIFT;
 

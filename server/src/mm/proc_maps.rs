@@ -358,6 +358,10 @@ pub fn import_maps(
                 inode: l.inode,
             });
             f.vm_pgoff = l.offset >> PAGE_SHIFT;
+        } else if l.path == "[stack]" {
+            // The main thread's stack grows down (setup_arg_pages).
+            f.vm_flags |= VM_GROWSDOWN;
+            f.anon_name = ctx.files.name_id(&l.path);
         } else if l.path == "[heap]" {
             heap = Some((l.start, l.end));
         } else if !l.path.is_empty() {

@@ -154,6 +154,11 @@ impl<'a> Writer<'a> {
         }
     }
 
+    /// `vma_set_range` for callers outside `mm/vma.c` (stack growth).
+    pub(crate) fn vma_set_range_pub(&self, idx: VmaIdx, start: u64, end: u64, pgoff: u64) {
+        self.vma_set_range(idx, start, end, pgoff);
+    }
+
     /// `vma_iter_store_new`: attach a new, write-locked VMA, then make it
     /// visible. Attaching first means a reader that finds it sees it
     /// write-locked (ABORT), never detached.
