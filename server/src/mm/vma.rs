@@ -769,6 +769,30 @@ mod tests {
     }
 
     #[test]
+    fn only_the_vmas_that_change_are_write_locked() {
+        // vma_modify / vma_merge_new_range write-lock middle, and prev or
+        // next only when merging with them: a fault next door keeps its
+        // per-VMA lock. vm_lock_seq records the last write-lock cycle.
+        let mm = mm();
+        map_fixed(&mm, A, 2, PROT_READ);
+        map_fixed(&mm, A + 2 * PAGE_SIZE, 2, PROT_READ | PROT_WRITE);
+        map_fixed(&mm, A + 8 * PAGE_SIZE, 2, PROT_READ);
+        let l = layout(&mm);
+        let seq = |i: usize| mm.ctx.pool.get(l[i].2).vm_lock_seq();
+        let (s0, s2) = (seq(0), seq(2));
+        // mprotect inside the middle VMA, no merge possible.
+        do_mprotect(&mm, A + 3 * PAGE_SIZE, PAGE_SIZE, PROT_NONE).unwrap();
+        assert_eq!((seq(0), seq(2)), (s0, s2), "neighbours untouched");
+        // A new mapping that merges with nothing locks nothing old.
+        map_fixed(&mm, A + 5 * PAGE_SIZE, 1, PROT_EXEC);
+        assert_eq!((seq(0), seq(2)), (s0, s2));
+        // One that merges into next (expands it down) locks next only.
+        map_fixed(&mm, A + 7 * PAGE_SIZE, 1, PROT_READ);
+        assert_ne!(seq(2), s2, "next was expanded in place");
+        assert_eq!(seq(0), s0);
+    }
+
+    #[test]
     fn mmap_next_to_a_match_expands_it_instead_of_allocating() {
         // vma_merge_new_range: merge right only -> next expands down.
         let mm = mm();
