@@ -32,6 +32,12 @@ pub struct Cli {
     /// PEM file of the CA that signed the server's certificate (enables TLS).
     #[arg(long, global = true, env = "VMASIM_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// Limit on connecting (TCP, TLS and the HTTP/2 handshake), e.g. 5s, 500ms.
+    #[arg(long, global = true, env = "VMASIM_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+    /// Limit on each call until its answer starts, e.g. 30s; 0 for none. `health` uses at most 5s.
+    #[arg(long, global = true, env = "VMASIM_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
     /// The command.
     #[command(subcommand)]
     pub cmd: Command,
@@ -389,6 +395,8 @@ impl Cli {
                 .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
             token: self.token.clone(),
             tls_ca: self.tls_ca.clone(),
+            connect_timeout: self.connect_timeout,
+            timeout: (!self.timeout.is_zero()).then_some(self.timeout),
         }
     }
 }

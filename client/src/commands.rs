@@ -200,13 +200,25 @@ pub async fn stats(c: &mut Client, json: bool) -> Result<String, CliError> {
 
 /// `health`: `SERVING` (exit 0) or an error (non-zero).
 pub async fn health(target: &Target) -> Result<String, CliError> {
-    let mut h = target.health().await?;
-    let r = h
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await?
-        .into_inner();
+    let limit = target.timeout.map_or(crate::connect::HEALTH_TIMEOUT, |t| {
+        t.min(crate::connect::HEALTH_TIMEOUT)
+    });
+    let probe = async {
+        let mut h = target.health().await?;
+        Ok::<_, CliError>(
+            h.check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner(),
+        )
+    };
+    let r = tokio::time::timeout(limit, probe).await.map_err(|_| {
+        CliError::Connect(format!(
+            "no health answer from {} within {limit:?}",
+            target.url
+        ))
+    })??;
     let status = ServingStatus::try_from(r.status).unwrap_or(ServingStatus::Unknown);
     if status == ServingStatus::Serving {
         Ok("SERVING\n".into())

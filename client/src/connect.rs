@@ -70,7 +70,19 @@ pub struct Target {
     pub token: Option<String>,
     /// PEM file of the CA that signed the server's certificate; implies TLS.
     pub tls_ca: Option<PathBuf>,
+    /// Limit on opening a connection: TCP, TLS and the HTTP/2 handshake
+    /// (a stopped server accepts TCP and then says nothing).
+    pub connect_timeout: Duration,
+    /// Limit on each call until its response starts; `None`: no limit.
+    pub timeout: Option<Duration>,
 }
+
+/// Default [`Target::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `vmasim health` answers within this even if `--timeout` is longer: a
+/// probe must not hang.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Target {
     /// A plain-text target without token (embedded servers, tests).
@@ -79,6 +91,8 @@ impl Target {
             url: url.into(),
             token: None,
             tls_ca: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            timeout: None,
         }
     }
 
@@ -94,9 +108,12 @@ impl Target {
         }
         let mut ep = Endpoint::from_shared(url.clone())
             .map_err(|e| CliError::Usage(format!("bad --server URL `{url}`: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
+        if let Some(t) = self.timeout {
+            ep = ep.timeout(t);
+        }
         if self.tls_ca.is_some() || url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             if let Some(ca) = &self.tls_ca {
@@ -115,7 +132,16 @@ impl Target {
     /// Opens one connection (one HTTP/2 channel).
     pub async fn channel(&self) -> Result<Channel, CliError> {
         let ep = self.endpoint()?;
-        ep.connect().await.map_err(|e| {
+        let connected = tokio::time::timeout(self.connect_timeout, ep.connect())
+            .await
+            .map_err(|_| {
+                CliError::Connect(format!(
+                    "cannot connect to {}: no HTTP/2 answer within {} (--connect-timeout)",
+                    self.url,
+                    humantime_like(self.connect_timeout)
+                ))
+            })?;
+        connected.map_err(|e| {
             let mut msg = format!("cannot connect to {}: {e}", self.url);
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
@@ -151,5 +177,16 @@ impl Target {
     pub fn health_client(&self, ch: Channel) -> Result<Health, CliError> {
         let auth = Auth::new(self.token.as_deref())?;
         Ok(HealthClient::with_interceptor(ch, auth))
+    }
+}
+
+/// `5s`, `1.5s`, `250ms`.
+fn humantime_like(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
     }
 }

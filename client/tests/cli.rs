@@ -403,3 +403,42 @@ fn test_data_is_present() {
             .exists()
     );
 }
+
+/// Issue 12 item 8: a stopped server (it accepts TCP, then says nothing,
+/// like a SIGSTOPped process) makes no command hang: `health` gives up
+/// within its short limit (connection exit code 3), every other command
+/// within `--connect-timeout` or `--timeout` (HTTP/2 lets a client send
+/// before the server's first frame, so a call may start and then time
+/// out), with a non-zero exit and a message saying it timed out.
+#[test]
+fn commands_time_out_on_a_stopped_server() {
+    // The listener's backlog completes TCP handshakes; nobody ever reads.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let run = |args: &[&str]| {
+        let out = Command::cargo_bin("vmasim")
+            .unwrap()
+            .env_remove("VMASIM_TOKEN")
+            .env_remove("VMASIM_TLS_CA")
+            .env("VMASIM_SERVER", &url)
+            // A hang guard only: the commands must end long before it.
+            .timeout(std::time::Duration::from_secs(60))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["health"]);
+    assert_eq!(code, Some(3), "{err}");
+    for cmd in [&["maps", "1"][..], &["stats"][..], &["spawn"][..]] {
+        let mut args = vec!["--connect-timeout", "300ms", "--timeout", "500ms"];
+        args.extend_from_slice(cmd);
+        let (code, err) = run(&args);
+        assert!(code.is_some_and(|c| c != 0), "{args:?}: {err}");
+        assert!(err.to_lowercase().contains("timeout"), "{args:?}: {err}");
+    }
+    drop(l);
+}
