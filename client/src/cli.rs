@@ -183,6 +183,16 @@ pub enum Command {
     Mremap(crate::cmd::mremap::Args),
     /// madvise(2): dontneed, free, dontfork, dofork, wipeonfork, keeponfork.
     Madvise(crate::cmd::madvise::Args),
+    /// Run the same operations in a real process and in the simulation and
+    /// compare maps, results and RSS after each (Linux x86-64).
+    KernelDiff(Box<crate::cmd::kernel_diff::KernelDiffArgs>),
+    /// The real-process side of kernel-diff (internal).
+    #[command(name = "__kernel-diff-executor", hide = true)]
+    KernelDiffExecutor {
+        /// Command and reply pipe fds per process slot.
+        #[arg(long)]
+        fds: String,
+    },
 }
 
 /// Race lab variant.
@@ -432,6 +442,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .await
                 .map_err(|e| CliError::Other(format!("record: {e}")))??
         }
+        Command::KernelDiff(a) => {
+            return crate::cmd::kernel_diff::run(a, cli.server.as_ref().map(|_| &target)).await;
+        }
+        Command::KernelDiffExecutor { .. } => {
+            return Err(CliError::Usage(
+                "__kernel-diff-executor must run without a runtime (see main.rs)".into(),
+            ));
+        }
         cmd => {
             let mut c = target.connect().await?;
             match cmd {
@@ -507,7 +525,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 | Command::Load(_)
                 | Command::Bench(_)
                 | Command::Replay(_)
-                | Command::Record(_) => {
+                | Command::Record(_)
+                | Command::KernelDiff(_)
+                | Command::KernelDiffExecutor { .. } => {
                     unreachable!("handled above")
                 }
             }

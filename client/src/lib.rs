@@ -24,6 +24,8 @@
 //! * [`strace`]: strace log parser; [`replay`]: applies it to processes.
 //! * [`record`]: `vmasim record` (ptrace) and `replay --check` of its
 //!   recordings; [`cmd`]: subcommands in their own files.
+//! * [`kernel_diff`]: the kernel as oracle (executor, simulation, compare,
+//!   shrink).
 pub mod bench;
 pub mod cli;
 pub mod cmd;
@@ -32,6 +34,7 @@ pub mod connect;
 pub mod demo;
 pub mod embedded;
 pub mod error;
+pub mod kernel_diff;
 pub mod load;
 pub mod parse;
 pub mod race;

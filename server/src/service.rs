@@ -31,7 +31,7 @@ use crate::mm::MmError;
 use crate::mm::fault::{self as mmfault, FaultResult, do_user_addr_fault};
 use crate::mm::madvise::do_madvise;
 use crate::mm::mm_types::vm_flags::{VM_ACCESS_FLAGS, VM_MAYSHARE};
-use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_munmap, map};
+use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_munmap};
 use crate::mm::mprotect::do_mprotect;
 use crate::mm::mremap::do_mremap;
 use crate::mm::proc_maps::MapsEntry;
@@ -48,11 +48,6 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 use vmasim_proto::v1::address_space_server::AddressSpace;
 use vmasim_proto::v1::{self as pb, session_reply, session_request};
-
-/// Every `mmap` flag bit the API accepts (address_space.proto, `flags`).
-/// Every `MapFlag` of the proto: the Linux flags the engine knows. Anything
-/// else is INVALID_ARGUMENT.
-const API_MAP_FLAGS: u32 = map::MAP_KNOWN;
 
 /// In a `FaultBatch`, one fault in this many is timed for
 /// `vmasim_fault_duration_seconds`. The batch's average is not the latency
@@ -126,13 +121,16 @@ pub fn status_from(e: MmError) -> Status {
     match e {
         // Both messages start with the field name ("field: reason").
         MmError::InvalidArgument { .. } | MmError::Overflow { .. } => Status::invalid_argument(msg),
+        MmError::Permission(_) => Status::permission_denied(msg),
+        MmError::NotSupported(_) => Status::invalid_argument(msg),
         MmError::NoSuchProcess(_) => Status::not_found(msg),
         MmError::Exists { .. } => Status::already_exists(msg),
         MmError::NotMapped { .. } | MmError::BadAddress { .. } => Status::failed_precondition(msg),
         MmError::MapCountExceeded { .. }
         | MmError::PoolExhausted { .. }
         | MmError::TooManyProcesses { .. }
-        | MmError::NoSpace { .. } => Status::resource_exhausted(msg),
+        | MmError::NoSpace { .. }
+        | MmError::NoHugePages => Status::resource_exhausted(msg),
         MmError::PgtablesExhausted { .. } => {
             Status::resource_exhausted(format!("{msg} (--max-pgtables-bytes)"))
         }
@@ -251,6 +249,8 @@ fn entry_to_pb(e: MapsEntry) -> pb::VmaEntry {
         dev_major: e.dev_major,
         dev_minor: e.dev_minor,
         inode: e.inode,
+        rss_pages: e.rss_pages,
+        anon_pages: e.anon_pages,
     }
 }
 
@@ -454,16 +454,8 @@ impl AddressSpaceService {
     async fn op_mmap(&self, req: pb::MmapRequest) -> Result<pb::MmapResponse, Status> {
         let pid = check_pid(req.pid)?;
         check_length(req.length)?;
-        let unknown = req.flags & !API_MAP_FLAGS;
-        if unknown != 0 {
-            return Err(invalid("flags", format!("unknown bits {unknown:#x}")));
-        }
-        if req.flags & map::MAP_SHARED_VALIDATE == map::MAP_SHARED_VALIDATE {
-            return Err(invalid(
-                "flags",
-                "exactly one of MAP_SHARED and MAP_PRIVATE is required, not both",
-            ));
-        }
+        // Flag bits are the engine's to judge, as do_mmap's: unknown ones
+        // are ignored, MAP_SHARED_VALIDATE refuses them (EOPNOTSUPP).
         let args = MmapArgs {
             addr: req.addr,
             len: req.length,

@@ -455,11 +455,12 @@ async fn errors_change_nothing() {
         "length",
         c2.mmap(mm(0, u64::MAX, RW, PRIVATE_ANON))
     );
+    // __get_unmapped_area: a MAP_FIXED range past TASK_SIZE is ENOMEM.
     fails!(
         c,
         pid,
-        InvalidArgument,
-        "addr",
+        ResourceExhausted,
+        "no free range",
         c2.mmap(mm(TASK_SIZE - PAGE, 2 * PAGE, RW, PRIVATE_ANON | MAP_FIXED))
     );
     fails!(
@@ -474,6 +475,7 @@ async fn errors_change_nothing() {
         pid,
         InvalidArgument,
         "flags",
+        // MAP_32BIT: a real x86 flag the simulation does not model.
         c2.mmap(mm(0, PAGE, RW, PRIVATE_ANON | 0x40))
     );
     fails!(

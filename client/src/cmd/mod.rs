@@ -2,6 +2,7 @@
 //! layout DESIGN.md gives; the older subcommands still live in
 //! [`crate::cli`] until they move).
 
+pub mod kernel_diff;
 pub mod madvise;
 pub mod mremap;
 pub mod record;

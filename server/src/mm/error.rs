@@ -18,6 +18,10 @@ pub enum Errno {
     EOVERFLOW,
     /// No VMA where one must be (`mremap` of an unmapped address).
     EFAULT,
+    /// Not permitted (`mmap_min_addr` without `CAP_SYS_RAWIO`).
+    EPERM,
+    /// `MAP_SHARED_VALIDATE` with a flag the file does not support.
+    EOPNOTSUPP,
 }
 
 /// Why an operation failed. A failed operation leaves what the kernel
@@ -96,6 +100,15 @@ pub enum MmError {
         /// The limit.
         limit: usize,
     },
+    /// Not permitted (kernel EPERM).
+    #[error("{0}")]
+    Permission(String),
+    /// A flag the mapping does not support (kernel EOPNOTSUPP).
+    #[error("{0}")]
+    NotSupported(String),
+    /// `MAP_HUGETLB` without reserved huge pages (`vm.nr_hugepages` 0).
+    #[error("MAP_HUGETLB: no huge pages are reserved (vm.nr_hugepages is 0)")]
+    NoHugePages,
     /// File offset plus length overflows.
     #[error("offset: file offset {offset:#x} plus length {len:#x} overflows")]
     Overflow {
@@ -125,7 +138,10 @@ impl MmError {
             | MmError::MapCountExceeded { .. }
             | MmError::PoolExhausted { .. }
             | MmError::NoSpace { .. }
-            | MmError::PgtablesExhausted { .. } => Errno::ENOMEM,
+            | MmError::PgtablesExhausted { .. }
+            | MmError::NoHugePages => Errno::ENOMEM,
+            MmError::Permission(_) => Errno::EPERM,
+            MmError::NotSupported(_) => Errno::EOPNOTSUPP,
             MmError::TooManyProcesses { .. } => Errno::EAGAIN,
             MmError::BadAddress { .. } => Errno::EFAULT,
             MmError::Overflow { .. } => Errno::EOVERFLOW,

@@ -61,7 +61,29 @@ pub mod map {
     pub const MAP_HUGETLB: u32 = 0x40000;
     /// Like `MAP_FIXED` but fail with `EEXIST` instead of replacing.
     pub const MAP_FIXED_NOREPLACE: u32 = 0x100000;
-    /// Every bit `mmap` accepts.
+    /// `MAP_32BIT` (x86-64): place below 2 GiB (not simulated).
+    pub const MAP_32BIT: u32 = 0x40;
+    /// `MAP_ABOVE4G` (x86-64, 6.7+): place above 4 GiB (not simulated).
+    pub const MAP_ABOVE4G: u32 = 0x80;
+    /// `MAP_TYPE`: the bits holding the map type.
+    pub const MAP_TYPE: u32 = 0x0f;
+    /// `LEGACY_MAP_MASK` (include/linux/mman.h): the flags before
+    /// MAP_SHARED_VALIDATE existed; `MAP_SHARED` keeps only these.
+    pub const LEGACY_MAP_MASK: u32 = MAP_SHARED
+        | MAP_PRIVATE
+        | MAP_FIXED
+        | MAP_ANONYMOUS
+        | MAP_DENYWRITE
+        | MAP_EXECUTABLE
+        | MAP_GROWSDOWN
+        | MAP_LOCKED
+        | MAP_NORESERVE
+        | MAP_POPULATE
+        | MAP_NONBLOCK
+        | MAP_STACK
+        | MAP_HUGETLB
+        | 0x400_0000; // MAP_UNINITIALIZED
+    /// Every bit `mmap` has a name for (others are ignored).
     pub const MAP_KNOWN: u32 = MAP_SHARED
         | MAP_PRIVATE
         | MAP_FIXED
@@ -142,22 +164,18 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
             format!("unknown bits {:#x}", args.prot & !prot::PROT_MASK),
         ));
     }
-    if args.flags & !MAP_KNOWN != 0 {
+    // Unknown bits are ignored below, as by the kernel; these two are real
+    // x86-64 placement flags the simulation does not model, so ignoring
+    // them would place the mapping where Linux would not.
+    if args.flags & (MAP_32BIT | MAP_ABOVE4G) != 0 {
         return Err(MmError::inval(
             "flags",
-            format!("unknown bits {:#x}", args.flags & !MAP_KNOWN),
+            format!(
+                "MAP_32BIT/MAP_ABOVE4G ({:#x}) are not simulated",
+                args.flags & (MAP_32BIT | MAP_ABOVE4G)
+            ),
         ));
     }
-    let shared = match args.flags & MAP_SHARED_VALIDATE {
-        MAP_SHARED | MAP_SHARED_VALIDATE => true,
-        MAP_PRIVATE => false,
-        _ => {
-            return Err(MmError::inval(
-                "flags",
-                "exactly one of MAP_SHARED and MAP_PRIVATE is required",
-            ));
-        }
-    };
     let anon = args.flags & MAP_ANONYMOUS != 0;
     if anon && args.file != 0 {
         return Err(MmError::inval("file_id", "must be 0 with MAP_ANONYMOUS"));
@@ -168,52 +186,83 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
             "a file mapping needs a non-zero file id (or MAP_ANONYMOUS)",
         ));
     }
-    if args.len == 0 {
-        return Err(MmError::inval("length", "must be greater than 0"));
-    }
-    let len = match page_align(args.len) {
-        Some(l) if l <= TASK_SIZE => l,
-        _ => return Err(MmError::NoSpace { len: args.len }),
-    };
+    // x86 sys_mmap: "if (off & ~PAGE_MASK) return -EINVAL", for anonymous
+    // mappings too (whose offset is otherwise ignored).
     if !page_aligned(args.offset) {
         return Err(MmError::inval(
             "offset",
             format!("{:#x} is not page aligned", args.offset),
         ));
     }
-    if !anon && args.offset.checked_add(len).is_none() {
+    // ksys_mmap_pgoff: MAP_HUGETLB on a file that is not hugetlbfs is
+    // EINVAL; an anonymous one needs reserved huge pages, and
+    // vm.nr_hugepages is 0 here (hugetlb_reserve_pages fails: ENOMEM).
+    if args.flags & MAP_HUGETLB != 0 {
+        if !anon {
+            return Err(MmError::inval(
+                "flags",
+                "MAP_HUGETLB needs MAP_ANONYMOUS or a hugetlbfs file",
+            ));
+        }
+        return Err(MmError::NoHugePages);
+    }
+    // do_mmap
+    if args.len == 0 {
+        return Err(MmError::inval("length", "must be greater than 0"));
+    }
+    // MAP_FIXED_NOREPLACE implies MAP_FIXED; other hints go through
+    // round_hint_to_min: page-aligned down, raised to mmap_min_addr.
+    let fixed = args.flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0;
+    let hint = if fixed {
+        args.addr
+    } else {
+        round_hint_to_min(args.addr)
+    };
+    // "Careful about overflows..": PAGE_ALIGN(len) wrapping to 0 is ENOMEM,
+    // and so is a length beyond TASK_SIZE (__get_unmapped_area).
+    let len = match page_align(args.len) {
+        Some(l) if l <= TASK_SIZE => l,
+        _ => return Err(MmError::NoSpace { len: args.len }),
+    };
+    // "offset overflow?": pgoff + pages wrapping; for files file_mmap_ok
+    // also refuses offset + len past MAX_LFS_FILESIZE (i64::MAX).
+    let pgoff_arg = args.offset >> PAGE_SHIFT;
+    if pgoff_arg.checked_add(len >> PAGE_SHIFT).is_none()
+        || (!anon
+            && args
+                .offset
+                .checked_add(len)
+                .is_none_or(|e| e > i64::MAX as u64))
+    {
         return Err(MmError::Overflow {
             offset: args.offset,
             len,
         });
     }
-    let fixed = args.flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0;
-    if args.addr != 0 && !page_aligned(args.addr) {
-        return Err(MmError::inval(
-            "addr",
-            format!("{:#x} is not page aligned", args.addr),
-        ));
-    }
     if fixed {
-        if args.addr < MMAP_MIN_ADDR {
+        // __get_unmapped_area on a MAP_FIXED address: past TASK_SIZE is
+        // ENOMEM, unaligned is EINVAL, below mmap_min_addr is
+        // security_mmap_addr's EPERM (cap_mmap_addr: a process without
+        // CAP_SYS_RAWIO, as the simulation's processes are).
+        if hint > TASK_SIZE - len {
+            return Err(MmError::NoSpace { len });
+        }
+        if !page_aligned(hint) {
             return Err(MmError::inval(
                 "addr",
-                format!(
-                    "{:#x} is below mmap_min_addr ({MMAP_MIN_ADDR:#x})",
-                    args.addr
-                ),
+                format!("{hint:#x} is not page aligned"),
             ));
         }
-        if args.addr.checked_add(len).is_none_or(|e| e > TASK_SIZE) {
-            return Err(MmError::inval(
-                "addr",
-                format!(
-                    "range {:#x}+{len:#x} goes beyond user space ({TASK_SIZE:#x})",
-                    args.addr
-                ),
-            ));
+        if hint < MMAP_MIN_ADDR {
+            return Err(MmError::Permission(format!(
+                "addr {hint:#x} is below mmap_min_addr ({MMAP_MIN_ADDR:#x})"
+            )));
         }
     }
+    // The map type is checked after placement and MAP_FIXED_NOREPLACE, as
+    // do_mmap does; compute it now, fail at that point.
+    let map_type = map_type(args.flags, anon);
+    let shared = matches!(map_type, Ok(true));
     // calc_vm_prot_bits | calc_vm_flag_bits
     let mut vm_flags = u64::from(args.prot);
     if shared {
@@ -240,17 +289,24 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
         });
     }
     let addr = if fixed {
-        if args.flags & MAP_FIXED_NOREPLACE != 0 && w.vma_find(args.addr, args.addr + len).is_some()
-        {
-            return Err(MmError::Exists {
-                start: args.addr,
-                end: args.addr + len,
-            });
-        }
-        args.addr
+        hint
     } else {
-        get_unmapped_area(&w, args.addr, len)?
+        get_unmapped_area_vmflags(&w, hint, len, anon && !shared)?
     };
+    if args.flags & MAP_FIXED_NOREPLACE != 0 && w.vma_find(addr, addr + len).is_some() {
+        return Err(MmError::Exists {
+            start: addr,
+            end: addr + len,
+        });
+    }
+    map_type?;
+    // MAP_GROWSDOWN is refused on files and shared anonymous memory.
+    if vm_flags & VM_GROWSDOWN != 0 && (shared || !anon) {
+        return Err(MmError::inval(
+            "flags",
+            "MAP_GROWSDOWN is only for private anonymous mappings",
+        ));
+    }
     let pgoff = if anon && !shared {
         // "Set pgoff according to addr for anon_vma."
         addr >> PAGE_SHIFT
@@ -262,13 +318,55 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
     };
     let file = if anon { 0 } else { args.file };
     mmap_region(&mut w, addr, len, vm_flags, pgoff, file)?;
-    let populate = args.flags & MAP_POPULATE != 0 || vm_flags & VM_LOCKED != 0;
+    // do_mmap: "(flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE",
+    // or VM_LOCKED.
+    let populate =
+        args.flags & (MAP_POPULATE | MAP_NONBLOCK) == MAP_POPULATE || vm_flags & VM_LOCKED != 0;
     drop(w);
     if populate {
         // vm_mmap_pgoff: mm_populate after mmap_write_unlock.
         mm_populate(mm, addr, len);
     }
     Ok(addr)
+}
+
+/// `round_hint_to_min` (mm/mmap.c): a hint is page-aligned down and, if
+/// non-zero but below `mmap_min_addr`, raised to it.
+pub(crate) fn round_hint_to_min(hint: u64) -> u64 {
+    let hint = hint & !(crate::mm::PAGE_SIZE - 1);
+    if hint != 0 && hint < MMAP_MIN_ADDR {
+        MMAP_MIN_ADDR
+    } else {
+        hint
+    }
+}
+
+/// The `flags & MAP_TYPE` switch of do_mmap: `Ok(shared)`, or its error.
+/// Unknown flag bits are ignored (a file's `MAP_SHARED` drops them to
+/// `LEGACY_MAP_MASK`), except with `MAP_SHARED_VALIDATE` on a file, which
+/// refuses them with EOPNOTSUPP -- `MAP_FIXED_NOREPLACE` included, as it
+/// is not in `LEGACY_MAP_MASK`. Anonymous memory knows only MAP_SHARED and
+/// MAP_PRIVATE.
+fn map_type(flags: u32, anon: bool) -> Result<bool, MmError> {
+    use map::*;
+    match flags & MAP_TYPE {
+        MAP_SHARED => Ok(true),
+        MAP_PRIVATE => Ok(false),
+        MAP_SHARED_VALIDATE if !anon => {
+            let extra = flags & !LEGACY_MAP_MASK;
+            if extra != 0 {
+                Err(MmError::NotSupported(format!(
+                    "flags: MAP_SHARED_VALIDATE does not support bits {extra:#x}"
+                )))
+            } else {
+                Ok(true)
+            }
+        }
+        t => Err(MmError::inval(
+            "flags",
+            format!("map type {t:#x}: MAP_SHARED or MAP_PRIVATE is required"),
+        )),
+    }
 }
 
 /// `__mmap_region`: put a VMA of `vm_flags` at `[addr, addr + len)`,
@@ -374,28 +472,92 @@ pub(crate) fn mm_populate(mm: &MmStruct, start: u64, len: u64) {
     crate::mm::fault::populate_range(mm, start, start + len);
 }
 
-/// `get_unmapped_area`: the hint if it fits, else top-down below
-/// `mmap_base`, else bottom-up above it.
+/// `PMD_SIZE`: a transparent huge page.
+const PMD_SIZE: u64 = 2 << 20;
+
+/// `__get_unmapped_area`: private anonymous memory without a hint whose
+/// length is a multiple of `PMD_SIZE` is placed THP-aligned
+/// (`thp_get_unmapped_area_vmflags`, CONFIG_TRANSPARENT_HUGEPAGE); shared
+/// anonymous memory (`shmem_get_unmapped_area` with shmem THP off) and
+/// files are not.
+pub(crate) fn get_unmapped_area_vmflags(
+    w: &Writer<'_>,
+    hint: u64,
+    len: u64,
+    anon_private: bool,
+) -> Result<u64, MmError> {
+    if anon_private
+        && hint == 0
+        && len % PMD_SIZE == 0
+        && let Some(a) = thp_get_unmapped_area(w, len)
+    {
+        return Ok(a);
+    }
+    get_unmapped_area(w, hint, len)
+}
+
+/// `__thp_get_unmapped_area` (mm/huge_memory.c) for offset 0: search
+/// `len + PMD_SIZE`, then move up to the next PMD boundary -- by a whole
+/// PMD when the found start is already aligned, since top-down the
+/// padding is kept below.
+fn thp_get_unmapped_area(w: &Writer<'_>, len: u64) -> Option<u64> {
+    let len_pad = len.checked_add(PMD_SIZE)?;
+    let ret = get_unmapped_area(w, 0, len_pad).ok()?;
+    let off_sub = ret.wrapping_neg() & (PMD_SIZE - 1);
+    Some(if off_sub == 0 {
+        ret + PMD_SIZE
+    } else {
+        ret + off_sub
+    })
+}
+
+/// `arch_get_unmapped_area_topdown` (arch/x86/kernel/sys_x86_64.c): the
+/// hint if `[hint, hint + len)` is free (`mmap_address_hint_valid`, then
+/// `find_vma`), else top-down below `mmap_base`, else bottom-up above it.
 pub(crate) fn get_unmapped_area(w: &Writer<'_>, hint: u64, len: u64) -> Result<u64, MmError> {
     let t = &w.mm.mm_mt;
     let g = &w.guard;
+    // vm_start_gap: below a VM_GROWSDOWN VMA, stack_guard_gap stays free.
+    let start_gap = |e: &crate::mm::vma_tree::TreeEntry| {
+        if w.mm.ctx.pool.get(e.idx).vm_flags() & VM_GROWSDOWN != 0 {
+            e.start.saturating_sub(STACK_GUARD_GAP)
+        } else {
+            e.start
+        }
+    };
     if hint >= MMAP_MIN_ADDR
         && hint.checked_add(len).is_some_and(|e| e <= TASK_SIZE)
         && t.overlapping(hint, hint + len, g).is_empty()
+        && t.next(hint + len, g)
+            .is_none_or(|n| hint + len <= start_gap(&n))
     {
         return Ok(hint);
     }
-    let mut high = MMAP_BASE;
-    loop {
-        let prev = t.prev(high, g);
-        let low = prev.map_or(MMAP_MIN_ADDR, |p| p.end.max(MMAP_MIN_ADDR));
-        if high >= low && high - low >= len {
-            return Ok(high - len);
+    // unmapped_area_topdown (mm/vma.c): the highest gap below high_limit
+    // that fits; if the VMA right above it is VM_GROWSDOWN and its
+    // vm_start_gap reaches into the gap, search again below that gap.
+    let mut high_limit = MMAP_BASE;
+    'retry: loop {
+        let mut below = high_limit;
+        let top = loop {
+            let prev = t.prev(below, g);
+            let low = prev.map_or(MMAP_MIN_ADDR, |p| p.end.max(MMAP_MIN_ADDR));
+            if below >= low && below - low >= len {
+                break below;
+            }
+            match prev {
+                Some(p) if p.start > MMAP_MIN_ADDR => below = p.start,
+                _ => break 'retry,
+            }
+        };
+        if let Some(n) = t.next(top, g) {
+            let gap = start_gap(&n);
+            if gap < n.start && gap < top {
+                high_limit = gap;
+                continue;
+            }
         }
-        match prev {
-            Some(p) if p.start > MMAP_MIN_ADDR => high = p.start,
-            _ => break,
-        }
+        return Ok(top - len);
     }
     let mut low = MMAP_BASE;
     loop {

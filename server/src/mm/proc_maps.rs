@@ -1,8 +1,8 @@
 //! `/proc/PID/maps`: rendering (`show_map_vma`) and import.
 //!
 //! Rendering is byte-for-byte the kernel's: `%08lx-%08lx %c%c%c%c %08llx
-//! %02x:%02x %lu `, then, if the VMA has a name, padding to column 73 and
-//! the name. Import accepts what a real kernel prints (and what rendering
+//! %02x:%02x %lu `, then, if the VMA has a name, `seq_pad`: spaces up to
+//! column 72 plus one more, then the name. Import accepts what a real kernel prints (and what rendering
 //! produces), so a real process's layout can be loaded and replayed.
 //!
 //! The x86-64 gate area (`[vsyscall]` at `VSYSCALL_ADDR`) is no VMA: the
@@ -11,10 +11,11 @@
 //! `gate_vma`, rendered last, inherited by fork, untouched by every
 //! operation); an empty Spawn has none.
 
-use crate::mm::mm_struct::{FileInfo, MmStruct};
+use crate::mm::mm_struct::{FileInfo, MM_ANONPAGES, MmStruct};
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
-use crate::mm::mmap::insert_vma_nomerge;
+use crate::mm::mmap::{insert_vma_nomerge, rss_counter};
 use crate::mm::rcu::rcu_read_lock;
+use crate::mm::sync::Ordering;
 use crate::mm::vma::Writer;
 use crate::mm::{MmError, PAGE_SHIFT, TASK_SIZE, page_aligned};
 use std::fmt::Write as _;
@@ -40,6 +41,10 @@ pub struct MapsEntry {
     pub dev_minor: u32,
     /// Inode.
     pub inode: u64,
+    /// Resident pages (smaps `Rss`: present PTEs but the zero page).
+    pub rss_pages: u64,
+    /// Resident anonymous pages (smaps `Anonymous`).
+    pub anon_pages: u64,
 }
 
 impl MapsEntry {
@@ -72,11 +77,12 @@ impl MapsEntry {
             self.inode
         );
         if !self.path.is_empty() {
-            // seq_setwidth(25 + sizeof(void *) * 6 - 1) then seq_pad(' ').
+            // show_vma_header_prefix: seq_setwidth(25 + sizeof(void *) * 6
+            // - 1) = 72; then seq_pad(m, ' ') pads up to column 72 *and*
+            // always writes one more ' ' (fs/seq_file.c), so a prefix that
+            // already reaches column 72 still gets a space before the name.
             let width = out.len() - at;
-            if width < 73 {
-                out.extend(std::iter::repeat_n(' ', 73 - width));
-            }
+            out.extend(std::iter::repeat_n(' ', width.max(72) + 1 - width));
             out.push_str(&self.path);
         }
         out.push('\n');
@@ -98,6 +104,8 @@ fn gate_entry(vm_flags: u64) -> MapsEntry {
         dev_major: 0,
         dev_minor: 0,
         inode: 0,
+        rss_pages: 0,
+        anon_pages: 0,
     }
 }
 
@@ -123,7 +131,20 @@ pub fn show_maps(mm: &MmStruct) -> (Vec<MapsEntry>, u64, u64) {
                 dev_major: 0,
                 dev_minor: 0,
                 inode: 0,
+                rss_pages: 0,
+                anon_pages: 0,
             };
+            // smaps_pte_range: every present PTE but the zero page counts
+            // in Rss; PageAnon ones also in Anonymous.
+            mm.pgd.for_each_present(f.vm_start, f.vm_end, |_, p| {
+                // Relaxed: a snapshot under mmap_lock read, like smaps.
+                if let Some(ctr) = rss_counter(p.load(Ordering::Relaxed)) {
+                    m.rss_pages += 1;
+                    if ctr == MM_ANONPAGES {
+                        m.anon_pages += 1;
+                    }
+                }
+            });
             if f.vm_file != 0 {
                 let info = files.file(f.vm_file);
                 m.offset = f.vm_pgoff << PAGE_SHIFT;
@@ -131,14 +152,16 @@ pub fn show_maps(mm: &MmStruct) -> (Vec<MapsEntry>, u64, u64) {
                 m.dev_major = info.dev_major;
                 m.dev_minor = info.dev_minor;
                 m.inode = info.inode;
+            } else if f.vm_start < state.brk && f.vm_end > state.start_brk {
+                // get_vma_name (fs/proc/task_mmu.c) asks vma_is_initial_heap
+                // (strict: vm_start < brk && vm_end > start_brk) before the
+                // anon name, so a named VMA over the heap is still [heap].
+                m.path = "[heap]".into();
             } else if let Some(n) = (f.anon_name != 0)
                 .then(|| files.name(f.anon_name))
                 .flatten()
             {
                 m.path = n.to_string();
-            } else if f.vm_start <= state.brk && f.vm_end >= state.start_brk {
-                // vma_is_initial_heap
-                m.path = "[heap]".into();
             }
             m
         })
@@ -395,4 +418,52 @@ pub fn import_maps(
         w.w.state.brk = last_file_end;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+
+    fn entry(start: u64, end: u64, offset: u64, inode: u64, path: &str) -> MapsEntry {
+        MapsEntry {
+            start,
+            end,
+            vm_flags: VM_READ | VM_WRITE,
+            offset,
+            file_id: 0,
+            path: path.into(),
+            dev_major: 0,
+            dev_minor: 1,
+            inode,
+            rss_pages: 0,
+            anon_pages: 0,
+        }
+    }
+
+    /// show_vma_header_prefix + seq_pad (fs/proc/task_mmu.c, fs/seq_file.c):
+    /// the name starts at column 73 after a short prefix, and a prefix that
+    /// reaches column 72 still gets one space.
+    #[test]
+    fn seq_pad_always_adds_one_space() {
+        let mut s = String::new();
+        entry(0x7f00_0000_0000, 0x7f00_0000_1000, 0, 1043, "/x").render(&mut s);
+        assert_eq!(s.find("/x"), Some(73), "{s:?}");
+        let mut long = String::new();
+        // 64-bit offset and a 20-digit inode: the prefix is past column 72.
+        entry(
+            0x7f00_0000_0000,
+            0x7f00_0000_1000,
+            0xffff_ffff_ffff_f000,
+            u64::MAX,
+            "/y",
+        )
+        .render(&mut long);
+        let name = long.find("/y").unwrap();
+        assert!(name > 73, "{long:?}");
+        assert_eq!(
+            &long[name - 2..name],
+            "  ",
+            "prefix space + seq_pad's: {long:?}"
+        );
+    }
 }

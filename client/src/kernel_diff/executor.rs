@@ -1,0 +1,697 @@
+//! The executor: a real Linux process that performs `kernel-diff`'s
+//! operations on its own address space and reports what the kernel did.
+//!
+//! It is the hidden subcommand `vmasim __kernel-diff-executor`, started by
+//! [`super::kernel::Kernel`] as a child process. It is shaped by one need:
+//! after setup, **nothing but the test may change its address space** below
+//! [`WINDOW_END`], so that every non-fixed placement is the kernel's answer
+//! to the test's own history. Hence:
+//!
+//! * `main.rs` starts no tokio runtime for it: one thread, no stacks
+//!   appearing behind our back.
+//! * It re-execs itself once with `personality(ADDR_NO_RANDOMIZE)` (so
+//!   `mmap_base` is the un-randomised `mmap_base()` of
+//!   arch/x86/mm/mmap.c), `RLIMIT_STACK` at most 8 MiB (so the layout is
+//!   top-down, not `mmap_is_legacy`), and
+//!   `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=0`, so glibc's malloc
+//!   never calls `brk`: the heap belongs to the test from `start_brk` up.
+//! * Every buffer is mapped during setup; the command loop allocates
+//!   nothing and frees nothing (no malloc `mmap`/`munmap` can appear later).
+//! * Setup fills every gap between [`WINDOW_END`] and `mmap_base` with
+//!   `PROT_NONE` shared mappings of a memfd, so the top-down search of
+//!   `vm_unmapped_area` skips the libraries and lands in the window. A
+//!   file mapping never merges with the test's mappings.
+//! * Operations are raw system calls. A page touch is probed through a
+//!   pipe (`write(pipe, addr, 1)` reads the page, `read(pipe, addr, 1)`
+//!   writes it): a bad access is `EFAULT`, never a signal.
+//! * `fork` forks the executor: the child serves its own command slot (a
+//!   pipe pair the controller created for it in advance), the parent goes
+//!   on serving its own.
+//!
+//! The protocol is text, one command a line, answered by a result line, the
+//! VMAs of the compared region (`V <Rss kB> <Anonymous kB> <maps line>`),
+//! and a `.` line. See [`super::kernel`] for the controller side.
+
+use super::{FILE_SIZE, MAX_PROCS, NR_FILES, WINDOW_END};
+use std::ffi::CStr;
+use std::fmt::Write as _;
+use std::os::unix::process::CommandExt;
+
+/// Environment variable marking the re-exec'd executor.
+const REEXEC_ENV: &str = "VMASIM_KDIFF_EXECUTOR";
+/// `ADDR_NO_RANDOMIZE` (include/uapi/linux/personality.h).
+const ADDR_NO_RANDOMIZE: libc::c_ulong = 0x0040000;
+/// Largest `/proc/self/{maps,smaps}` text the executor can read. A process
+/// at `vm.max_map_count` (65530) has ~7 MiB of maps.
+const READ_BUF: usize = 128 << 20;
+/// Largest reply.
+const OUT_BUF: usize = 64 << 20;
+/// `TASK_SIZE_MAX` on x86-64 with 4-level paging: `(1 << 47) - PAGE_SIZE`.
+const TASK_SIZE_MAX: u64 = (1 << 47) - 4096;
+/// `stack_guard_gap` default (mm/mmap.c: 256 pages).
+const STACK_GUARD_GAP: u64 = 256 << 12;
+
+/// Fixed-capacity output buffer, so the command loop never allocates.
+struct Out {
+    buf: &'static mut [u8],
+    len: usize,
+}
+
+impl std::fmt::Write for Out {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let b = s.as_bytes();
+        if self.len + b.len() > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+        self.len += b.len();
+        Ok(())
+    }
+}
+
+/// Everything the command loop uses, mapped during setup.
+struct Exec {
+    /// `(command read end, reply write end)` per slot.
+    slots: [(i32, i32); MAX_PROCS],
+    /// The slot this process serves.
+    slot: usize,
+    files: [i32; NR_FILES],
+    probe: [i32; 2],
+    /// Compared region: VMAs overlapping it are reported.
+    lo: u64,
+    hi: u64,
+    smaps: bool,
+    rd: &'static mut [u8],
+    out: Out,
+    cmd: &'static mut [u8],
+    cmd_len: usize,
+}
+
+fn die(msg: &str) -> ! {
+    let _ = writeln!(std::io::stderr(), "kernel-diff executor: {msg}");
+    unsafe { libc::_exit(70) }
+}
+
+use std::io::Write as _;
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Map `len` bytes of private anonymous memory for a buffer (setup only).
+fn map_buffer(len: usize) -> &'static mut [u8] {
+    // SAFETY: a fresh private anonymous mapping, owned by nothing else and
+    // never unmapped; the slice covers exactly the mapping.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            die("cannot map a buffer");
+        }
+        std::slice::from_raw_parts_mut(p.cast::<u8>(), len)
+    }
+}
+
+/// Entry point of `vmasim __kernel-diff-executor --fds ...`.
+pub fn main(fds: &str) -> ! {
+    // SAFETY: personality(0xffffffff) only queries.
+    let persona = unsafe { libc::personality(0xffff_ffff) };
+    if std::env::var_os(REEXEC_ENV).is_none() {
+        reexec(persona as libc::c_ulong);
+    }
+    if persona as libc::c_ulong & ADDR_NO_RANDOMIZE == 0 {
+        die("personality(ADDR_NO_RANDOMIZE) did not survive exec");
+    }
+    let mut slots = [(-1, -1); MAX_PROCS];
+    let nums: Vec<i32> = fds.split(',').filter_map(|s| s.parse().ok()).collect();
+    if nums.len() != 2 * MAX_PROCS {
+        die("--fds needs a command and a reply fd per slot");
+    }
+    for (i, s) in slots.iter_mut().enumerate() {
+        *s = (nums[2 * i], nums[2 * i + 1]);
+    }
+    if !threads_is_one() {
+        die("the executor must be single-threaded");
+    }
+    // SAFETY: plain system calls on our own process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // Children are reaped by the kernel: no waitpid in the loop.
+        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let rd = map_buffer(READ_BUF);
+    let out = Out {
+        buf: map_buffer(OUT_BUF),
+        len: 0,
+    };
+    let cmd = map_buffer(1 << 16);
+    let mut files = [-1; NR_FILES];
+    let mut inodes = [0u64; NR_FILES];
+    for (i, f) in files.iter_mut().enumerate() {
+        let name = format!("kdiff-{i}\0");
+        *f = memfd(&name);
+        // SAFETY: ftruncate/fstat on our own fd.
+        unsafe {
+            if libc::ftruncate(*f, FILE_SIZE as i64) != 0 {
+                die("ftruncate(memfd)");
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstat(*f, &mut st);
+            inodes[i] = st.st_ino;
+        }
+    }
+    let fill = memfd("kdiff-fill\0");
+    let mut probe = [0; 2];
+    // SAFETY: pipe writes two fds into `probe`.
+    if unsafe { libc::pipe(probe.as_mut_ptr()) } != 0 {
+        die("pipe");
+    }
+    let start_brk = read_start_brk();
+    // SAFETY: brk(0) queries the break.
+    let brk = unsafe { libc::syscall(libc::SYS_brk, 0) } as u64;
+    let mut ex = Exec {
+        slots,
+        slot: 0,
+        files,
+        probe,
+        lo: start_brk,
+        hi: WINDOW_END,
+        smaps: true,
+        rd,
+        out,
+        cmd,
+        cmd_len: 0,
+    };
+    // Everything that allocates happens before the gaps are filled, and
+    // nothing allocated is ever freed (a freed malloc chunk is an munmap,
+    // which would reopen a gap): `main` never returns, so its locals live.
+    let max_map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(65530);
+    let mut gaps = Vec::with_capacity(4096);
+    fill_gaps(&mut ex, fill, &mut gaps);
+    let n = ex.read_proc(c"/proc/self/maps");
+    let text = std::str::from_utf8(&ex.rd[..n]).unwrap_or("");
+    for line in text.lines() {
+        let (s, e) = line_range(line);
+        if e > ex.lo && s < ex.hi {
+            die(&format!(
+                "{line:?} is inside the test region {:#x}-{:#x}",
+                ex.lo, ex.hi
+            ));
+        }
+    }
+    let _ = write!(ex.out, "ready {start_brk:x} {brk:x} {max_map_count}");
+    for i in inodes {
+        let _ = write!(ex.out, " {i}");
+    }
+    let _ = writeln!(ex.out);
+    let n = ex.read_proc(c"/proc/self/maps");
+    for line in std::str::from_utf8(&ex.rd[..n]).unwrap_or("").lines() {
+        let _ = writeln!(ex.out, "M {line}");
+    }
+    let _ = writeln!(ex.out, ".");
+    ex.flush();
+    // From here on: no allocation, no free.
+    loop {
+        ex.serve_one();
+    }
+}
+
+/// Set up the deterministic environment and exec ourselves again.
+fn reexec(persona: libc::c_ulong) -> ! {
+    // SAFETY: personality/getrlimit/setrlimit change only this process
+    // (and, through exec, the executor it becomes).
+    unsafe {
+        if libc::personality(persona | ADDR_NO_RANDOMIZE) == -1 {
+            die("personality(ADDR_NO_RANDOMIZE) failed");
+        }
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_STACK, &mut rl);
+        // mmap_is_legacy(): an unlimited stack means bottom-up placement;
+        // above ~127 MiB mmap_base() moves. 8 MiB is the usual default.
+        if rl.rlim_cur == libc::RLIM_INFINITY || rl.rlim_cur > (8 << 20) {
+            rl.rlim_cur = 8 << 20;
+            libc::setrlimit(libc::RLIMIT_STACK, &rl);
+        }
+    }
+    let tunables = match std::env::var("GLIBC_TUNABLES") {
+        Ok(t) if !t.is_empty() => format!("{t}:glibc.malloc.mmap_threshold=0"),
+        _ => "glibc.malloc.mmap_threshold=0".to_string(),
+    };
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let err = std::process::Command::new("/proc/self/exe")
+        .args(args)
+        .env(REEXEC_ENV, "1")
+        .env("GLIBC_TUNABLES", tunables)
+        .exec();
+    die(&format!("re-exec failed: {err}"))
+}
+
+fn threads_is_one() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().eq(["Threads:", "1"]))
+        })
+        .unwrap_or(false)
+}
+
+fn memfd(name: &str) -> i32 {
+    let c = CStr::from_bytes_with_nul(name.as_bytes()).unwrap_or(c"kdiff");
+    // SAFETY: memfd_create with a NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), 0) };
+    if fd < 0 {
+        die("memfd_create");
+    }
+    fd
+}
+
+/// `start_brk` is field 47 of /proc/self/stat (proc(5)).
+fn read_start_brk() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces: count after its ')'.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    rest.split_whitespace()
+        .nth(47 - 3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| die("cannot read start_brk from /proc/self/stat"))
+}
+
+fn line_range(line: &str) -> (u64, u64) {
+    let r = line.split(' ').next().unwrap_or("");
+    let (s, e) = r.split_once('-').unwrap_or(("0", "0"));
+    (
+        u64::from_str_radix(s, 16).unwrap_or(0),
+        u64::from_str_radix(e, 16).unwrap_or(0),
+    )
+}
+
+/// `mmap_base()` of arch/x86/mm/mmap.c without randomisation: the stack
+/// rlimit plus `stack_guard_gap`, clamped to [128 MiB, 5/6 of the task
+/// size], below `TASK_SIZE_MAX`.
+fn mmap_base() -> u64 {
+    // SAFETY: getrlimit fills `rl`.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
+    let gap = rl
+        .rlim_cur
+        .saturating_add(STACK_GUARD_GAP)
+        .clamp(128 << 20, TASK_SIZE_MAX / 6 * 5);
+    (TASK_SIZE_MAX - gap) & !4095
+}
+
+/// Fill every gap of `[WINDOW_END, mmap_base)` with a `PROT_NONE` shared
+/// mapping of `fd`, then check that a non-fixed mmap lands right below
+/// `WINDOW_END`.
+fn fill_gaps(ex: &mut Exec, fd: i32, gaps: &mut Vec<(u64, u64)>) {
+    let top = mmap_base();
+    let n = ex.read_proc(c"/proc/self/maps");
+    let text = std::str::from_utf8(&ex.rd[..n]).unwrap_or("");
+    let mut cursor = WINDOW_END;
+    for line in text.lines() {
+        let (s, e) = line_range(line);
+        if e <= cursor {
+            continue;
+        }
+        if s >= top {
+            break;
+        }
+        if s > cursor {
+            gaps.push((cursor, s));
+        }
+        cursor = cursor.max(e);
+    }
+    if cursor < top {
+        gaps.push((cursor, top));
+    }
+    if gaps.len() == gaps.capacity() {
+        die("too many gaps to fill");
+    }
+    for &(s, e) in gaps.iter() {
+        // SAFETY: MAP_FIXED_NOREPLACE into a gap: replaces nothing.
+        let p = unsafe {
+            libc::mmap(
+                s as *mut libc::c_void,
+                (e - s) as usize,
+                libc::PROT_NONE,
+                libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
+                fd,
+                0,
+            )
+        };
+        if p as u64 != s {
+            die(&format!("cannot fill the gap {s:#x}-{e:#x}"));
+        }
+    }
+    // SAFETY: a probe mapping, unmapped right away.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p as u64 != WINDOW_END - 4096 {
+        die(&format!(
+            "non-fixed placement probe landed at {:#x}, not below the window end {WINDOW_END:#x}",
+            p as u64
+        ));
+    }
+    unsafe { libc::munmap(p, 4096) };
+}
+
+impl Exec {
+    /// Read a /proc file into `rd`, returning its length.
+    fn read_proc(&mut self, path: &CStr) -> usize {
+        // SAFETY: open/read/close into our own buffer, bounded by its size.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                die("cannot open /proc/self/maps");
+            }
+            let mut n = 0;
+            loop {
+                if n == self.rd.len() {
+                    die("/proc/self/smaps is larger than the read buffer");
+                }
+                let r = libc::read(
+                    fd,
+                    self.rd[n..].as_mut_ptr().cast(),
+                    (self.rd.len() - n).min(1 << 20),
+                );
+                if r < 0 {
+                    if errno() == libc::EINTR {
+                        continue;
+                    }
+                    die("read(/proc/self/maps)");
+                }
+                if r == 0 {
+                    break;
+                }
+                n += r as usize;
+            }
+            libc::close(fd);
+            n
+        }
+    }
+
+    fn flush(&mut self) {
+        let fd = self.slots[self.slot].1;
+        let mut off = 0;
+        while off < self.out.len {
+            // SAFETY: writes from our own buffer.
+            let r =
+                unsafe { libc::write(fd, self.out.buf[off..].as_ptr().cast(), self.out.len - off) };
+            if r < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                // The controller is gone.
+                unsafe { libc::_exit(0) };
+            }
+            off += r as usize;
+        }
+        self.out.len = 0;
+    }
+
+    /// Read the next command line into `cmd[..len]`, returning its length.
+    fn next_command(&mut self) -> usize {
+        let fd = self.slots[self.slot].0;
+        loop {
+            if let Some(nl) = self.cmd[..self.cmd_len].iter().position(|&b| b == b'\n') {
+                return nl;
+            }
+            if self.cmd_len == self.cmd.len() {
+                die("command too long");
+            }
+            // SAFETY: reads into our own buffer, bounded by its size.
+            let r = unsafe {
+                libc::read(
+                    fd,
+                    self.cmd[self.cmd_len..].as_mut_ptr().cast(),
+                    self.cmd.len() - self.cmd_len,
+                )
+            };
+            if r < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            if r <= 0 {
+                // EOF: the controller is done with us.
+                unsafe { libc::_exit(0) };
+            }
+            self.cmd_len += r as usize;
+        }
+    }
+
+    fn serve_one(&mut self) {
+        let nl = self.next_command();
+        let mut args = [0u64; 8];
+        let mut argc = 0;
+        // An upper-case command asks for no snapshot (shrink replays
+        // compare maps only at the end).
+        let quiet = self.cmd[0].is_ascii_uppercase();
+        let op = self.cmd[0].to_ascii_lowercase();
+        for tok in self.cmd[..nl].split(|&b| b == b' ').skip(1) {
+            if argc < args.len() {
+                args[argc] = hex(tok);
+                argc += 1;
+            }
+        }
+        // Consume the line.
+        self.cmd.copy_within(nl + 1..self.cmd_len, 0);
+        self.cmd_len -= nl + 1;
+        let a = args;
+        let res: Result<u64, i32> = match op {
+            b'm' => self.op_mmap(a[0], a[1], a[2] as i32, a[3] as i32, a[4], a[5]),
+            b'u' => self.guard(a[0], a[1]).and_then(|()| {
+                // SAFETY: inside the test region, which holds no executor memory.
+                sys(unsafe { libc::munmap(a[0] as *mut _, a[1] as usize) } as i64)
+            }),
+            b'p' => self.guard(a[0], a[1]).and_then(|()| {
+                // SAFETY: as above.
+                sys(unsafe { libc::mprotect(a[0] as *mut _, a[1] as usize, a[2] as i32) } as i64)
+            }),
+            // SAFETY: brk moves only the heap, which the executor leaves to the test.
+            b'b' => Ok(unsafe { libc::syscall(libc::SYS_brk, a[0]) } as u64),
+            b't' => self.touch(a[0], a[1] != 0),
+            b'l' => self.fill(a[0], a[1]),
+            b'f' => self.fork(a[0] as usize),
+            b'x' => {
+                let _ = writeln!(self.out, "r ok 0\n.");
+                self.flush();
+                unsafe { libc::_exit(0) }
+            }
+            b'o' => {
+                self.smaps = a[0] != 0;
+                Ok(0)
+            }
+            b's' => Ok(0),
+            _ => die("unknown command"),
+        };
+        let _ = match res {
+            Ok(v) => writeln!(self.out, "r ok {v:x}"),
+            Err(e) if e == REFUSED => writeln!(self.out, "r refused"),
+            Err(e) => writeln!(self.out, "r err {e}"),
+        };
+        if !quiet {
+            self.snapshot();
+        }
+        let _ = writeln!(self.out, ".");
+        self.flush();
+    }
+
+    /// Operations that could hit the executor's own memory are refused
+    /// outside the test region.
+    fn guard(&self, addr: u64, len: u64) -> Result<(), i32> {
+        let end = addr.checked_add(len.max(1)).ok_or(REFUSED)?;
+        if addr >= self.lo && end <= self.hi {
+            Ok(())
+        } else {
+            Err(REFUSED)
+        }
+    }
+
+    fn op_mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: i32,
+        flags: i32,
+        file: u64,
+        off: u64,
+    ) -> Result<u64, i32> {
+        if flags & libc::MAP_FIXED != 0 && flags & libc::MAP_FIXED_NOREPLACE == 0 {
+            self.guard(addr, len)?;
+        }
+        let fd = if file == 0 {
+            -1
+        } else {
+            self.files[(file - 1) as usize % NR_FILES]
+        };
+        // SAFETY: MAP_FIXED only inside the test region (checked above);
+        // any other placement replaces nothing.
+        let p = unsafe { libc::mmap(addr as *mut _, len as usize, prot, flags, fd, off as i64) };
+        if p == libc::MAP_FAILED {
+            Err(errno())
+        } else {
+            Ok(p as u64)
+        }
+    }
+
+    /// Touch one page: `write(probe, addr, 1)` makes the kernel read it
+    /// (fault in for read), `read(probe, addr, 1)` makes it write it.
+    fn touch(&mut self, addr: u64, write: bool) -> Result<u64, i32> {
+        self.guard(addr, 1)?;
+        let mut b = [0u8; 1];
+        // SAFETY: the kernel does the access (copy_{from,to}_user), so a bad
+        // address is EFAULT; our own buffer `b` is valid.
+        unsafe {
+            if write {
+                libc::write(self.probe[1], b.as_ptr().cast(), 1);
+                let r = libc::read(self.probe[0], addr as *mut _, 1);
+                if r != 1 {
+                    let e = errno();
+                    libc::read(self.probe[0], b.as_mut_ptr().cast(), 1);
+                    return Err(e);
+                }
+            } else {
+                let r = libc::write(self.probe[1], addr as *const _, 1);
+                if r != 1 {
+                    return Err(errno());
+                }
+                libc::read(self.probe[0], b.as_mut_ptr().cast(), 1);
+            }
+        }
+        Ok(0)
+    }
+
+    /// `count` one-page private anonymous rw- mappings, one every two
+    /// pages from `addr` (the max_map_count scenario). Stops at the first
+    /// failure; returns how many were mapped.
+    fn fill(&mut self, addr: u64, count: u64) -> Result<u64, i32> {
+        self.guard(addr, count * 8192)?;
+        for i in 0..count {
+            let a = addr + i * 8192;
+            // SAFETY: inside the test region (checked above).
+            let p = unsafe {
+                libc::mmap(
+                    a as *mut _,
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Ok(i);
+            }
+        }
+        Ok(count)
+    }
+
+    fn fork(&mut self, slot: usize) -> Result<u64, i32> {
+        if slot >= MAX_PROCS || slot == self.slot {
+            return Err(REFUSED);
+        }
+        // SAFETY: single-threaded, so fork is safe; the child only makes
+        // system calls on buffers it owns (copies of ours).
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(errno());
+        }
+        if pid == 0 {
+            // The child serves `slot` from now on: its "r ok 0" and its
+            // snapshot go to that slot's reply pipe, the parent's to its own.
+            self.slot = slot;
+            self.cmd_len = 0;
+            return Ok(0);
+        }
+        Ok(pid as u64)
+    }
+
+    /// Append the `V` lines of every VMA overlapping the compared region.
+    fn snapshot(&mut self) {
+        let smaps = self.smaps;
+        let n = self.read_proc(if smaps {
+            c"/proc/self/smaps"
+        } else {
+            c"/proc/self/maps"
+        });
+        let (lo, hi) = (self.lo, self.hi);
+        let rd: &[u8] = &self.rd[..n];
+        let mut header: Option<&str> = None;
+        let (mut rss, mut anon) = (0u64, 0u64);
+        let out = &mut self.out;
+        let mut emit = |h: &str, rss: u64, anon: u64| {
+            let (s, e) = line_range(h);
+            if e > lo && s < hi {
+                if smaps {
+                    let _ = writeln!(out, "V {rss} {anon} {h}");
+                } else {
+                    let _ = writeln!(out, "V - - {h}");
+                }
+            }
+        };
+        for line in rd.split(|&b| b == b'\n') {
+            let Ok(line) = std::str::from_utf8(line) else {
+                continue;
+            };
+            if line.is_empty() {
+                continue;
+            }
+            let first = line.as_bytes()[0];
+            if first.is_ascii_digit() || (b'a'..=b'f').contains(&first) {
+                if let Some(h) = header.take() {
+                    emit(h, rss, anon);
+                }
+                header = Some(line);
+                rss = 0;
+                anon = 0;
+            } else if let Some(v) = line.strip_prefix("Rss:") {
+                rss = kb(v);
+            } else if let Some(v) = line.strip_prefix("Anonymous:") {
+                anon = kb(v);
+            }
+        }
+        if let Some(h) = header {
+            emit(h, rss, anon);
+        }
+    }
+}
+
+/// Not performed: outside the test region (reported as `refused`).
+const REFUSED: i32 = -1;
+
+fn sys(r: i64) -> Result<u64, i32> {
+    if r < 0 { Err(errno()) } else { Ok(r as u64) }
+}
+
+fn kb(v: &str) -> u64 {
+    v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0)
+}
+
+fn hex(tok: &[u8]) -> u64 {
+    let mut v: u64 = 0;
+    for &c in tok {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => continue,
+        };
+        v = v.wrapping_mul(16).wrapping_add(u64::from(d));
+    }
+    v
+}
