@@ -488,7 +488,7 @@ pub(crate) fn get_unmapped_area_vmflags(
 ) -> Result<u64, MmError> {
     if anon_private
         && hint == 0
-        && len % PMD_SIZE == 0
+        && len.is_multiple_of(PMD_SIZE)
         && let Some(a) = thp_get_unmapped_area(w, len)
     {
         return Ok(a);
