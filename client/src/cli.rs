@@ -48,7 +48,8 @@ pub struct Cli {
 pub enum Command {
     /// Create a process (empty, or imported from /proc/PID/maps text); prints its pid.
     Spawn {
-        /// /proc/PID/maps file to import (`-` for stdin).
+        /// /proc/PID/maps file to import (`-` for stdin); /proc/PID/smaps
+        /// text also gives the flags maps does not show (VmFlags).
         #[arg(long, value_name = "FILE")]
         from_maps: Option<PathBuf>,
         /// Heap start (page aligned). Default: the server derives it (the

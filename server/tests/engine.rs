@@ -555,6 +555,48 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
 }
 
 #[test]
+fn smaps_text_imports_the_hidden_flags() {
+    use vmasim_server::mm::mm_types::vm_flags::*;
+    // /proc/PID/smaps of a program after ld.so's RELRO mprotect: the r--p
+    // RELRO part still has VM_ACCOUNT ("ac", mprotect_fixup keeps it),
+    // the stack VM_GROWSDOWN ("gd"). Other fields are skipped.
+    let smaps = "\
+555555554000-555555556000 r--p 00000000 fe:00 247030                     /usr/bin/cat
+Size:                  8 kB
+VmFlags: rd mr mw me dw sd
+555555556000-555555557000 r--p 00002000 fe:00 247030                     /usr/bin/cat
+Size:                  4 kB
+VmFlags: rd mr mw me dw ac sd
+7ffffffde000-7ffffffff000 rw-p 00000000 00:00 0                          [stack]
+Rss:                  12 kB
+VmFlags: rd wr mr mw me gd ac
+";
+    let s = sim();
+    let pid = s.spawn_from_maps(smaps, None).unwrap();
+    let m = s.maps(pid).unwrap();
+    let flags: Vec<u64> = m.entries.iter().map(|e| e.vm_flags).collect();
+    assert_eq!(flags[0] & (VM_ACCOUNT | VM_GROWSDOWN), 0);
+    assert_eq!(flags[1] & VM_ACCOUNT, VM_ACCOUNT, "RELRO keeps VM_ACCOUNT");
+    assert_eq!(
+        flags[2] & (VM_ACCOUNT | VM_GROWSDOWN),
+        VM_ACCOUNT | VM_GROWSDOWN
+    );
+    // The maps text is the maps lines only.
+    let maps_only: String = smaps
+        .lines()
+        .filter(|l| !l.contains(':') || l.contains('-'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(m.text, maps_only);
+    // Without VmFlags the RELRO part cannot be told apart: no VM_ACCOUNT.
+    let pid = s.spawn_from_maps(&maps_only, None).unwrap();
+    assert_eq!(s.maps(pid).unwrap().entries[1].vm_flags & VM_ACCOUNT, 0);
+    // A field before any maps line names the line.
+    let e = s.spawn_from_maps("VmFlags: rd\n", None).unwrap_err();
+    assert!(e.to_string().contains("line 1"), "{e}");
+}
+
+#[test]
 fn rcu_policy_defers_frees_and_typesafe_reuses_at_once() {
     for policy in [CachePolicy::Typesafe, CachePolicy::Rcu] {
         let s = Simulator::new(SimConfig {

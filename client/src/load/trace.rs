@@ -62,6 +62,7 @@ enum Step {
     Spawn {
         mm: u64,
         maps: Vec<String>,
+        vmflags: Vec<String>,
         start_brk: u64,
     },
     Fork {
@@ -214,11 +215,13 @@ fn compile(name: &str, rec: &format::Recording) -> Program {
             Event::Exec {
                 mm,
                 maps,
+                vmflags,
                 start_brk,
                 ..
             } => Step::Spawn {
                 mm: *mm,
                 maps: maps.clone(),
+                vmflags: vmflags.clone(),
                 start_brk: *start_brk,
             },
             Event::Clone { mm, child_mm, .. } if child_mm != mm => Step::Fork {
@@ -565,6 +568,7 @@ impl TraceWorker {
             Step::Spawn {
                 mm,
                 maps,
+                vmflags,
                 start_brk,
             } => {
                 let mut ranges = Ranges::default();
@@ -591,7 +595,7 @@ impl TraceWorker {
                 let r = call!(
                     OpKind::Spawn,
                     Op::Spawn(SpawnRequest {
-                        maps_text: maps.join("\n"),
+                        maps_text: format::spawn_text(&maps, &vmflags),
                         start_brk,
                     })
                 );

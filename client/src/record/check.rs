@@ -312,9 +312,10 @@ impl Checker<'_> {
                 path,
                 start_brk,
                 maps,
+                vmflags,
                 ..
             } => {
-                let text = maps.join("\n");
+                let text = format::spawn_text(maps, vmflags);
                 let pid = self
                     .c
                     .spawn(SpawnRequest {

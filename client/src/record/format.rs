@@ -341,6 +341,23 @@ pub fn parse(text: &str) -> Result<Recording, FormatError> {
     Ok(rec)
 }
 
+/// The text a `Spawn` imports for a snapshot: each maps line followed by
+/// its smaps `VmFlags:` line (the server takes smaps text), so the
+/// simulated VMAs get the flags maps does not show.
+pub fn spawn_text(maps: &[String], vmflags: &[String]) -> String {
+    let mut t = String::new();
+    for (i, l) in maps.iter().enumerate() {
+        t.push_str(l);
+        t.push('\n');
+        if let Some(f) = vmflags.get(i).filter(|f| !f.is_empty()) {
+            t.push_str("VmFlags: ");
+            t.push_str(f);
+            t.push('\n');
+        }
+    }
+    t
+}
+
 /// One maps line, as `replay --check` compares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapsLine {

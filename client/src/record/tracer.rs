@@ -81,6 +81,9 @@ struct Task {
     fresh: bool,
     /// `PTRACE_EVENT_EXIT` seen.
     exiting: bool,
+    /// Suspended in a `CLONE_VFORK` clone until its child execs or exits
+    /// (`wait_for_vfork_done`): it cannot change the mm meanwhile.
+    vfork_wait: bool,
 }
 
 /// Per address space.
@@ -273,6 +276,7 @@ impl<W: Write> Tracer<W> {
                 entry: None,
                 fresh: false,
                 exiting: false,
+                vfork_wait: false,
             },
         );
         self.mms.insert(
@@ -450,7 +454,16 @@ impl<W: Write> Tracer<W> {
                 }
                 if matches!(syscalls::lookup(e.nr), Some((_, Kind::Exec))) && mm != 0 {
                     // The old mm's last state if the exec succeeds.
-                    let quiescent = self.mms.get(&mm).is_some_and(|m| m.live == 1);
+                    // Quiescent: every other task of the mm is a vfork
+                    // parent waiting for this child (or there is none).
+                    let quiescent = self.mms.get(&mm).is_some_and(|m| {
+                        m.live
+                            == 1 + self
+                                .tasks
+                                .iter()
+                                .filter(|(p, t)| **p != pid && t.mm == mm && t.vfork_wait)
+                                .count()
+                    });
                     if let Ok(s) = procfs::snapshot(pid.as_raw()) {
                         self.emit(&Event::Maps {
                             tid: pid.as_raw() as u32,
@@ -466,6 +479,7 @@ impl<W: Write> Tracer<W> {
             libc::PTRACE_SYSCALL_INFO_EXIT => {
                 // SAFETY: op EXIT says the kernel filled the `exit` member.
                 let x = unsafe { info.u.exit };
+                task.vfork_wait = false;
                 let Some((nr, args)) = task.entry.take() else {
                     return Ok(true);
                 };
@@ -536,6 +550,11 @@ impl<W: Write> Tracer<W> {
                 None => ("fork", FORK_FLAGS),
             };
             let shares_vm = flags & libc::CLONE_VM as u64 != 0;
+            if flags & libc::CLONE_VFORK as u64 != 0
+                && let Some(p) = self.tasks.get_mut(&pid)
+            {
+                p.vfork_wait = true;
+            }
             let child_mm = if shares_vm { mm } else { self.new_mm() };
             if let Some(m) = self.mms.get_mut(&child_mm) {
                 m.live += 1;
@@ -559,6 +578,7 @@ impl<W: Write> Tracer<W> {
                     entry: None,
                     fresh: !held,
                     exiting: false,
+                    vfork_wait: false,
                 },
             );
             if held {

@@ -210,18 +210,62 @@ pub struct MapsLine {
     pub inode: u64,
     /// Path or name, empty if none.
     pub path: String,
+    /// The flags maps does not show, from an smaps `VmFlags:` line after
+    /// this one (`None`: the text had none; the import then infers
+    /// `VM_ACCOUNT` as `accountable_mapping` would).
+    pub hidden: Option<u64>,
+}
+
+/// smaps `VmFlags:` mnemonics (`show_smap_vma_flags`, fs/proc/task_mmu.c)
+/// of the flags the simulation models besides the perms column. Other
+/// mnemonics (`mr`, `mw`, `me`, `sd`, `io`, `pf`, ...) name flags it does
+/// not model and are ignored.
+const VMFLAG_MNEMONICS: &[(&str, u64)] = &[
+    ("gd", VM_GROWSDOWN),
+    ("lo", VM_LOCKED),
+    ("dc", VM_DONTCOPY),
+    ("de", VM_DONTEXPAND),
+    ("lf", VM_LOCKONFAULT),
+    ("ac", VM_ACCOUNT),
+    ("nr", VM_NORESERVE),
+    ("wf", VM_WIPEONFORK),
+    ("dd", VM_DONTDUMP),
+    ("hg", VM_HUGEPAGE),
+    ("nh", VM_NOHUGEPAGE),
+];
+
+/// An smaps `Key: value` line (`Size:`, `Rss:`, `VmFlags:`, ...)?
+fn smaps_field(raw: &str) -> Option<(&str, &str)> {
+    let (k, v) = raw.split_once(':')?;
+    (!k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some((k, v))
 }
 
 /// Parse maps text. Blank lines are skipped; the `[vsyscall]` gate area
 /// line (exactly `VSYSCALL_ADDR`, one page, last) is returned as a line
-/// above user space, which [`import_maps`] keeps as the mm's gate; anything
+/// above user space, which [`import_maps`] keeps as the mm's gate. smaps
+/// text is accepted too: its `VmFlags:` line sets the hidden flags of the
+/// maps line above it, its other `Key: value` lines are skipped. Anything
 /// else malformed is an error naming the line.
 pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>, MapsParseError> {
-    let mut out = Vec::new();
+    let mut out: Vec<MapsLine> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         let err = |reason: String| MapsParseError { line, reason };
         if raw.trim().is_empty() {
+            continue;
+        }
+        if let Some((key, value)) = smaps_field(raw) {
+            let Some(prev) = out.last_mut() else {
+                return Err(err(format!("smaps field {key:?} before any maps line")));
+            };
+            if key == "VmFlags" {
+                prev.hidden = Some(
+                    value
+                        .split_whitespace()
+                        .filter_map(|m| VMFLAG_MNEMONICS.iter().find(|(n, _)| *n == m))
+                        .fold(0, |a, (_, f)| a | f),
+                );
+            }
             continue;
         }
         let mut rest = raw.trim_start();
@@ -330,6 +374,7 @@ pub fn parse_maps(text: &str) -> Result<Vec<MapsLine>, MapsParseError> {
             dev,
             inode,
             path,
+            hidden: None,
         });
     }
     Ok(out)
@@ -360,15 +405,16 @@ pub fn import_maps(
             vm_mm: mm.id(),
             vm_start: l.start,
             vm_end: l.end,
-            // A private writable VMA was accountable when it was made
+            // With smaps VmFlags, the flags the kernel had. Without, infer:
+            // a private writable VMA was accountable when it was made
             // (accountable_mapping) and carries VM_ACCOUNT, which decides
             // whether later mappings merge with it. (A private mapping made
             // writable and back, like RELRO, keeps it too; maps does not
-            // show that, so such a VMA imports without it.)
-            vm_flags: if crate::mm::mmap::accountable_mapping(l.vm_flags) {
-                l.vm_flags | VM_ACCOUNT
-            } else {
-                l.vm_flags
+            // show that, so such a VMA imports without it: give smaps.)
+            vm_flags: match l.hidden {
+                Some(h) => l.vm_flags | h,
+                None if crate::mm::mmap::accountable_mapping(l.vm_flags) => l.vm_flags | VM_ACCOUNT,
+                None => l.vm_flags,
             },
             vm_pgoff: l.start >> PAGE_SHIFT,
             ..Default::default()
