@@ -35,12 +35,13 @@
 //!   gives the traced heap start; if the simulated one differs (the API
 //!   cannot set it; the kernel randomizes it), every later break is shifted
 //!   by the difference, and the result is compared with the logged one.
-//! * `mremap` is simplified to unmap + map: in place, the tail is unmapped
-//!   (shrink) or a `MAP_FIXED` mapping with the same protection, sharing,
-//!   file and contiguous offset is added (grow, merged by the server as the
-//!   kernel's `vma_expand` would); moved, the old range is unmapped and a
-//!   new mapping made at the returned address. Page contents do not move
-//!   (the simulator does not need them to).
+//! * `mremap` goes to the server's Mremap with the logged arguments; a
+//!   move to a kernel-chosen address is replayed with `MREMAP_FIXED` to
+//!   the address the kernel returned (as `mmap` is), so placement is
+//!   reproduced rather than predicted. (Page faults are not in the log: a
+//!   moved anonymous VMA the program had faulted keeps its old `vm_pgoff`
+//!   in the kernel, one never faulted takes the new address; the replay
+//!   cannot tell them apart. `vmasim record` recordings can.)
 //! * Calls that failed in the log (`= -1 E...`, `= ?`) are skipped, with
 //!   their error as the reason. Other syscalls are counted by name.
 //!
@@ -56,7 +57,7 @@ use std::fmt::Write as _;
 use tonic::{Code, Status};
 use vmasim_proto::v1::{
     BrkRequest, ExitRequest, ForkRequest, MapFlag, MapsRequest, MmapRequest, MprotectRequest,
-    MunmapRequest, SpawnRequest, VmaEntry,
+    MremapRequest, MunmapRequest, SpawnRequest, VmaEntry,
 };
 
 /// The flag bits the proto documents (anything else may be refused).
@@ -565,15 +566,34 @@ impl Replayer<'_> {
                 old_addr,
                 old_len,
                 new_len,
+                flags,
+                new_addr,
                 ret,
-                ..
             } => {
                 let new = *ret.as_ref().expect("checked");
-                match self
-                    .mremap(line, pid, *old_addr, *old_len, *new_len, new)
-                    .await
-                {
-                    Ok(()) => self.applied(name),
+                // MREMAP_FIXED | MREMAP_MAYMOVE to where the kernel moved it.
+                let (flags, to) = if new != *old_addr && flags & 2 == 0 {
+                    (flags | 3, new)
+                } else {
+                    (*flags, new_addr.unwrap_or(new))
+                };
+                let req = MremapRequest {
+                    pid,
+                    addr: *old_addr,
+                    old_length: *old_len,
+                    new_length: *new_len,
+                    flags,
+                    new_addr: to,
+                };
+                match self.c.mremap(req).await {
+                    Ok(r) if r.get_ref().addr == new => self.applied(name),
+                    Ok(r) => self.diverge(
+                        line,
+                        format!(
+                            "mremap {old_addr:#x} returned {:#x}, the kernel {new:#x}",
+                            r.get_ref().addr
+                        ),
+                    ),
                     Err(s) => self.failed(line, pid, format!("mremap {old_addr:#x}"), &s),
                 }
             }
@@ -683,95 +703,6 @@ impl Replayer<'_> {
                     shift(want)
                 ),
             );
-        }
-        Ok(())
-    }
-
-    /// mremap as unmap + map (see the module docs).
-    async fn mremap(
-        &mut self,
-        line: usize,
-        pid: u32,
-        old: u64,
-        old_len: u64,
-        new_len: u64,
-        new: u64,
-    ) -> Result<(), Status> {
-        let maps = self.c.maps(MapsRequest { pid }).await?.into_inner();
-        let Some(e) = maps
-            .entries
-            .iter()
-            .find(|e| e.start <= old && old < e.end)
-            .cloned()
-        else {
-            return Err(Status::failed_precondition(format!(
-                "no VMA at {old:#x} to remap"
-            )));
-        };
-        let page = |x: u64| x.div_ceil(4096) * 4096;
-        let (old_len, new_len) = (page(old_len), page(new_len));
-        let flags = if e.shared {
-            MapFlag::MapShared as u32
-        } else {
-            MapFlag::MapPrivate as u32
-        } | if e.file_id == 0 {
-            MapFlag::MapAnonymous as u32
-        } else {
-            0
-        } | MapFlag::MapFixed as u32;
-        let offset_at = |a: u64| {
-            if e.file_id == 0 {
-                0
-            } else {
-                e.offset + (a - e.start)
-            }
-        };
-        if new == old {
-            if new_len < old_len {
-                self.c
-                    .munmap(MunmapRequest {
-                        pid,
-                        addr: old + new_len,
-                        length: old_len - new_len,
-                    })
-                    .await?;
-            } else if new_len > old_len {
-                let at = old + old_len;
-                self.mmap(
-                    line,
-                    MmapRequest {
-                        pid,
-                        addr: at,
-                        length: new_len - old_len,
-                        prot: e.prot,
-                        flags,
-                        file_id: e.file_id,
-                        offset: offset_at(at),
-                    },
-                )
-                .await?;
-            }
-        } else {
-            self.c
-                .munmap(MunmapRequest {
-                    pid,
-                    addr: old,
-                    length: old_len,
-                })
-                .await?;
-            self.mmap(
-                line,
-                MmapRequest {
-                    pid,
-                    addr: new,
-                    length: new_len,
-                    prot: e.prot,
-                    flags,
-                    file_id: e.file_id,
-                    offset: offset_at(old),
-                },
-            )
-            .await?;
         }
         Ok(())
     }

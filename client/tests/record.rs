@@ -120,6 +120,25 @@ fn multithreaded_program_reproduces_exactly() {
 }
 
 #[test]
+fn mremap_program_reproduces_exactly() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "recprog", &[]);
+    let (rec, err) = record(
+        dir.path(),
+        "mremap.jsonl",
+        &[exe.to_str().unwrap(), "mremap"],
+    );
+    assert!(err.contains("exited with status 0"), "{err}");
+    // Grow in place, grow by moving, shrink, move with MREMAP_FIXED, and
+    // one that fails (EFAULT): five mremap calls.
+    assert_eq!(calls(&rec, "mremap"), 5);
+    let out = check_exact(&s, &rec);
+    assert!(out.contains("mremap 4, mremap (failed) 1"), "{out}");
+    assert!(out.contains("1 exact"), "{out}");
+}
+
+#[test]
 fn failing_and_killed_programs_still_check() {
     let s = server();
     let dir = tempfile::tempdir().unwrap();
@@ -217,7 +236,13 @@ fn load_replays_recordings_with_verify() {
     let exe = exe.to_str().unwrap();
     let (threads, _) = record(dir.path(), "t.jsonl", &[exe, "threads", "3"]);
     let (fail, _) = record(dir.path(), "f.jsonl", &[exe, "fail", "2"]);
-    let traces = format!("{},{}", threads.display(), fail.display());
+    let (mremap, _) = record(dir.path(), "m.jsonl", &[exe, "mremap"]);
+    let traces = format!(
+        "{},{},{}",
+        threads.display(),
+        fail.display(),
+        mremap.display()
+    );
     let json = dir.path().join("r.json");
     let (code, out, err) = vmasim(
         Some(&s),

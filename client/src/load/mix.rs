@@ -37,11 +37,13 @@ pub enum OpKind {
     /// `grpc.health.v1.Health/Check`: the no-op call `vmasim bench`
     /// compares `Fault` against.
     Health,
+    /// `Mremap` (`load --trace` only: recorded programs' calls).
+    Mremap,
 }
 
 impl OpKind {
     /// All kinds, in report order.
-    pub const ALL: [OpKind; 10] = [
+    pub const ALL: [OpKind; 11] = [
         OpKind::Fault,
         OpKind::Mmap,
         OpKind::Munmap,
@@ -52,6 +54,7 @@ impl OpKind {
         OpKind::Spawn,
         OpKind::Maps,
         OpKind::Health,
+        OpKind::Mremap,
     ];
 
     /// Lower-case name, as in `--mix`.
@@ -67,6 +70,7 @@ impl OpKind {
             OpKind::Spawn => "spawn",
             OpKind::Maps => "maps",
             OpKind::Health => "health",
+            OpKind::Mremap => "mremap",
         }
     }
 

@@ -3,7 +3,8 @@
 //! Each recording (`vmasim record`) is compiled once into a [`Program`]:
 //! its address-space history as a list of operations with their recorded
 //! times — `Spawn` from each exec snapshot, `Fork` for each fork, the
-//! calls (mmap at the kernel's address, munmap, mprotect, brk, mremap),
+//! calls (mmap at the kernel's address, munmap, mprotect, brk, mremap to
+//! the kernel's destination),
 //! `Exit` when an address space ends — and, for `--verify`, the recorded
 //! result of every call and the recorded maps at each quiescent snapshot.
 //!
@@ -46,14 +47,14 @@ use vmasim_proto::v1::session_reply::Result as Reply;
 use vmasim_proto::v1::session_request::Op;
 use vmasim_proto::v1::{
     Access, BrkRequest, ExitRequest, FaultBatchRequest, FaultRequest, ForkRequest, MapsRequest,
-    MmapRequest, MprotectRequest, MunmapRequest, SpawnRequest,
+    MmapRequest, MprotectRequest, MremapRequest, MunmapRequest, SpawnRequest,
 };
 
 const PAGE: u64 = 4096;
-const MAP_SHARED: u64 = 0x1;
 const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+const MREMAP_MAYMOVE: u64 = 1;
 const MREMAP_FIXED: u64 = 2;
 
 /// One replayable operation.
@@ -106,6 +107,8 @@ enum Step {
         new_len: u64,
         flags: u64,
         new: u64,
+        /// The program had faulted the VMA (see `replay --check`).
+        faulted: bool,
     },
     /// A quiescent recorded snapshot (compared with `--verify`).
     Check {
@@ -245,6 +248,7 @@ fn compile(name: &str, rec: &format::Recording) -> Program {
                 ret,
                 errno,
                 file,
+                anon_kb,
                 ..
             } => {
                 let ok = errno.is_none();
@@ -283,6 +287,7 @@ fn compile(name: &str, rec: &format::Recording) -> Program {
                         new_len: a[2],
                         flags: a[3],
                         new: *ret as u64,
+                        faulted: anon_kb.is_some_and(|k| k > 0),
                     },
                     _ => continue,
                 }
@@ -303,7 +308,6 @@ fn compile(name: &str, rec: &format::Recording) -> Program {
 struct Range {
     end: u64,
     prot: u32,
-    shared: bool,
     file_id: u64,
     offset: u64,
 }
@@ -585,7 +589,6 @@ impl TraceWorker {
                             Range {
                                 end: m.end,
                                 prot,
-                                shared: m.perms.ends_with('s'),
                                 file_id: fid,
                                 offset: m.offset,
                             },
@@ -697,7 +700,6 @@ impl TraceWorker {
                         let r = Range {
                             end: addr + page_up(length),
                             prot,
-                            shared: u64::from(flags) & MAP_SHARED != 0,
                             file_id: fid,
                             offset,
                         };
@@ -776,7 +778,6 @@ impl TraceWorker {
                                 Range {
                                     end: page_up(b.brk),
                                     prot: 3,
-                                    shared: false,
                                     file_id: 0,
                                     offset: 0,
                                 },
@@ -801,76 +802,67 @@ impl TraceWorker {
                 new_len,
                 flags,
                 new,
+                faulted,
             } => {
                 let Some(pid) = pid_of(mm) else {
                     return Ok(true);
                 };
-                // Emulated as munmap + mmap (as `replay` does until the
-                // server has Mremap), from what the client knows of the range.
-                let Some(&r0) = self
-                    .ranges(i, pid)
-                    .0
-                    .range(..=old)
-                    .next_back()
-                    .map(|(_, r)| r)
-                else {
-                    return Ok(true);
-                };
-                let (old_len, new_len) = (page_up(old_len), page_up(new_len));
-                let base = |x: u64| {
-                    (if r0.shared { 1 } else { 2 })
-                        | if r0.file_id == 0 { MAP_ANONYMOUS } else { 0 }
-                        | x
-                };
-                let in_place = new == old && flags & MREMAP_FIXED == 0;
-                let (unmap, map) = if in_place {
-                    if new_len < old_len {
-                        (Some((old + new_len, old_len - new_len)), None)
-                    } else {
-                        (None, Some((old + old_len, new_len - old_len, old_len)))
-                    }
-                } else {
-                    (Some((old, old_len)), Some((new, new_len, 0)))
-                };
-                if let Some((a, l)) = unmap {
-                    let r = call!(
-                        OpKind::Munmap,
-                        Op::Munmap(MunmapRequest {
-                            pid,
-                            addr: a,
-                            length: l,
-                        })
-                    );
-                    check_outcome(verify, pid, "mremap (munmap part)", a, true, &r)?;
-                    self.ranges(i, pid).carve(a, a + l);
-                }
-                if let Some((a, l, skip)) = map
-                    && l > 0
-                {
-                    let offset = if r0.file_id == 0 {
-                        0
-                    } else {
-                        r0.offset + (old - self.range_start(i, pid, old).unwrap_or(old)) + skip
-                    };
-                    let req = MmapRequest {
+                if faulted {
+                    // As the program did before it remapped (anon_vma).
+                    let op = Op::Fault(FaultRequest {
                         pid,
-                        addr: a,
-                        length: l,
-                        prot: r0.prot,
-                        flags: base(MAP_FIXED) as u32,
-                        file_id: r0.file_id,
-                        offset,
-                    };
-                    let r = call!(OpKind::Mmap, Op::Mmap(req));
-                    check_outcome(verify, pid, "mremap (mmap part)", a, true, &r)?;
-                    self.ranges(i, pid).map(
-                        a,
-                        Range {
-                            end: a + l,
-                            offset,
-                            ..r0
-                        },
-                    );
+                        addr: old,
+                        access: Access::Write as i32,
+                    });
+                    match self.call(OpKind::Fault, op, 1).await {
+                        None => return Ok(false),
+                        Some(Ok(Reply::Fault(f))) => {
+                            add_totals(&mut self.rec.fault_totals, &single_totals(&f));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                // At the kernel's destination, as replay --check does.
+                let (flags, new_addr) = if new != old && flags & MREMAP_FIXED == 0 {
+                    (flags | MREMAP_FIXED | MREMAP_MAYMOVE, new)
+                } else {
+                    (flags, new)
+                };
+                let req = MremapRequest {
+                    pid,
+                    addr: old,
+                    old_length: old_len,
+                    new_length: new_len,
+                    flags: flags as u32,
+                    new_addr,
+                };
+                match call!(OpKind::Mremap, Op::Mremap(req)) {
+                    Ok(Reply::Mremap(m)) if m.addr == new => {
+                        let r = self.ranges(i, pid);
+                        let (old_len, new_len) = (page_up(old_len), page_up(new_len));
+                        let moved = r.carve(old, old + old_len);
+                        if let Some((_, r0)) = moved.first() {
+                            let r0 = *r0;
+                            r.carve(new, new + new_len);
+                            r.map(
+                                new,
+                                Range {
+                                    end: new + new_len,
+                                    ..r0
+                                },
+                            );
+                        }
+                    }
+                    Ok(Reply::Mremap(m)) if verify => {
+                        return Err(format!(
+                            "pid {pid}: mremap of {old:#x} returned {:#x}, recorded {new:#x}",
+                            m.addr
+                        ));
+                    }
+                    Err(s) if verify => {
+                        return Err(format!("pid {pid}: mremap of {old:#x}: {s}"));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -879,16 +871,6 @@ impl TraceWorker {
 
     fn ranges(&mut self, i: usize, pid: u32) -> &mut Ranges {
         self.instances[i].ranges.entry(pid).or_default()
-    }
-
-    fn range_start(&self, i: usize, pid: u32, addr: u64) -> Option<u64> {
-        self.instances[i]
-            .ranges
-            .get(&pid)?
-            .0
-            .range(..=addr)
-            .next_back()
-            .map(|(s, _)| *s)
     }
 
     /// `--fault-rate` faults over the pages the instance's process maps.
@@ -989,7 +971,6 @@ mod tests {
         Range {
             end,
             prot,
-            shared: false,
             file_id: 0,
             offset: 0,
         }

@@ -438,7 +438,9 @@ impl Worker {
             OpKind::Brk => self.brk(i).await,
             OpKind::Fork => self.fork(i).await,
             OpKind::Exit => self.exit(i).await,
-            OpKind::Spawn | OpKind::Maps | OpKind::Health => unreachable!("not in a mix"),
+            OpKind::Spawn | OpKind::Maps | OpKind::Health | OpKind::Mremap => {
+                unreachable!("not in a mix")
+            }
         };
         self.publish();
         r

@@ -19,11 +19,13 @@
 //!   and perms: it grows by faults below it, which are not syscalls and
 //!   are not in the recording (the note says how far it grew).
 //!
+//! `mremap` and `madvise` go to the server's Mremap and Madvise with the
+//! recorded arguments (a moving mremap then lands where the kernel put it
+//! only if the simulation picks the same place: MREMAP_FIXED calls do, and
+//! a kernel-chosen destination is compared like every other result).
 //! Calls the simulation has no operation for (mlock, prctl names, shmat,
-//! `madvise` advice that changes VMA flags) are counted and named in a
-//! note; if such a call changed the maps, the comparison shows where.
-//! `mremap` is emulated with munmap + mmap until the server has a
-//! Mremap operation (page contents do not matter to the simulation).
+//! `madvise` advice it does not take) are counted and named in a note; if
+//! such a call changed the maps, the comparison shows where.
 
 use super::format::{self, Event, FileRef, MapsLine, Recording};
 use crate::connect::Client;
@@ -32,8 +34,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use tonic::{Code, Status};
 use vmasim_proto::v1::{
-    BrkRequest, ExitRequest, ForkRequest, MapFlag, MapsRequest, MmapRequest, MprotectRequest,
-    MunmapRequest, SpawnRequest, VmaEntry,
+    Access, BrkRequest, ExitRequest, FaultOutcome, FaultRequest, ForkRequest, MadviseRequest,
+    MapFlag, MapsRequest, MmapRequest, MprotectRequest, MremapRequest, MunmapRequest, SpawnRequest,
+    VmaEntry,
 };
 
 /// Linux `MAP_FIXED`.
@@ -44,6 +47,10 @@ const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 /// `MREMAP_FIXED`.
 const MREMAP_FIXED: u64 = 2;
+/// `MREMAP_MAYMOVE`.
+const MREMAP_MAYMOVE: u64 = 1;
+/// The advice the server's Madvise takes (see MadviseRequest).
+const SIMULATED_ADVICE: &[u64] = &[4, 8, 10, 11, 18, 19];
 
 /// `madvise` advice that changes `vm_flags` (and so may split or merge
 /// VMAs): `madvise_update_vma` callers in mm/madvise.c.
@@ -375,12 +382,16 @@ impl Checker<'_> {
                 ret,
                 errno,
                 file,
+                anon_kb,
                 ..
             } => {
                 let Some(pid) = self.sims.get(mm).map(|s| s.pid) else {
                     self.note(line, format!("{name} in an mm not in the recording"));
                     return Ok(());
                 };
+                if anon_kb.is_some_and(|k| k > 0) {
+                    self.fault_source(line, pid, args[0]).await?;
+                }
                 self.call(
                     line,
                     *mm,
@@ -488,6 +499,40 @@ impl Checker<'_> {
         let id = m.entries.first().map_or(0, |e| e.file_id);
         self.files.insert(key, id);
         Ok(id)
+    }
+
+    /// The program had faulted the VMA it remapped (`anon_kb`): fault its
+    /// first page in the simulation too, so it has an `anon_vma` as in the
+    /// kernel (a write; a read of anonymous memory maps the zero page).
+    async fn fault_source(&mut self, line: usize, pid: u32, addr: u64) -> Result<(), CliError> {
+        let r = self
+            .c
+            .fault(FaultRequest {
+                pid,
+                addr,
+                access: Access::Write as i32,
+            })
+            .await?
+            .into_inner();
+        let o = FaultOutcome::try_from(r.outcome).unwrap_or(FaultOutcome::Unspecified);
+        self.trace(
+            line,
+            format!("write fault at {addr:#x} (the program had faulted it): {o:?}"),
+        );
+        if matches!(o, FaultOutcome::SegvAccerr | FaultOutcome::SegvMaperr) {
+            self.note(
+                line,
+                "a remapped VMA had anonymous pages but is not writable now: its anon_vma is not reproduced"
+                    .into(),
+            );
+        } else {
+            *self
+                .r
+                .applied
+                .entry("fault (before mremap)".into())
+                .or_default() += 1;
+        }
+        Ok(())
     }
 
     /// mmap, retried without the flags the server refuses (noted once).
@@ -619,30 +664,51 @@ impl Checker<'_> {
                 .await
                 .map(|r| format!("{:#x}", r.into_inner().brk)),
             "mremap" => {
-                if !ok {
-                    self.note(
-                        line,
-                        "mremap that failed in the kernel: not replayed (emulated mremap)".into(),
-                    );
-                    return Ok(());
-                }
-                self.mremap(line, pid, a, ret as u64)
+                // A kernel-chosen destination (MAYMOVE without FIXED) is
+                // replayed as MREMAP_FIXED to where the kernel moved it, as
+                // mmap is replayed at the kernel's address: placement is
+                // not what is being checked.
+                let moved = ok && ret as u64 != a[0];
+                let (flags, new_addr) = if moved && a[3] & MREMAP_FIXED == 0 {
+                    (a[3] | MREMAP_FIXED | MREMAP_MAYMOVE, ret as u64)
+                } else {
+                    (a[3], a[4])
+                };
+                self.c
+                    .mremap(MremapRequest {
+                        pid,
+                        addr: a[0],
+                        old_length: a[1],
+                        new_length: a[2],
+                        flags: flags as u32,
+                        new_addr,
+                    })
                     .await
-                    .map(|()| format!("{ret:#x}"))
+                    .map(|r| format!("{:#x}", r.into_inner().addr))
             }
             "madvise" | "process_madvise" => {
                 let advice = if name == "madvise" { a[2] } else { a[3] };
-                if let Some((_, n)) = VMA_CHANGING_ADVICE.iter().find(|(v, _)| *v == advice) {
-                    self.note(
-                        line,
-                        format!(
-                            "madvise {n} changes VMA flags: not simulated (no Madvise operation)"
-                        ),
-                    );
+                if name == "madvise" && SIMULATED_ADVICE.contains(&advice) {
+                    self.c
+                        .madvise(MadviseRequest {
+                            pid,
+                            addr: a[0],
+                            length: a[1],
+                            advice: advice as u32,
+                        })
+                        .await
+                        .map(|_| "0x0".to_string())
                 } else {
-                    self.applied(mm, "madvise (no VMA change)");
+                    if let Some((_, n)) = VMA_CHANGING_ADVICE.iter().find(|(v, _)| *v == advice) {
+                        self.note(
+                            line,
+                            format!("madvise {n} changes VMA flags: not simulated"),
+                        );
+                    } else {
+                        self.applied(mm, "madvise (no VMA change)");
+                    }
+                    return Ok(());
                 }
-                return Ok(());
             }
             "execve" | "execveat" | "clone" | "clone3" | "fork" | "vfork" => {
                 // Only failures are `call` lines: nothing changed.
@@ -658,7 +724,11 @@ impl Checker<'_> {
         };
         let desc = format!("{name}({:#x}, {:#x}, {:#x}, {:#x})", a[0], a[1], a[2], a[3]);
         match (&sim, ok) {
-            (Ok(s), true) if name == "munmap" || name.ends_with("mprotect") || *s == kernel => {
+            (Ok(s), true)
+                if matches!(name, "munmap" | "madvise")
+                    || name.ends_with("mprotect")
+                    || *s == kernel =>
+            {
                 self.trace(line, format!("{desc} = {kernel}: same"));
                 self.applied(mm, name);
             }
@@ -678,95 +748,6 @@ impl Checker<'_> {
                 line,
                 format!("{desc}: kernel failed with {kernel}, simulation succeeded ({s})"),
             ),
-        }
-        Ok(())
-    }
-
-    /// mremap as munmap + mmap (see the module docs): the old VMA's
-    /// protection, sharing, file and offset, at the kernel's result.
-    async fn mremap(
-        &mut self,
-        line: usize,
-        pid: u32,
-        a: &[u64; 6],
-        new: u64,
-    ) -> Result<(), Status> {
-        let (old, old_len, new_len, flags) = (a[0], a[1], a[2], a[3]);
-        let maps = self.c.maps(MapsRequest { pid }).await?.into_inner();
-        let Some(e) = maps
-            .entries
-            .iter()
-            .find(|e| e.start <= old && old < e.end)
-            .cloned()
-        else {
-            return Err(Status::failed_precondition(format!(
-                "no VMA at {old:#x} to remap"
-            )));
-        };
-        let page = |x: u64| x.div_ceil(4096) * 4096;
-        let (old_len, new_len) = (page(old_len), page(new_len));
-        let mflags = if e.shared {
-            MapFlag::MapShared as u32
-        } else {
-            MapFlag::MapPrivate as u32
-        } | if e.file_id == 0 {
-            MapFlag::MapAnonymous as u32
-        } else {
-            0
-        } | MapFlag::MapFixed as u32;
-        let offset_at = |x: u64| {
-            if e.file_id == 0 {
-                0
-            } else {
-                e.offset + (x - e.start)
-            }
-        };
-        if new == old && flags & MREMAP_FIXED == 0 {
-            if new_len < old_len {
-                self.c
-                    .munmap(MunmapRequest {
-                        pid,
-                        addr: old + new_len,
-                        length: old_len - new_len,
-                    })
-                    .await?;
-            } else if new_len > old_len {
-                let at = old + old_len;
-                self.mmap(
-                    line,
-                    MmapRequest {
-                        pid,
-                        addr: at,
-                        length: new_len - old_len,
-                        prot: e.prot,
-                        flags: mflags,
-                        file_id: e.file_id,
-                        offset: offset_at(at),
-                    },
-                )
-                .await?;
-            }
-        } else {
-            self.c
-                .munmap(MunmapRequest {
-                    pid,
-                    addr: old,
-                    length: old_len,
-                })
-                .await?;
-            self.mmap(
-                line,
-                MmapRequest {
-                    pid,
-                    addr: new,
-                    length: new_len,
-                    prot: e.prot,
-                    flags: mflags,
-                    file_id: e.file_id,
-                    offset: offset_at(old),
-                },
-            )
-            .await?;
         }
         Ok(())
     }

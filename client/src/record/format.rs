@@ -36,7 +36,11 @@
 //!   the raw return value (`-errno` on error, with `errno` naming it). A
 //!   file mapping's `file` is the line `/proc/TID/maps` shows for the new
 //!   mapping (`dev`, `inode`, `path`), read right after the call, so it
-//!   names the file exactly as the exec snapshot's lines do.
+//!   names the file exactly as the exec snapshot's lines do. A successful
+//!   `mremap` has `anon_kb`, the `Anonymous:` kB smaps gives the VMA at
+//!   its result: page faults are not syscalls and are not recorded, but
+//!   whether the moved VMA was faulted (has an `anon_vma`) decides where
+//!   `copy_vma` puts its `vm_pgoff` and so what it merges with.
 //! * `clone` is written when the kernel reports the new task (before the
 //!   child can run), with the flags of `clone`/`clone3` (`fork` is
 //!   `SIGCHLD`, `vfork` is `CLONE_VM | CLONE_VFORK | SIGCHLD`).
@@ -147,6 +151,10 @@ pub enum Event {
         /// For a file mapping that succeeded: the new mapping's file.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         file: Option<FileRef>,
+        /// For a successful `mremap`: the `Anonymous:` kB of the VMA at
+        /// its result (smaps), i.e. whether the program had faulted it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anon_kb: Option<u64>,
     },
     /// A new task (thread or process).
     Clone {
@@ -438,6 +446,7 @@ mod tests {
             ret: 0x7f00_0000_0000,
             errno: None,
             file: None,
+            anon_kb: None,
         };
         let line = Line {
             t_us: 1500,

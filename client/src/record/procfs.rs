@@ -101,6 +101,27 @@ pub fn line_at(tid: i32, addr: u64) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The `Anonymous:` kB of the VMA that contains `addr`, from
+/// `/proc/TID/smaps` (anonymous pages mean the VMA has an `anon_vma`).
+pub fn anon_kb_at(tid: i32, addr: u64) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{tid}/smaps")).ok()?;
+    let mut inside = false;
+    for l in text.lines() {
+        if is_maps_header(l) {
+            let (s, rest) = l.split_once('-')?;
+            let e = rest.split(' ').next()?;
+            let (s, e) = (
+                u64::from_str_radix(s, 16).ok()?,
+                u64::from_str_radix(e, 16).ok()?,
+            );
+            inside = s <= addr && addr < e;
+        } else if inside && let Some(v) = l.strip_prefix("Anonymous:") {
+            return v.trim().trim_end_matches("kB").trim().parse().ok();
+        }
+    }
+    None
+}
+
 /// `uname -r` and `uname -m`.
 pub fn uname() -> (String, String) {
     match nix::sys::utsname::uname() {
@@ -128,6 +149,10 @@ VmFlags: rd wr mr mw me gd ac
 ";
         let s = parse_smaps(text);
         assert_eq!(s.maps.len(), 2);
+        // This test's own heap-or-stack has anonymous pages.
+        let local = 0u64;
+        let kb = anon_kb_at(std::process::id() as i32, &local as *const u64 as u64);
+        assert!(kb.is_some_and(|k| k > 0), "{kb:?}");
         assert!(s.maps[0].ends_with("/usr/bin/true"));
         assert_eq!(s.vmflags, vec!["rd mr mw me dw sd", "rd wr mr mw me gd ac"]);
     }

@@ -507,6 +507,11 @@ impl<W: Write> Tracer<W> {
                 } else {
                     None
                 };
+                // A remapped VMA's anonymous pages (it was faulted, so it
+                // has an anon_vma): what decides copy_vma's pgoff and merge.
+                let anon_kb = (name == "mremap" && !failed)
+                    .then(|| procfs::anon_kb_at(pid.as_raw(), ret as u64))
+                    .flatten();
                 self.summary.calls += 1;
                 *self.summary.by_name.entry(name.into()).or_default() += 1;
                 self.emit(&Event::Call {
@@ -518,6 +523,7 @@ impl<W: Write> Tracer<W> {
                     ret,
                     errno: failed.then(|| syscalls::errno_name(-ret)),
                     file,
+                    anon_kb,
                 })?;
             }
             _ => {}
