@@ -12,7 +12,7 @@
 
 use crate::mm::MmError;
 use crate::mm::mm_struct::MmStruct;
-use crate::mm::mm_types::{Vma, vm_flags::*};
+use crate::mm::mm_types::{VM_LOCK_SEQ_UNLOCKED, Vma, vm_flags::*};
 use crate::mm::mmap::rss_counter;
 use crate::mm::pgtable::pte;
 use crate::mm::race::InjectPoint;
@@ -74,6 +74,14 @@ pub fn dup_mmap(parent: &MmStruct, child: &MmStruct) -> Result<(), MmError> {
         }
         if let Some(r) = race {
             r.hit(InjectPoint::InVmAreaDup, tmp);
+            if r.bugs().dup_copies_refcnt {
+                // ...then vma_lock_init(new, true): refcount_set(vm_refcnt,
+                // 0) and vm_lock_seq = UINT_MAX, whoever got in meanwhile.
+                tmp.vm_refcnt.store(0, Ordering::Release);
+                tmp.vm_lock_seq
+                    .store(VM_LOCK_SEQ_UNLOCKED, Ordering::Relaxed);
+                r.hit(InjectPoint::InVmaLockInit, tmp);
+            }
         }
         let pf = mpnt.fields();
         let mut f = tmp.fields();

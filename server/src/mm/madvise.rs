@@ -17,8 +17,8 @@
 use crate::mm::mm_struct::MmStruct;
 use crate::mm::mm_types::vm_flags::*;
 use crate::mm::mmap::zap_page_range;
-use crate::mm::pool::VmaIdx;
 use crate::mm::rcu::rcu_read_lock;
+use crate::mm::slab::VmaIdx;
 use crate::mm::vma::{Vmg, Writer, vma_modify};
 use crate::mm::{MmError, TASK_SIZE, page_align, page_aligned};
 

@@ -33,15 +33,12 @@
 //!   buggy, with a timeline and a verdict.
 
 pub mod mm_types;
-pub mod slab;
-/// The VMA cache's former name, so code written against `mm::pool` on
-/// branches that predate the sheaves keeps building; use [`slab`].
-pub use slab as pool;
 #[cfg(not(vmasim_loom))]
 pub mod rcu;
 #[cfg(vmasim_loom)]
 #[path = "rcu_loom.rs"]
 pub mod rcu;
+pub mod slab;
 pub(crate) mod sync;
 pub mod vmstat;
 

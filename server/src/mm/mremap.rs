@@ -155,7 +155,7 @@ fn vma_expandable(w: &Writer<'_>, f: &VmaFields, delta: u64) -> bool {
 /// with an identical next VMA).
 fn vma_merge_extend(
     w: &mut Writer<'_>,
-    idx: crate::mm::pool::VmaIdx,
+    idx: crate::mm::slab::VmaIdx,
     delta: u64,
 ) -> Result<(), MmError> {
     let f = w.fields(idx);
@@ -181,7 +181,7 @@ fn vma_merge_extend(
 /// old range (unless `MREMAP_DONTUNMAP`).
 fn move_vma(
     mut w: Writer<'_>,
-    idx: crate::mm::pool::VmaIdx,
+    idx: crate::mm::slab::VmaIdx,
     old_addr: u64,
     old_len: u64,
     new_len: u64,

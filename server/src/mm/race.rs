@@ -22,6 +22,10 @@ pub enum InjectPoint {
     BetweenSeqCheckAndInc,
     /// `vm_area_dup`: the fields are copied, `vm_mm` not yet set to the child.
     InVmAreaDup,
+    /// Pre-fix `vm_area_dup` only: `vma_lock_init(new, true)` has just reset
+    /// the copied `vm_refcnt` to 0 (the v7/v8 code: `memcpy`, then
+    /// re-initialise the lock).
+    InVmaLockInit,
     /// `exit_mmap`: the VMA is about to be detached and freed.
     ExitBeforeDetach,
     /// `lock_vma_under_rcu`: the VMA is read-locked and passed every check;

@@ -350,6 +350,10 @@ impl Shared {
                 "vm_area_init_from copied {range} of {owner} into slot {slot}, leaving its \
                  vm_refcnt alone; vm_mm not yet set to the child"
             ),
+            InjectPoint::InVmaLockInit => format!(
+                "vma_lock_init(new, true) resets slot {slot}'s vm_refcnt to 0 under the reader \
+                 that got in (and vm_lock_seq to UINT_MAX)"
+            ),
             InjectPoint::ExitBeforeDetach if self.bugs.exit_without_detach => format!(
                 "exit_mmap frees slot {slot} {range} WITHOUT detaching it (vm_refcnt stays 1)"
             ),
@@ -792,8 +796,10 @@ fn dup_copies_refcnt(buggy: bool) -> RaceReport {
          for B's copy of P and stops after the copy, before vm_mm is set to B. Buggy (v8): \
          the whole-struct copy sets the slot's vm_refcnt to P's 1, so it looks attached and \
          still says vm_mm = A with X's range: the reader passes every check and read-locks \
-         B's VMA-to-be as A's VMA. The fork then sets vm_mm = B under the reader and its \
-         vma_start_write waits for a reader that should never have got in."
+         B's VMA-to-be as A's VMA (vm_refcnt 2). Then vma_lock_init(new, true) resets \
+         vm_refcnt to 0 under the reader, so the fork neither waits for it nor notices it: \
+         it sets vm_mm = B and attaches the VMA (0 -> 1) while the reader uses it, and the \
+         reader's vma_end_read leaves B's attached VMA at vm_refcnt 0."
     } else {
         "The reader faults at X in mm A and stops between the vm_lock_seq check and its \
          vm_refcnt increment. The writer maps P over X with MAP_FIXED: X is detached and \
@@ -845,19 +851,27 @@ fn dup_copies_refcnt(buggy: bool) -> RaceReport {
     );
     match lab.wait("reader") {
         Event::Parked(InjectPoint::AfterReadLock) => {
-            // Got in: let the fork go on under the reader.
-            lab.resume("forker", &[]);
-            lab.wait_for_writer(x);
-            lab.record(
-                "forker",
-                "sets vm_mm = B in the VMA the reader holds; vma_start_write waits for the \
-                 reader (vm_refcnt = VMA_LOCK_OFFSET + attached + reader)",
-            );
+            // Got in while the copied count said "attached". The pre-fix
+            // code then re-initialised the lock under the reader...
+            lab.resume("forker", &[InjectPoint::InVmaLockInit]);
+            lab.expect_parked("forker", InjectPoint::InVmaLockInit);
+            // ...so nothing makes the fork wait: it sets vm_mm = B and
+            // attaches the VMA (0 -> 1) with the reader still inside.
+            let f = lab.expect_done_after_resume("forker");
+            lab.record("forker", f);
             lab.resume("reader", &[]);
             let r = lab.expect_done("reader");
-            let f = lab.expect_done("forker");
             lab.record("reader", r);
-            lab.record("forker", f);
+            lab.record(
+                "reader",
+                format!(
+                    "vma_end_read dropped the reference it took before the reset: B's VMA in \
+                     slot {} is in B's tree with vm_refcnt {} (looks detached; B's faults on \
+                     it now miss)",
+                    x.0,
+                    lab.shared.pool.get(x).vm_refcnt()
+                ),
+            );
         }
         Event::Parked(InjectPoint::AfterRcuWalk) => {
             // Refused and walking again: P is write-locked by the fork,
