@@ -223,6 +223,8 @@ const DOCUMENTED: &[Code] = &[
     Code::AlreadyExists,
     Code::ResourceExhausted,
     Code::FailedPrecondition,
+    // MAP_FIXED below mmap_min_addr: the kernel's EPERM (cap_mmap_addr).
+    Code::PermissionDenied,
 ];
 
 fn check_status(what: &str, code: Code, msg: &str, e: &Expect) -> Result<(), String> {
