@@ -13,7 +13,7 @@ use vmasim_client::embedded::{Cache, Embedded};
 
 /// Families whose kernel rules the engine does not implement yet (see the
 /// README's Fidelity section for each one's script).
-const NOT_YET: &str = "file,anon-shared,hugetlb,growsdown";
+const NOT_YET: &str = "file,anon-shared,hugetlb";
 
 fn kernel_diff(args: &[&str]) -> std::process::Output {
     Command::cargo_bin("vmasim")
@@ -63,6 +63,7 @@ fn random_run_agrees_with_the_kernel() {
         "fork",
         "mmap:MAP_POPULATE",
         "mmap:MAP_LOCKED",
+        "mmap:MAP_GROWSDOWN",
         "mmap:MAP_SHARED_VALIDATE",
         "mmap:0x200000",
         "touch:read",
@@ -73,6 +74,33 @@ fn random_run_agrees_with_the_kernel() {
     // Some calls failed on the kernel and the simulation said so too.
     assert!(count(&stdout, "EFAULT") > 0, "{stdout}");
     assert!(count(&stdout, "EEXIST") > 0, "{stdout}");
+}
+
+#[test]
+fn max_map_count_scenario_agrees_with_the_kernel() {
+    // Filled to the kernel's vm.max_map_count, then operations at the
+    // limit: do_mmap's `map_count > max`, split_vma's `>= max`, munmap's
+    // exempt first split (vms_gather_munmap_vmas).
+    let out = kernel_diff(&[
+        "--limit-only",
+        "--limit-ops",
+        "100",
+        "--without",
+        NOT_YET,
+        "-q",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kernel-diff diverged at the limit:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("max_map_count scenario"), "{stdout}");
+    assert!(stdout.contains("0 divergences"), "{stdout}");
+    assert!(
+        count(&stdout, "ENOMEM") > 0,
+        "no call hit the limit:\n{stdout}"
+    );
 }
 
 #[test]
