@@ -706,7 +706,7 @@ pub(crate) fn expand_stack(mm: &MmStruct, addr: u64) -> Result<(), MmError> {
     }
     // Lock the VMA before expanding, to keep concurrent faults out.
     w.vma_start_write(vma.idx);
-    w.vma_set_range_pub(vma.idx, addr, f.vm_end, f.vm_pgoff - grow);
+    w.vma_set_range(vma.idx, addr, f.vm_end, f.vm_pgoff - grow);
     Ok(())
 }
 

@@ -140,7 +140,7 @@ impl<'a> Writer<'a> {
     }
 
     /// `vma_set_range` on a write-locked VMA, keeping the tree in step.
-    fn vma_set_range(&self, idx: VmaIdx, start: u64, end: u64, pgoff: u64) {
+    pub(crate) fn vma_set_range(&self, idx: VmaIdx, start: u64, end: u64, pgoff: u64) {
         let vma = self.pool().get(idx);
         let mut f = vma.fields();
         let old_start = f.vm_start;
@@ -152,11 +152,6 @@ impl<'a> Writer<'a> {
         if old_start != start {
             self.erase_if(old_start, idx);
         }
-    }
-
-    /// `vma_set_range` for callers outside `mm/vma.c` (stack growth).
-    pub(crate) fn vma_set_range_pub(&self, idx: VmaIdx, start: u64, end: u64, pgoff: u64) {
-        self.vma_set_range(idx, start, end, pgoff);
     }
 
     /// `vma_iter_store_new`: attach a new, write-locked VMA, then make it
