@@ -125,7 +125,9 @@ pub fn status_from(e: MmError) -> Status {
         MmError::NotSupported(_) => Status::invalid_argument(msg),
         MmError::NoSuchProcess(_) => Status::not_found(msg),
         MmError::Exists { .. } => Status::already_exists(msg),
-        MmError::NotMapped { .. } | MmError::BadAddress { .. } => Status::failed_precondition(msg),
+        MmError::NotMapped { .. } | MmError::AdviceHoles { .. } | MmError::BadAddress { .. } => {
+            Status::failed_precondition(msg)
+        }
         MmError::MapCountExceeded { .. }
         | MmError::PoolExhausted { .. }
         | MmError::TooManyProcesses { .. }

@@ -722,7 +722,7 @@ fn madvise_dontneed_zaps_and_fork_flags_split_and_merge() {
     // A hole: every mapped part is advised, then ENOMEM.
     assert!(matches!(
         s.madvise(pid, a, 8 * P, MADV_DONTNEED),
-        Err(MmError::NotMapped { .. })
+        Err(MmError::AdviceHoles { .. })
     ));
     assert_eq!(s.maps(pid).unwrap().rss_pages, 0);
 }

@@ -86,6 +86,17 @@ pub enum MmError {
         /// The limit, bytes.
         limit: u64,
     },
+    /// `madvise` over a range with holes (the kernel's ENOMEM): as in
+    /// `madvise_walk_vmas`, every mapped part got the advice first.
+    #[error(
+        "range {start:#x}-{end:#x} has holes; as the kernel does, every mapped part got the advice"
+    )]
+    AdviceHoles {
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
+    },
     /// `mremap`: `[addr, addr + old_len)` is not inside one VMA (EFAULT).
     #[error("addr: {addr:#x}+{len:#x} is not inside one mapping")]
     BadAddress {
@@ -135,6 +146,7 @@ impl MmError {
             MmError::NoSuchProcess(_) => Errno::ESRCH,
             MmError::Exists { .. } => Errno::EEXIST,
             MmError::NotMapped { .. }
+            | MmError::AdviceHoles { .. }
             | MmError::MapCountExceeded { .. }
             | MmError::PoolExhausted { .. }
             | MmError::NoSpace { .. }

@@ -69,12 +69,8 @@ pub fn do_madvise(mm: &MmStruct, start: u64, len: u64, advice: u32) -> Result<()
     }
 }
 
-fn hole_error(start: u64, end: u64, mapped_from: u64) -> MmError {
-    MmError::NotMapped {
-        start,
-        end,
-        changed_up_to: mapped_from,
-    }
+fn hole_error(start: u64, end: u64) -> MmError {
+    MmError::AdviceHoles { start, end }
 }
 
 /// DONTNEED / FREE: under the VMA read lock if the range is inside one VMA
@@ -111,7 +107,7 @@ fn madvise_free_or_dontneed(
         cursor = e.end;
     }
     if hole || cursor < end {
-        return Err(hole_error(start, end, end));
+        return Err(hole_error(start, end));
     }
     Ok(())
 }
@@ -211,7 +207,7 @@ fn madvise_update_vma_flags(
         next = w.vma_next(cursor);
     }
     if hole || cursor < end || first.is_none() {
-        return Err(hole_error(start, end, end));
+        return Err(hole_error(start, end));
     }
     Ok(())
 }
