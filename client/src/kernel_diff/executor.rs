@@ -209,14 +209,20 @@ pub fn main(fds: &str) -> ! {
             ));
         }
     }
+    isolate_heap_from_bss(&mut ex);
     let _ = write!(ex.out, "ready {start_brk:x} {brk:x} {max_map_count}");
     for i in inodes {
         let _ = write!(ex.out, " {i}");
     }
     let _ = writeln!(ex.out);
-    let n = ex.read_proc(c"/proc/self/maps");
+    // smaps, not maps: the simulation imports each VMA's `VmFlags:` too
+    // (the isolation's VM_DONTDUMP, the kernel's own VM_ACCOUNT), so its
+    // merges see the flags the kernel's do. The other fields are dropped.
+    let n = ex.read_proc(c"/proc/self/smaps");
     for line in std::str::from_utf8(&ex.rd[..n]).unwrap_or("").lines() {
-        let _ = writeln!(ex.out, "M {line}");
+        if is_maps_line(line) || line.starts_with("VmFlags:") {
+            let _ = writeln!(ex.out, "M {line}");
+        }
     }
     let _ = writeln!(ex.out, ".");
     ex.flush();
@@ -273,6 +279,55 @@ fn memfd(name: &str) -> i32 {
         die("memfd_create");
     }
     fd
+}
+
+/// A maps line (`start-end perms ...`), not an smaps `Key: value` field?
+fn is_maps_line(line: &str) -> bool {
+    line.as_bytes()
+        .first()
+        .is_some_and(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
+/// Keep the executor's own pages out of the compared VMAs.
+///
+/// The ELF loader maps the tail of `.bss` as an anonymous VMA
+/// (`vm_brk_flags` in `elf_load`, fs/binfmt_elf.c) that may end exactly at
+/// `start_brk`, with the flags of a heap VMA. `brk` itself never merges
+/// with it (`vma_prev_limit(&vmi, mm->start_brk)` in the brk syscall looks
+/// no lower than `start_brk`), but an `mprotect` or `munmap` starting at
+/// `start_brk` does (`vma_modify` merges with `prev`), and the merged
+/// `[heap]` then counts the Rust runtime's touched statics in its Rss: a
+/// kernel page the simulation cannot know. `MADV_DONTDUMP` gives that VMA
+/// `VM_DONTDUMP`, which nothing the test does sets, so `is_mergeable_vma`
+/// never lets it merge with a test VMA, on the kernel nor (it imports the
+/// flag from smaps) in the simulation. It changes nothing else: the flag
+/// only leaves the range out of core dumps, and `fork` copies it.
+fn isolate_heap_from_bss(ex: &mut Exec) {
+    let n = ex.read_proc(c"/proc/self/maps");
+    let text = std::str::from_utf8(&ex.rd[..n]).unwrap_or("");
+    let below = text.lines().find_map(|line| {
+        let (s, e) = line_range(line);
+        let mut cols = line.split_ascii_whitespace();
+        let inode = cols.nth(4).unwrap_or("");
+        let path = cols.next();
+        (e == ex.lo && inode == "0" && path.is_none()).then_some((s, e))
+    });
+    if let Some((s, e)) = below {
+        // SAFETY: madvise(MADV_DONTDUMP) changes only a vm_flags bit of
+        // our own VMA; its memory stays mapped and unchanged.
+        let r = unsafe {
+            libc::madvise(
+                s as *mut libc::c_void,
+                (e - s) as usize,
+                libc::MADV_DONTDUMP,
+            )
+        };
+        if r != 0 {
+            die(&format!(
+                "madvise(MADV_DONTDUMP) on the .bss tail {s:#x}-{e:#x}"
+            ));
+        }
+    }
 }
 
 /// `start_brk` is field 47 of /proc/self/stat (proc(5)).

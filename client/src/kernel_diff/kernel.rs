@@ -29,7 +29,8 @@ pub struct Ready {
     pub max_map_count: u64,
     /// Inode of each memfd (`file=N`), to recognise its maps lines.
     pub inodes: [u64; NR_FILES],
-    /// The executor's whole `/proc/self/maps`.
+    /// The executor's whole `/proc/self/maps`, each line followed by its
+    /// smaps `VmFlags:` line.
     pub maps: String,
 }
 

@@ -156,7 +156,7 @@ impl Runner {
         let baseline_vmas = ready
             .maps
             .lines()
-            .filter(|l| !l.ends_with("[vsyscall]"))
+            .filter(|l| !l.ends_with("[vsyscall]") && !l.starts_with("VmFlags:"))
             .count() as u64;
         let mut views = vec![None; MAX_PROCS];
         views[0] = Some(ProcView::default());

@@ -89,9 +89,20 @@ impl Sim {
         file_base: u64,
     ) -> Result<Sim, CliError> {
         // [vsyscall] is the gate area, not a VMA: it is not in map_count.
+        // `maps` is smaps-style (each maps line may be followed by its
+        // `VmFlags:` line), so the gate's fields go with it.
+        let mut in_gate = false;
         let text: String = maps
             .lines()
-            .filter(|l| !l.ends_with("[vsyscall]"))
+            .filter(|l| {
+                let smaps_field = l
+                    .split_once(':')
+                    .is_some_and(|(k, _)| k.bytes().all(|b| b.is_ascii_alphanumeric()));
+                if !smaps_field {
+                    in_gate = l.ends_with("[vsyscall]");
+                }
+                !in_gate
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let pid = client
