@@ -21,6 +21,13 @@
 //!   [`Telemetry::new`], so dashboards and recording rules never see "no
 //!   data" on an idle server.
 //!
+//! * **`process_*`** (CPU seconds, resident and virtual memory, open and
+//!   max fds, threads, start time) come from `metrics-process`, the
+//!   Prometheus client convention, collected at each render into this
+//!   recorder (a local-recorder scope, so still no global one). They
+//!   describe the process the server runs in: the server binary, or the
+//!   test / `vmasim demo` process hosting an embedded server.
+//!
 //! The names are a contract with `deploy/` (Grafana dashboard, recording
 //! rules, `.ci/deploy-check`); change them only together.
 
@@ -233,6 +240,8 @@ pub struct Telemetry {
     /// What the server layer lets the metrics read at render time: the
     /// reply budget and the concurrency semaphore.
     server_state: std::sync::OnceLock<ServerState>,
+    /// `process_*` metrics of this OS process.
+    process: metrics_process::Collector,
 }
 
 /// Server-layer state sampled when metrics are rendered.
@@ -266,6 +275,11 @@ impl Telemetry {
             .build_recorder();
         let handle = recorder.handle();
         describe(&recorder);
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(&recorder, || {
+            process.describe();
+            process.collect();
+        });
 
         let r = &recorder;
         let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
@@ -373,6 +387,7 @@ impl Telemetry {
             refused_limit,
             refused_handshake,
             server_state: std::sync::OnceLock::new(),
+            process,
         }
     }
 
@@ -530,6 +545,7 @@ impl Telemetry {
     pub fn render(&self, s: &SimStats) -> String {
         self.refresh(s);
         self.refresh_server_state();
+        metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.render()
     }
 
@@ -744,6 +760,27 @@ mod tests {
                 text.contains(&format!("\n{name}{{")) || text.contains(&format!("\n{name} ")),
                 "{name}:\n{text}"
             );
+        }
+        // The process collector's standard names, with live values.
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_threads",
+            "process_start_time_seconds",
+        ] {
+            let v: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+                .parse()
+                .unwrap();
+            if name != "process_cpu_seconds_total" {
+                assert!(v > 0.0, "{name} = {v}");
+            }
         }
         for h in [RPC_DURATION, FAULT_DURATION] {
             assert!(
