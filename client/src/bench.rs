@@ -54,7 +54,6 @@ use crate::stats::add_totals;
 use crate::transport::Transport;
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -926,11 +925,9 @@ impl BenchReport {
         o.lines().map(|l| l.trim_end().to_string() + "\n").collect()
     }
 
-    /// Writes the report as pretty JSON.
-    pub fn write_json(&self, path: &Path) -> Result<(), CliError> {
-        let text = serde_json::to_string_pretty(self).expect("report serializes");
-        std::fs::write(path, text + "\n")
-            .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))
+    /// The report as pretty JSON (`bench -o FILE.json`).
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes") + "\n"
     }
 }
 

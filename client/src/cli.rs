@@ -8,9 +8,10 @@ use crate::commands::{self, MmapArgs};
 use crate::connect::{DEFAULT_SERVER, Target};
 use crate::error::CliError;
 use crate::load::mix::{DEFAULT_MIX, Mix, Profile};
-use crate::load::report::Summary;
+use crate::load::report::{Format, Summary};
 use crate::load::{self, LoadConfig};
-use crate::parse::{parse_addr, parse_duration, parse_map_flags, parse_prot, parse_size};
+use crate::output::OutputFile;
+use crate::parse::{parse_addr, parse_duration, parse_map_flags_arg, parse_prot, parse_size};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use vmasim_proto::v1::Access;
 /// vmasim: simulated Linux address spaces (mm_struct + VMAs) with per-VMA
 /// locks and a SLAB_TYPESAFE_BY_RCU VMA cache, over gRPC.
 #[derive(Debug, Parser)]
-#[command(name = "vmasim", version, about, long_about = None)]
+#[command(name = "vmasim", version, about, long_about = None, after_help = crate::error::EXIT_CODES)]
 pub struct Cli {
     /// Server URL (http://HOST:PORT, or https:// with --tls-ca).
     /// `demo` and `bench` without it start their own servers in-process.
@@ -72,9 +73,11 @@ pub enum Command {
         #[arg(long, value_parser = parse_prot, default_value = "rw-")]
         prot: u32,
         /// Flags: private, shared, anonymous, fixed, fixed_noreplace (comma
-        /// separated). Default: private,anonymous (private with --file-id).
-        #[arg(long, value_parser = parse_map_flags)]
-        flags: Option<u32>,
+        /// separated), added to the defaults: private, and anonymous unless
+        /// --file-id (`--flags fixed` is a private anonymous MAP_FIXED). A
+        /// number (0x22) is sent exactly as written.
+        #[arg(long, value_parser = parse_map_flags_arg)]
+        flags: Option<crate::parse::MapFlagsArg>,
         /// File identity for a file-backed mapping (same id, same file).
         #[arg(long)]
         file_id: Option<u64>,
@@ -303,10 +306,17 @@ pub struct LoadArgs {
     /// With --verify: compare Maps with the model every N operations per worker.
     #[arg(long, default_value_t = 25)]
     pub verify_every: u32,
-    /// Write the report as JSON or CSV (by extension).
+    /// Write the report as JSON (`.json`: the summary, one object) or CSV
+    /// (`.csv`: one row per request); checked before the run starts.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Write a self-contained HTML report.
+    /// Stop the run once more than N calls failed unexpectedly (errors the
+    /// workload provokes on purpose, labelled "expected" in the report, do
+    /// not count); exit 12. The run always stops, exit 3, when the server
+    /// goes away.
+    #[arg(long, value_name = "N")]
+    pub max_errors: Option<u64>,
+    /// Write a self-contained HTML report (checked before the run starts).
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
     /// No progress bar.
@@ -393,6 +403,11 @@ impl LoadArgs {
             traces: self.trace.clone(),
             speed: self.speed,
             fault_rate: self.fault_rate,
+            max_errors: self.max_errors,
+            keep_rows: self
+                .output
+                .as_deref()
+                .is_some_and(|p| matches!(Format::of(p), Ok(Format::Csv))),
         }
     }
 }
@@ -548,17 +563,33 @@ async fn run_bench(a: &BenchArgs, server: Option<&Target>) -> Result<(), CliErro
         cache: a.cache,
         progress: true,
     };
+    let out = a
+        .output
+        .as_deref()
+        .map(|p| OutputFile::open(p, "--output"))
+        .transpose()?;
     // The three sections are printed as their phases finish; the table
     // repeats the figures in one place for the README.
     let r = crate::bench::run(&o, server).await?;
     print!("{}", r.table());
-    if let Some(p) = &a.output {
-        r.write_json(p)?;
+    if let Some(f) = out {
+        f.write(r.json().as_bytes())?;
     }
     Ok(())
 }
 
 async fn run_load(a: &LoadArgs, target: &Target) -> Result<(), CliError> {
+    // Output paths are checked before the run, not after it.
+    let output = a
+        .output
+        .as_deref()
+        .map(|p| Ok::<_, CliError>((Format::of(p)?, OutputFile::open(p, "--output")?)))
+        .transpose()?;
+    let html = a
+        .html
+        .as_deref()
+        .map(|p| OutputFile::open(p, "--html"))
+        .transpose()?;
     let cfg = a.config();
     if cfg.duration.is_none() && cfg.requests.is_none() {
         eprintln!("running until Ctrl-C ...");
@@ -566,12 +597,32 @@ async fn run_load(a: &LoadArgs, target: &Target) -> Result<(), CliError> {
     let r = load::run(cfg, target).await?;
     let s = Summary::new(&r);
     print!("{}", s.text());
-    if let Some(p) = &a.output {
-        s.write(p)?;
+    if let Some(w) = &s.rate_warning {
+        eprintln!("warning: {w}");
     }
-    if let Some(p) = &a.html {
-        std::fs::write(p, crate::load::html::render(&s))
-            .map_err(|e| CliError::Other(format!("cannot write {}: {e}", p.display())))?;
+    if let Some((format, f)) = output {
+        match format {
+            Format::Json => f.write(s.json().as_bytes())?,
+            Format::Csv => f.write(crate::load::report::csv_rows(&r.rec).as_bytes())?,
+        }
+    }
+    if let Some(f) = html {
+        f.write(crate::load::html::render(&s).as_bytes())?;
+    }
+    match &r.stopped {
+        load::StopReason::ServerGone(why) => {
+            return Err(CliError::Connect(format!(
+                "the server went away {:.1} s into the measurement ({why}); the report covers the {} requests answered before",
+                r.elapsed.as_secs_f64(),
+                s.count
+            )));
+        }
+        load::StopReason::MaxErrors(n) => {
+            return Err(CliError::TooManyErrors(format!(
+                "stopped after more than --max-errors {n} unexpected errors (see the error distribution)"
+            )));
+        }
+        _ => {}
     }
     if !s.divergences.is_empty() {
         return Err(CliError::Check(format!(

@@ -52,21 +52,44 @@ pub struct MmapArgs {
     pub length: u64,
     /// `PROT_*` bits.
     pub prot: u32,
-    /// `MAP_*` bits; `None` = `private,anonymous`, or `private` with a file.
-    pub flags: Option<u32>,
+    /// `--flags` as given (see [`mmap_flags`]).
+    pub flags: Option<crate::parse::MapFlagsArg>,
     /// File identity (file-backed mapping).
     pub file_id: Option<u64>,
     /// Offset in the file.
     pub offset: u64,
 }
 
-/// `mmap`. Prints the mapping's address in hex.
+/// The `MAP_*` bits `mmap` sends. The defaults are `MAP_PRIVATE`, plus
+/// `MAP_ANONYMOUS` without a file; named flags are added to them (so
+/// `--flags fixed` is a private anonymous `MAP_FIXED`): the mapping type
+/// stays `MAP_PRIVATE` unless `shared` is named, `MAP_ANONYMOUS` is added
+/// unless `--file-id` is given. A number is sent exactly as written, for
+/// probing the server's own checks.
+pub fn mmap_flags(given: Option<crate::parse::MapFlagsArg>, file: bool) -> u32 {
+    let (private, shared, anon) = (
+        MapFlag::MapPrivate as u32,
+        MapFlag::MapShared as u32,
+        MapFlag::MapAnonymous as u32,
+    );
+    let mut f = match given {
+        Some(g) if g.exact => return g.bits,
+        Some(g) => g.bits,
+        None => 0,
+    };
+    if f & (private | shared) == 0 {
+        f |= private;
+    }
+    if !file {
+        f |= anon;
+    }
+    f
+}
+
+/// `mmap`. Prints the mapping's address in hex (only it, for
+/// `ADDR=$(vmasim mmap ...)`).
 pub async fn mmap(c: &mut Client, a: MmapArgs) -> Result<String, CliError> {
-    let flags = a.flags.unwrap_or(if a.file_id.is_some() {
-        MapFlag::MapPrivate as u32
-    } else {
-        MapFlag::MapPrivate as u32 | MapFlag::MapAnonymous as u32
-    });
+    let flags = mmap_flags(a.flags, a.file_id.is_some());
     let r = c
         .mmap(MmapRequest {
             pid: a.pid,
@@ -242,4 +265,26 @@ pub fn entry_line(e: &vmasim_proto::v1::VmaEntry) -> String {
         e.offset,
         e.path
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse_map_flags_arg;
+
+    #[test]
+    fn named_flags_keep_the_defaults() {
+        let f = |s: &str, file| mmap_flags(Some(parse_map_flags_arg(s).unwrap()), file);
+        let (p, sh, a) = (0x02, 0x01, 0x20);
+        // MAP_FIXED = 0x10, MAP_FIXED_NOREPLACE = 0x100000.
+        assert_eq!(mmap_flags(None, false), p | a);
+        assert_eq!(mmap_flags(None, true), p);
+        assert_eq!(f("fixed", false), p | a | 0x10);
+        assert_eq!(f("fixed_noreplace", true), p | 0x10_0000);
+        assert_eq!(f("shared", false), sh | a);
+        assert_eq!(f("shared,fixed", true), sh | 0x10);
+        // A number is exact: the server's "exactly one of" check is
+        // still reachable.
+        assert_eq!(f("0x10", false), 0x10);
+    }
 }

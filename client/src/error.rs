@@ -3,24 +3,30 @@
 //! Every command returns `Result<(), CliError>`; `main` prints the error as
 //! `error: ...` on stderr and exits with [`CliError::exit_code`]. Exit codes
 //! are distinct per class so scripts (and the Dockerfile `HEALTHCHECK`) can
-//! tell a refused request from a server that is down:
-//!
-//! | code | meaning                                                        |
-//! |------|----------------------------------------------------------------|
-//! | 1    | any other failure (I/O, bad input file)                        |
-//! | 2    | usage error (bad flag or value; also what clap uses)           |
-//! | 3    | cannot connect / server unavailable / deadline exceeded        |
-//! | 4    | `INVALID_ARGUMENT` / `OUT_OF_RANGE`                            |
-//! | 5    | `NOT_FOUND`                                                    |
-//! | 6    | `ALREADY_EXISTS` / `FAILED_PRECONDITION` / `ABORTED`           |
-//! | 7    | `RESOURCE_EXHAUSTED`                                           |
-//! | 8    | `UNAUTHENTICATED` / `PERMISSION_DENIED`                        |
-//! | 9    | any other gRPC status (`INTERNAL`, `UNIMPLEMENTED`, ...)       |
-//! | 10   | `load --verify` found a divergence, or replay did not apply    |
-//! | 11   | `health`: the server answered, but is not `SERVING`            |
+//! tell a refused request from a server that is down. The table is
+//! [`EXIT_CODES`], printed at the end of `vmasim --help`.
 
 use std::fmt;
 use tonic::{Code, Status};
+
+/// The exit codes, as `vmasim --help` prints them (one place: the
+/// README's table is a copy of this one).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   success
+  1   any other failure: a file that cannot be read or written, bad input file
+  2   usage error: a bad flag or value (also what the parser uses)
+  3   no server: cannot connect, UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED;
+      `load` when the server went away during the run
+  4   INVALID_ARGUMENT, OUT_OF_RANGE
+  5   NOT_FOUND
+  6   ALREADY_EXISTS, FAILED_PRECONDITION, ABORTED
+  7   RESOURCE_EXHAUSTED
+  8   UNAUTHENTICATED, PERMISSION_DENIED
+  9   any other gRPC status (INTERNAL, UNIMPLEMENTED, UNKNOWN, DATA_LOSS)
+  10  `load --verify` found a divergence; `replay` did not apply or --check differed
+  11  `health`: the server answered but is not SERVING
+  12  `load` stopped early: more unexpected errors than --max-errors";
 
 /// A failed command.
 #[derive(Debug)]
@@ -35,6 +41,8 @@ pub enum CliError {
     Check(String),
     /// `health` got an answer other than `SERVING`.
     NotServing(String),
+    /// `load` stopped early: `--max-errors` was exceeded.
+    TooManyErrors(String),
     /// Anything else (files, I/O).
     Other(String),
 }
@@ -48,6 +56,7 @@ impl CliError {
             CliError::Connect(_) => 3,
             CliError::Check(_) => 10,
             CliError::NotServing(_) => 11,
+            CliError::TooManyErrors(_) => 12,
             CliError::Rpc(s) => match s.code() {
                 Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => 3,
                 Code::InvalidArgument | Code::OutOfRange => 4,
@@ -105,6 +114,7 @@ impl fmt::Display for CliError {
             | CliError::Usage(m)
             | CliError::Check(m)
             | CliError::NotServing(m)
+            | CliError::TooManyErrors(m)
             | CliError::Other(m) => f.write_str(m),
         }
     }
@@ -136,5 +146,38 @@ mod tests {
         assert_eq!(CliError::Rpc(Status::invalid_argument("x")).exit_code(), 4);
         assert_eq!(CliError::Rpc(Status::unavailable("x")).exit_code(), 3);
         assert_eq!(CliError::Check("x".into()).exit_code(), 10);
+    }
+
+    #[test]
+    fn the_help_table_lists_every_code() {
+        let cases = [
+            (CliError::Other(String::new()), "1"),
+            (CliError::Usage(String::new()), "2"),
+            (CliError::Connect(String::new()), "3"),
+            (CliError::Rpc(Status::out_of_range("")), "4"),
+            (CliError::Rpc(Status::not_found("")), "5"),
+            (CliError::Rpc(Status::aborted("")), "6"),
+            (CliError::Rpc(Status::resource_exhausted("")), "7"),
+            (CliError::Rpc(Status::permission_denied("")), "8"),
+            (CliError::Rpc(Status::data_loss("")), "9"),
+            (CliError::Rpc(Status::unknown("")), "9"),
+            (CliError::Check(String::new()), "10"),
+            (CliError::NotServing(String::new()), "11"),
+            (CliError::TooManyErrors(String::new()), "12"),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.exit_code().to_string(), code, "{e:?}");
+            let line = EXIT_CODES
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(code))
+                .unwrap_or_else(|| panic!("exit code {code} not in the table"));
+            if let CliError::Rpc(s) = &e {
+                let name = code_name(s.code());
+                assert!(
+                    line.contains(name),
+                    "{name} (exit {code}) not in the table: {line}"
+                );
+            }
+        }
     }
 }

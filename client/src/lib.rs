@@ -10,6 +10,7 @@
 //! * [`cli`]: the clap definition and dispatch (`main.rs` is just a call).
 //! * [`connect`]: endpoint, TLS, bearer-token interceptor, the client type.
 //! * [`error`]: the error type and its exit codes.
+//! * [`output`]: report files, opened before the work starts.
 //! * [`parse`]: addresses, sizes, protections, flags, durations.
 //! * [`commands`]: the one-RPC commands (`spawn`, `mmap`, `maps`, ...).
 //! * [`stats`]: `Stats` as a table / JSON, and before/after deltas.
@@ -36,6 +37,7 @@ pub mod embedded;
 pub mod error;
 pub mod kernel_diff;
 pub mod load;
+pub mod output;
 pub mod parse;
 pub mod race;
 pub mod record;

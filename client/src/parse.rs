@@ -127,6 +127,25 @@ pub fn parse_map_flags(s: &str) -> Result<u32, String> {
     Ok(f)
 }
 
+/// `mmap --flags` as given: named flags are added to the defaults, a
+/// number is sent exactly (see `commands::mmap_flags`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapFlagsArg {
+    /// The `MAP_*` bits named or written.
+    pub bits: u32,
+    /// Written as a number.
+    pub exact: bool,
+}
+
+/// Parses `mmap --flags` ([`parse_map_flags`], remembering whether it was
+/// a number).
+pub fn parse_map_flags_arg(s: &str) -> Result<MapFlagsArg, String> {
+    Ok(MapFlagsArg {
+        bits: parse_map_flags(s)?,
+        exact: parse_addr(s).is_ok(),
+    })
+}
+
 /// Parses mremap flags: a comma list of `maymove`, `fixed`, `dontunmap`
 /// (with or without `MREMAP_`), or a number.
 pub fn parse_mremap_flags(s: &str) -> Result<u32, String> {

@@ -104,7 +104,8 @@ pub struct StatsDelta {
     pub vma_cache: String,
     /// Server's fault locking mode.
     pub fault_lock: String,
-    /// Counter increments (gauges: the value after).
+    /// Counter increments (gauges: the value after); a JSON object.
+    #[serde(serialize_with = "crate::load::report::ser_counts")]
     pub values: Vec<(String, u64)>,
     /// reused / (reused + fresh) VMA allocations, 0..1.
     pub reuse_rate: f64,

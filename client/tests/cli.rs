@@ -112,6 +112,31 @@ fn rpc_commands_round_trip() {
     );
     assert!(file.starts_with("0x"));
 
+    // Named flags keep the defaults: `--flags fixed` alone is a private
+    // anonymous MAP_FIXED (here over the first 4K of the file mapping).
+    let fixed = ok(
+        &s,
+        &[
+            "mmap",
+            &pid,
+            "4K",
+            "--addr",
+            file.trim(),
+            "--flags",
+            "fixed",
+        ],
+    );
+    assert_eq!(fixed, file);
+    let maps = ok(&s, &["maps", &pid]);
+    assert!(
+        maps.lines()
+            .any(|l| l.starts_with(&format!("{}-", &file.trim()[2..])) && l.contains(" rw-p ")),
+        "{maps}"
+    );
+    // A number is sent as written: the server's own check answers.
+    let (code, err) = fails(&s, &["mmap", &pid, "4K", "--flags", "0x20"]);
+    assert_eq!(code, 4, "{err}");
+
     let json: serde_json::Value = serde_json::from_str(&ok(&s, &["stats", "--json"])).unwrap();
     assert_eq!(json["vma_cache"], "typesafe");
     assert!(json["faults"].as_u64().unwrap() >= 3);
@@ -187,6 +212,16 @@ fn errors_exit_non_zero_with_the_status() {
     assert_eq!(code, 2);
     let (code, _) = fails(&s, &["mmap", &pid, "4K", "--prot", "rwz"]);
     assert_eq!(code, 2);
+    // The exit codes are documented in --help.
+    let help = ok(&s, &["--help"]);
+    for line in [
+        "Exit codes:",
+        "  9   any other gRPC status",
+        "  11  `health`",
+        "  12  `load`",
+    ] {
+        assert!(help.contains(line), "{line}: {help}");
+    }
     // Nobody listening.
     let out = Command::cargo_bin("vmasim")
         .unwrap()
@@ -326,11 +361,13 @@ fn load_writes_html_json_and_csv_reports() {
             "-q",
         ],
     );
+    // One row per request after the header.
     let c = std::fs::read_to_string(&csv).unwrap();
     assert!(
-        c.starts_with("section,key,value\n") && c.contains("summary,count,200"),
+        c.starts_with("start_ms,operation,latency_ms,status,"),
         "{c}"
     );
+    assert_eq!(c.lines().count(), 201, "{c}");
 
     let (code, err) = fails(
         &s,

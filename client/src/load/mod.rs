@@ -94,6 +94,12 @@ pub struct LoadConfig {
     pub speed: f64,
     /// `--trace`: faults per replayed call, on average.
     pub fault_rate: f64,
+    /// `--max-errors`: stop once more unexpected errors than this came
+    /// back (None: never stop for errors).
+    pub max_errors: Option<u64>,
+    /// Keep every call for the per-request CSV (`-o FILE.csv`).
+    #[serde(skip)]
+    pub keep_rows: bool,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -132,11 +138,22 @@ impl Default for LoadConfig {
             traces: Vec::new(),
             speed: 0.0,
             fault_rate: 1.0,
+            max_errors: None,
+            keep_rows: false,
         }
     }
 }
 
 impl LoadConfig {
+    /// A worker's recorder (keeping rows for the per-request CSV if asked).
+    pub fn recorder(&self) -> Recorder {
+        if self.keep_rows {
+            Recorder::with_rows()
+        } else {
+            Recorder::default()
+        }
+    }
+
     /// One line describing the run's shape.
     pub fn describe(&self) -> String {
         let lp = match self.rps {
@@ -186,6 +203,37 @@ impl LoadConfig {
     }
 }
 
+/// Why the measurement ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason", content = "detail")]
+pub enum StopReason {
+    /// `--duration` was over.
+    Duration,
+    /// `--requests` were sent.
+    Requests,
+    /// Ctrl-C.
+    Interrupted,
+    /// `--verify` found a divergence.
+    Divergence,
+    /// A call found no server (the status it got).
+    ServerGone(String),
+    /// More unexpected errors than `--max-errors`.
+    MaxErrors(u64),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Duration => f.write_str("--duration over"),
+            StopReason::Requests => f.write_str("--requests sent"),
+            StopReason::Interrupted => f.write_str("interrupted (Ctrl-C)"),
+            StopReason::Divergence => f.write_str("--verify divergence"),
+            StopReason::ServerGone(s) => write!(f, "SERVER GONE: {s}"),
+            StopReason::MaxErrors(n) => write!(f, "more than --max-errors {n} unexpected errors"),
+        }
+    }
+}
+
 /// What a run measured.
 #[derive(Debug, Clone)]
 pub struct LoadResult {
@@ -199,6 +247,14 @@ pub struct LoadResult {
     pub server: Option<StatsDelta>,
     /// `--verify` divergences (empty: none found, or not verifying).
     pub divergences: Vec<Divergence>,
+    /// Why measurement ended.
+    pub stopped: StopReason,
+    /// Open loop: requests sent behind their schedule.
+    pub late: u64,
+    /// The server's URL.
+    pub target: String,
+    /// When measurement started (wall clock).
+    pub started: std::time::SystemTime,
 }
 
 /// Runs a load against `target`.
@@ -220,7 +276,9 @@ pub async fn run(cfg: LoadConfig, target: &Target) -> Result<LoadResult, CliErro
         channels.push(target.channel().await?);
     }
     let mut control = target.client(channels[0].clone())?;
-    let shared = Arc::new(Shared::new(cfg.rps.map(|r| 1e9 / r), cfg.requests));
+    let shared = Arc::new(
+        Shared::new(cfg.rps.map(|r| 1e9 / r), cfg.requests).with_max_errors(cfg.max_errors),
+    );
 
     // Build the workers, round-robin over the channels.
     let mut owners = Vec::new();
@@ -302,10 +360,13 @@ pub async fn run(cfg: LoadConfig, target: &Target) -> Result<LoadResult, CliErro
     let mut owner_tasks: Vec<_> = ready.into_iter().map(|w| tokio::spawn(w.run())).collect();
     owner_tasks.extend(trace_workers.into_iter().map(|w| tokio::spawn(w.run())));
     let thread_tasks: Vec<_> = threads.into_iter().map(|t| tokio::spawn(t.run())).collect();
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ctrl_c = {
         let shared = shared.clone();
+        let interrupted = interrupted.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
+                interrupted.store(true, Ordering::Relaxed);
                 shared.stop.store(true, Ordering::Relaxed);
             }
         })
@@ -316,6 +377,7 @@ pub async fn run(cfg: LoadConfig, target: &Target) -> Result<LoadResult, CliErro
         shared.start_recording();
     }
     let t0 = *shared.t0.get().expect("recording started");
+    let started = std::time::SystemTime::now() - t0.elapsed();
     let timer = {
         let shared = shared.clone();
         let d = cfg.duration.filter(|d| !d.is_zero());
@@ -330,7 +392,7 @@ pub async fn run(cfg: LoadConfig, target: &Target) -> Result<LoadResult, CliErro
         .progress
         .then(|| spawn_progress(&cfg, shared.clone(), t0));
 
-    let mut rec = Recorder::default();
+    let mut rec = cfg.recorder();
     let mut pids = Vec::new();
     for h in owner_tasks {
         let out = h.await.expect("worker task panicked");
@@ -347,22 +409,47 @@ pub async fn run(cfg: LoadConfig, target: &Target) -> Result<LoadResult, CliErro
         task.abort();
         bar.finish_and_clear();
     }
-    let after = stats::fetch(&mut control).await.ok();
+    let gone = shared.server_gone.get().cloned();
+    // A server that went away has no Stats and nothing to clean up.
+    let after = match gone {
+        None => stats::fetch(&mut control).await.ok(),
+        Some(_) => None,
+    };
     let server = match (&before, &after) {
         (Some(b), Some(a)) => Some(StatsDelta::between(b, a)),
         _ => None,
     };
     // Cleanup, best effort and not measured.
     for pid in pids {
+        if gone.is_some() {
+            break;
+        }
         let _ = control.exit(vmasim_proto::v1::ExitRequest { pid }).await;
     }
     let divergences = std::mem::take(&mut *shared.divergences.lock().expect("not poisoned"));
+    let stopped = if let Some(s) = gone {
+        StopReason::ServerGone(CliError::Rpc(s).to_string())
+    } else if !divergences.is_empty() {
+        StopReason::Divergence
+    } else if shared.max_errors_reached() {
+        StopReason::MaxErrors(cfg.max_errors.unwrap_or(0))
+    } else if interrupted.load(Ordering::Relaxed) {
+        StopReason::Interrupted
+    } else if cfg.requests.is_some_and(|n| rec.requests() >= n) {
+        StopReason::Requests
+    } else {
+        StopReason::Duration
+    };
     Ok(LoadResult {
         config: (*cfg).clone(),
         rec,
         elapsed,
         server,
         divergences,
+        stopped,
+        late: shared.late.load(Ordering::Relaxed),
+        target: target.url.clone(),
+        started,
     })
 }
 

@@ -42,7 +42,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::{Code, Status};
+use tonic::Status;
 use vmasim_proto::v1::session_reply::Result as Reply;
 use vmasim_proto::v1::session_request::Op;
 use vmasim_proto::v1::{
@@ -440,6 +440,7 @@ impl TraceWorker {
                 ranges: HashMap::new(),
             })
             .collect();
+        let rec = cfg.recorder();
         TraceWorker {
             id,
             cfg,
@@ -447,7 +448,7 @@ impl TraceWorker {
             t,
             rng,
             programs,
-            rec: Recorder::default(),
+            rec,
             instances,
         }
     }
@@ -516,6 +517,10 @@ impl TraceWorker {
     }
 
     fn diverged(&mut self, i: usize, message: String) {
+        if self.shared.server_gone.get().is_some() {
+            // Failures of a server that went away are not divergences.
+            return;
+        }
         let inst = &self.instances[i];
         let prog = &self.programs[inst.prog];
         let d = crate::load::worker::Divergence {
@@ -539,8 +544,8 @@ impl TraceWorker {
         let due = self.shared.admit().await?;
         let start = due.unwrap_or_else(Instant::now);
         let r = self.t.call(op).await;
-        let code = r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
-        self.shared.record(&mut self.rec, kind, start, code, faults);
+        self.shared
+            .finish(&mut self.rec, kind, start, &r, faults, None);
         Some(r)
     }
 

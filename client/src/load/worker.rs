@@ -72,6 +72,17 @@ pub struct Shared {
     pub faults_done: AtomicU64,
     /// Divergences found by `--verify`.
     pub divergences: Mutex<Vec<Divergence>>,
+    /// `--max-errors`: the run stops when more unexpected errors than this
+    /// were answered.
+    pub max_errors: Option<u64>,
+    /// Unexpected errors the server answered so far (measured or not).
+    pub unexpected_errors: AtomicU64,
+    /// Set once, with the status, when a call found no server: the run
+    /// stops and `vmasim load` exits 3.
+    pub server_gone: OnceLock<Status>,
+    /// Open loop: requests sent behind their schedule (every worker was
+    /// busy when they were due).
+    pub late: AtomicU64,
 }
 
 impl Shared {
@@ -89,7 +100,23 @@ impl Shared {
             completed: AtomicU64::new(0),
             faults_done: AtomicU64::new(0),
             divergences: Mutex::new(Vec::new()),
+            max_errors: None,
+            unexpected_errors: AtomicU64::new(0),
+            server_gone: OnceLock::new(),
+            late: AtomicU64::new(0),
         }
+    }
+
+    /// With `--max-errors`.
+    pub fn with_max_errors(mut self, max_errors: Option<u64>) -> Self {
+        self.max_errors = max_errors;
+        self
+    }
+
+    /// Whether `--max-errors` stopped the run.
+    pub fn max_errors_reached(&self) -> bool {
+        self.max_errors
+            .is_some_and(|m| self.unexpected_errors.load(Ordering::Relaxed) > m)
     }
 
     /// Starts measurement now.
@@ -122,6 +149,8 @@ impl Shared {
         let behind = due <= Instant::now();
         if !behind {
             tokio::time::sleep_until(due.into()).await;
+        } else if self.recording.load(Ordering::Relaxed) {
+            self.late.fetch_add(1, Ordering::Relaxed);
         }
         // A request counted against --requests is sent even if the budget
         // ran out meanwhile; otherwise a stop during the wait cancels it.
@@ -157,7 +186,96 @@ impl Shared {
             self.faults_done.fetch_add(faults, Ordering::Relaxed);
         }
     }
+
+    /// Accounts for one finished call of the load (owner, fault thread or
+    /// trace worker): a success or a server-answered error is recorded
+    /// (if measurement is on) with its error row; a call that found no
+    /// server stops the run ([`Shared::server_gone`]) and is kept out of
+    /// the request count; an unexpected error counts against
+    /// `--max-errors`. `expected`: why this status is expected, if it is.
+    pub(crate) fn finish<T>(
+        &self,
+        rec: &mut Recorder,
+        kind: OpKind,
+        start: Instant,
+        r: &Result<T, Status>,
+        faults: u64,
+        expected: Option<&'static str>,
+    ) {
+        let s = match r {
+            Ok(_) => return self.record(rec, kind, start, Code::Ok, faults),
+            Err(s) => s,
+        };
+        let recording = self.recording.load(Ordering::Acquire);
+        if unreachable(s) {
+            if recording {
+                rec.record_unreachable(kind, s);
+            }
+            let _ = self.server_gone.set(s.clone());
+            self.stop.store(true, Ordering::Relaxed);
+            return;
+        }
+        if expected.is_none() {
+            self.unexpected_errors.fetch_add(1, Ordering::Relaxed);
+            if self.max_errors_reached() {
+                self.stop.store(true, Ordering::Relaxed);
+            }
+        }
+        if !recording {
+            return;
+        }
+        let Some(&t0) = self.t0.get() else { return };
+        rec.record_failed(kind, t0, (start.max(t0), Instant::now()), s, expected);
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
 }
+
+/// Whether a failed call never reached a server. `UNAVAILABLE` is what a
+/// refused or reset connection and a server in shutdown give (the vmasim
+/// server answers it for nothing else); `UNKNOWN` with a source error is
+/// a connection that broke mid-call (tonic maps h2/hyper errors so; a
+/// status the server sent has no source).
+pub fn unreachable(s: &Status) -> bool {
+    s.code() == Code::Unavailable
+        || (s.code() == Code::Unknown && std::error::Error::source(s).is_some())
+}
+
+/// The failures the load's own workload sends `op` knowing it may get,
+/// each with why (for the error distribution): the kernel rule the call
+/// exercises. Any other failure is unexpected.
+pub fn expected_failures(op: &Op) -> &'static [(Code, &'static str)] {
+    match op {
+        // mmap(MAP_FIXED_NOREPLACE) over an existing mapping is EEXIST in
+        // do_mmap; the worker aims some just above a VMA on purpose.
+        Op::Mmap(m) if m.flags & MapFlag::MapFixedNoreplace as u32 != 0 => &[(
+            Code::AlreadyExists,
+            "MAP_FIXED_NOREPLACE over a mapping (EEXIST)",
+        )],
+        // mprotect over a hole is ENOMEM (do_mprotect_pkey); the worker
+        // runs some past the end of a VMA on purpose.
+        Op::Mprotect(_) => &[(
+            Code::FailedPrecondition,
+            "mprotect range over a hole (ENOMEM)",
+        )],
+        _ => &[],
+    }
+}
+
+/// The reason `r` is expected, if it failed as `expected` lists.
+pub fn expected_reason<T>(
+    r: &Result<T, Status>,
+    expected: &[(Code, &'static str)],
+) -> Option<&'static str> {
+    let code = r.as_ref().err()?.code();
+    expected
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, why)| *why)
+}
+
+/// What a fault thread expects: its layout copy may be one operation old,
+/// so the owner may have exited the process (`NOT_FOUND`).
+const RACED_WITH_EXIT: &str = "fault thread raced with the owner's exit";
 
 /// A reply that did not match the shadow model.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -247,6 +365,7 @@ impl Worker {
         layout: Option<Arc<RwLock<Layout>>>,
     ) -> Self {
         let rng = StdRng::seed_from_u64(cfg.seed.wrapping_add(id as u64 * 0x9e37_79b9));
+        let rec = cfg.recorder();
         Worker {
             id,
             cfg,
@@ -254,7 +373,7 @@ impl Worker {
             t,
             rng,
             procs: Vec::new(),
-            rec: Recorder::default(),
+            rec,
             history: VecDeque::new(),
             layout,
             since_check: 0,
@@ -323,6 +442,11 @@ impl Worker {
     }
 
     fn diverged(&mut self, message: String) {
+        if self.shared.server_gone.get().is_some() {
+            // Calls failing because the server went away are not the
+            // server's answers: no divergence (the run reports the loss).
+            return;
+        }
         let pid = self.procs.first().map_or(0, |p| p.pid);
         // The message names the pid; the first process is a fallback.
         let pid = message
@@ -379,10 +503,17 @@ impl Worker {
             None
         };
         let start = due.unwrap_or_else(Instant::now);
+        let expected = expected_failures(&op);
         let r = self.t.call(op).await;
-        let code = r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
         if admitted {
-            self.shared.record(&mut self.rec, kind, start, code, faults);
+            let expected = expected_reason(&r, expected);
+            self.shared
+                .finish(&mut self.rec, kind, start, &r, faults, expected);
+        } else if let Err(s) = &r
+            && unreachable(s)
+        {
+            let _ = self.shared.server_gone.set(s.clone());
+            self.shared.stop.store(true, Ordering::Relaxed);
         }
         let r_str = || match &r {
             Ok(_) => "OK".to_string(),
@@ -419,7 +550,11 @@ impl Worker {
         self.since_check += 1;
         let i = self.rng.random_range(0..self.procs.len());
         let mut kind = self.cfg.mix.pick(&mut self.rng);
-        // Redirect operations that cannot apply (no async recursion).
+        if self.shared.recording.load(Ordering::Relaxed) {
+            self.rec.drawn[kind.index()] += 1;
+        }
+        // Redirect operations that cannot apply (no async recursion); the
+        // report shows what was drawn beside what ran.
         let has_vma = self.procs[i]
             .mm
             .iter()
@@ -1070,13 +1205,14 @@ impl FaultThread {
         let rng = StdRng::seed_from_u64(
             cfg.seed ^ (0x5851_f42d_4c95_7f2d_u64.wrapping_mul(id as u64 + 1)),
         );
+        let rec = cfg.recorder();
         FaultThread {
             cfg,
             shared,
             t,
             rng,
             layout,
-            rec: Recorder::default(),
+            rec,
         }
     }
 
@@ -1133,7 +1269,6 @@ impl FaultThread {
             };
             let start = due.unwrap_or_else(Instant::now);
             let r = self.t.call(op).await;
-            let code = r.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
             match &r {
                 Ok(Reply::Fault(f)) => add_totals(&mut self.rec.fault_totals, &single_totals(f)),
                 Ok(Reply::FaultBatch(b)) => {
@@ -1141,8 +1276,12 @@ impl FaultThread {
                 }
                 _ => {}
             }
+            let expected = match &r {
+                Err(s) if s.code() == Code::NotFound => Some(RACED_WITH_EXIT),
+                _ => None,
+            };
             self.shared
-                .record(&mut self.rec, OpKind::Fault, start, code, n as u64);
+                .finish(&mut self.rec, OpKind::Fault, start, &r, n as u64, expected);
         }
         self.rec
     }
