@@ -177,10 +177,10 @@ async fn run_slow_reader(o: &DemoOptions, cache: Cache) -> Result<SlowReaderRun,
     Ok(SlowReaderRun {
         name: cache.name().to_string(),
         frees: get("vma_frees"),
-        call_rcu: (get("call_rcu_made"), get("call_rcu_avoided")),
+        call_rcu: (get("call_rcu"), get("call_rcu_avoided")),
         waiting: get("pool_slots_waiting"),
         slabs: get("pool_slabs"),
-        fresh: get("vma_alloc_fresh"),
+        fresh: get("vma_allocations_fresh"),
     })
 }
 
@@ -321,28 +321,22 @@ pub fn table(runs: &[(String, Summary)]) -> String {
             "VMA reuse rate (reused/all allocs)",
             Box::new(move |s| {
                 s.server.as_ref().map_or("-".into(), |d| {
-                    let r = get(s, "vma_alloc_reused");
+                    let r = get(s, "vma_allocations_reused");
                     format!(
                         "{} ({r}/{})",
-                        pct(d.reuse_rate),
-                        r + get(s, "vma_alloc_fresh")
+                        pct(d.vma_reuse_rate),
+                        r + get(s, "vma_allocations_fresh")
                     )
                 })
             }),
         ),
         (
             "reuses before a grace period",
-            Box::new(move |s| get(s, "vma_reuse_before_gp").to_string()),
+            Box::new(move |s| get(s, "vma_reuse_before_grace_period").to_string()),
         ),
         (
             "call_rcu made / avoided",
-            Box::new(move |s| {
-                format!(
-                    "{} / {}",
-                    get(s, "call_rcu_made"),
-                    get(s, "call_rcu_avoided")
-                )
-            }),
+            Box::new(move |s| format!("{} / {}", get(s, "call_rcu"), get(s, "call_rcu_avoided"))),
         ),
         (
             "grace periods",
@@ -370,7 +364,9 @@ pub fn table(runs: &[(String, Summary)]) -> String {
         ),
         (
             "VMA allocs (reused + fresh)",
-            Box::new(move |s| (get(s, "vma_alloc_reused") + get(s, "vma_alloc_fresh")).to_string()),
+            Box::new(move |s| {
+                (get(s, "vma_allocations_reused") + get(s, "vma_allocations_fresh")).to_string()
+            }),
         ),
         (
             "pool slots waiting for a GP (end)",

@@ -4,6 +4,15 @@
 //! and whether it is a counter or a gauge; the table, the JSON, the deltas
 //! of `load`/`demo` and the HTML report all come from that one list, so a
 //! new field shows up everywhere by adding one line.
+//!
+//! One name per concept: a field is named as the `StatsResponse` field,
+//! which is the Prometheus metric without `vmasim_` and `_total`, with its
+//! label value appended (`vma_lock_success` is
+//! `vmasim_vma_lock_total{result="success"}`, `vma_allocations_reused` is
+//! `vmasim_vma_allocations_total{source="reused"}`); a ratio is named as
+//! its recording rule (`vma_reuse_rate` is `vmasim:vma_reuse_rate:ratio_rate1m`).
+//! The test `names_follow_the_metrics` checks the rule on the server's own
+//! metric names.
 
 use crate::error::CliError;
 use serde_json::{Map, Value, json};
@@ -19,7 +28,7 @@ pub enum Kind {
 }
 
 /// Every numeric field of `s`: (name, value, kind), in proto order. The
-/// `reuse_detected` map entries follow as `reuse_detected{check}`.
+/// `reuse_detected` map entries follow as `reuse_detected_{check}`.
 pub fn fields(s: &StatsResponse) -> Vec<(String, u64, Kind)> {
     use Kind::*;
     let f = s.faults.unwrap_or_default();
@@ -40,11 +49,15 @@ pub fn fields(s: &StatsResponse) -> Vec<(String, u64, Kind)> {
         ("faults_mmap_lock_fallback", f.mmap_lock_fallback, Counter),
         ("faults_mmap_lock", f.mmap_lock, Counter),
         ("fault_retries", f.retries, Counter),
-        ("vma_alloc_reused", s.vma_alloc_reused, Counter),
-        ("vma_alloc_fresh", s.vma_alloc_fresh, Counter),
-        ("vma_reuse_before_gp", s.vma_reuse_before_gp, Counter),
+        ("vma_allocations_reused", s.vma_allocations_reused, Counter),
+        ("vma_allocations_fresh", s.vma_allocations_fresh, Counter),
+        (
+            "vma_reuse_before_grace_period",
+            s.vma_reuse_before_grace_period,
+            Counter,
+        ),
         ("vma_frees", s.vma_frees, Counter),
-        ("call_rcu_made", s.call_rcu_made, Counter),
+        ("call_rcu", s.call_rcu, Counter),
         ("call_rcu_avoided", s.call_rcu_avoided, Counter),
         ("grace_periods", s.grace_periods, Counter),
         ("pool_slots_live", s.pool_slots_live, Gauge),
@@ -67,7 +80,7 @@ pub fn fields(s: &StatsResponse) -> Vec<(String, u64, Kind)> {
     let mut checks: Vec<_> = s.reuse_detected.iter().collect();
     checks.sort();
     for (check, n) in checks {
-        v.push((format!("reuse_detected{{{check}}}"), *n, Counter));
+        v.push((format!("reuse_detected_{check}"), *n, Counter));
     }
     v
 }
@@ -107,12 +120,15 @@ pub struct StatsDelta {
     /// Counter increments (gauges: the value after); a JSON object.
     #[serde(serialize_with = "crate::load::report::ser_counts")]
     pub values: Vec<(String, u64)>,
-    /// reused / (reused + fresh) VMA allocations, 0..1.
-    pub reuse_rate: f64,
-    /// Reuses before a grace period / all reuses, 0..1.
-    pub reuse_before_gp_rate: f64,
-    /// call_rcu avoided / (made + avoided), 0..1.
-    pub call_rcu_avoided_rate: f64,
+    /// reused / (reused + fresh) VMA allocations, 0..1
+    /// (`vmasim:vma_reuse_rate:ratio_rate1m`).
+    pub vma_reuse_rate: f64,
+    /// Reuses before a grace period / all reuses, 0..1
+    /// (`vmasim:vma_reuse_before_grace_period_rate:ratio_rate1m`).
+    pub vma_reuse_before_grace_period_rate: f64,
+    /// call_rcu avoided / (made + avoided), 0..1
+    /// (`vmasim:call_rcu_savings:ratio_rate1m`).
+    pub call_rcu_savings: f64,
     /// Lockless lookup retries per fault.
     pub retries_per_fault: f64,
 }
@@ -138,12 +154,12 @@ impl StatsDelta {
             values,
             ..Default::default()
         };
-        let reused = d.get("vma_alloc_reused");
-        d.reuse_rate = ratio(reused, reused + d.get("vma_alloc_fresh"));
-        d.reuse_before_gp_rate = ratio(d.get("vma_reuse_before_gp"), reused);
-        let made = d.get("call_rcu_made");
-        d.call_rcu_avoided_rate =
-            ratio(d.get("call_rcu_avoided"), made + d.get("call_rcu_avoided"));
+        let reused = d.get("vma_allocations_reused");
+        d.vma_reuse_rate = ratio(reused, reused + d.get("vma_allocations_fresh"));
+        d.vma_reuse_before_grace_period_rate =
+            ratio(d.get("vma_reuse_before_grace_period"), reused);
+        let made = d.get("call_rcu");
+        d.call_rcu_savings = ratio(d.get("call_rcu_avoided"), made + d.get("call_rcu_avoided"));
         d.retries_per_fault = ratio(d.get("fault_retries"), d.get("faults"));
         d
     }
@@ -158,8 +174,8 @@ impl StatsDelta {
 
     /// The counters people look at first, as `(label, text)` rows.
     pub fn summary_rows(&self) -> Vec<(String, String)> {
-        let reused = self.get("vma_alloc_reused");
-        let all = reused + self.get("vma_alloc_fresh");
+        let reused = self.get("vma_allocations_reused");
+        let all = reused + self.get("vma_allocations_fresh");
         vec![
             (
                 "mode".into(),
@@ -168,23 +184,23 @@ impl StatsDelta {
             ("faults".into(), self.get("faults").to_string()),
             (
                 "VMA reuse rate".into(),
-                format!("{} ({reused}/{all})", pct(self.reuse_rate)),
+                format!("{} ({reused}/{all})", pct(self.vma_reuse_rate)),
             ),
             (
                 "reuses before a grace period".into(),
                 format!(
                     "{} ({})",
-                    self.get("vma_reuse_before_gp"),
-                    pct(self.reuse_before_gp_rate)
+                    self.get("vma_reuse_before_grace_period"),
+                    pct(self.vma_reuse_before_grace_period_rate)
                 ),
             ),
             (
                 "call_rcu made / avoided".into(),
                 format!(
                     "{} / {} ({} avoided)",
-                    self.get("call_rcu_made"),
+                    self.get("call_rcu"),
                     self.get("call_rcu_avoided"),
-                    pct(self.call_rcu_avoided_rate)
+                    pct(self.call_rcu_savings)
                 ),
             ),
             (
@@ -249,26 +265,64 @@ mod tests {
     #[test]
     fn delta_of_counters_and_gauges() {
         let before = StatsResponse {
-            vma_alloc_reused: 10,
-            vma_alloc_fresh: 10,
+            vma_allocations_reused: 10,
+            vma_allocations_fresh: 10,
             processes: 5,
             call_rcu_avoided: 4,
             ..Default::default()
         };
         let after = StatsResponse {
-            vma_alloc_reused: 40,
-            vma_alloc_fresh: 20,
+            vma_allocations_reused: 40,
+            vma_allocations_fresh: 20,
             processes: 3,
             call_rcu_avoided: 14,
             vma_cache: "typesafe".into(),
             ..Default::default()
         };
         let d = StatsDelta::between(&before, &after);
-        assert_eq!(d.get("vma_alloc_reused"), 30);
+        assert_eq!(d.get("vma_allocations_reused"), 30);
         assert_eq!(d.get("processes"), 3);
-        assert!((d.reuse_rate - 0.75).abs() < 1e-9);
-        assert!((d.call_rcu_avoided_rate - 1.0).abs() < 1e-9);
-        assert!(table(&after).contains("vma_alloc_reused"));
+        assert!((d.vma_reuse_rate - 0.75).abs() < 1e-9);
+        assert!((d.call_rcu_savings - 1.0).abs() < 1e-9);
+        assert!(table(&after).contains("vma_allocations_reused"));
         assert_eq!(to_json(&after)["vma_cache"], "typesafe");
+    }
+
+    #[test]
+    fn names_follow_the_metrics() {
+        // Every name a server exports, as `fields` must spell it: the
+        // metric without `vmasim_`/`_total`, label values appended.
+        let t = vmasim_server::telemetry::Telemetry::new(&Default::default());
+        let text = t.render(&Default::default());
+        let mut names = std::collections::BTreeSet::new();
+        for line in text.lines().filter(|l| l.starts_with("vmasim_")) {
+            let series = line.split_whitespace().next().unwrap();
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            let base = metric
+                .trim_start_matches("vmasim_")
+                .trim_end_matches("_total")
+                .to_string();
+            let values: Vec<&str> = labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.trim_matches('"')))
+                .collect();
+            names.insert(base.clone());
+            for v in &values {
+                names.insert(format!("{base}_{v}"));
+            }
+        }
+        // Numbers with no metric of their own (said so in the proto).
+        let no_metric = ["fault_retries", "processes_spawned_total", "rss_pages"];
+        let s = StatsResponse {
+            reuse_detected: [("vm_mm".to_string(), 1)].into(),
+            ..Default::default()
+        };
+        for (name, ..) in fields(&s) {
+            assert!(
+                names.contains(&name) || no_metric.contains(&name.as_str()),
+                "stats name `{name}` is no metric's name; metrics: {names:?}"
+            );
+        }
     }
 }

@@ -140,7 +140,7 @@ fn rpc_commands_round_trip() {
     let json: serde_json::Value = serde_json::from_str(&ok(&s, &["stats", "--json"])).unwrap();
     assert_eq!(json["vma_cache"], "typesafe");
     assert!(json["faults"].as_u64().unwrap() >= 3);
-    assert!(ok(&s, &["stats"]).contains("vma_alloc_reused"));
+    assert!(ok(&s, &["stats"]).contains("vma_allocations_reused"));
 
     // Spawn from a maps file.
     let dir = tempfile::tempdir().unwrap();

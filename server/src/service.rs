@@ -741,11 +741,11 @@ impl AddressSpaceService {
                 mmap_lock: f.by_path(P::MmapLock),
                 retries: f.retries,
             }),
-            vma_alloc_reused: s.pool.alloc_reused,
-            vma_alloc_fresh: s.pool.alloc_fresh,
-            vma_reuse_before_gp: s.pool.reuse_before_gp,
+            vma_allocations_reused: s.pool.alloc_reused,
+            vma_allocations_fresh: s.pool.alloc_fresh,
+            vma_reuse_before_grace_period: s.pool.reuse_before_gp,
             vma_frees: s.pool.frees,
-            call_rcu_made: s.pool.call_rcu,
+            call_rcu: s.pool.call_rcu,
             call_rcu_avoided: s.pool.call_rcu_avoided,
             grace_periods: s.pool.grace_periods,
             pool_slots_live: s.pool.live,
@@ -757,18 +757,11 @@ impl AddressSpaceService {
             processes_spawned_total: s.processes_created,
             vmas: s.vmas,
             rss_pages: s.rss_pages,
-            // Keys as address_space.proto documents them.
+            // Keyed by the metric's `check` label value (one name per
+            // concept, as address_space.proto documents).
             reuse_detected: ReuseCheck::ALL
                 .iter()
-                .map(|&c| {
-                    let key = match c {
-                        ReuseCheck::VmRefcnt => "vm_refcnt detached",
-                        ReuseCheck::VmMm => "vm_mm recheck",
-                        ReuseCheck::VmLockSeq => "vm_lock_seq recheck",
-                        ReuseCheck::Range => "range recheck",
-                    };
-                    (key.to_string(), f.reuse_detected[c as usize])
-                })
+                .map(|&c| (c.as_str().to_string(), f.reuse_detected[c as usize]))
                 .collect(),
         }
     }
