@@ -39,6 +39,12 @@ pub struct Cli {
     /// Limit on each call until its answer starts, e.g. 30s; 0 for none. `health` uses at most 5s.
     #[arg(long, global = true, env = "VMASIM_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+    /// Print the answer as one JSON object (keys: the reply's proto field
+    /// names). For the one-call commands (spawn, mmap, munmap, mprotect,
+    /// brk, fault, fork, exit, maps, mremap, madvise, stats, health);
+    /// `load` and `bench` write JSON with `-o FILE.json`.
+    #[arg(long, global = true)]
+    pub json: bool,
     /// The command.
     #[command(subcommand)]
     pub cmd: Command,
@@ -147,12 +153,8 @@ pub enum Command {
         /// Process.
         pid: u32,
     },
-    /// Server counters and gauges.
-    Stats {
-        /// As JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Server counters and gauges (`--json`: one flat object).
+    Stats,
     /// gRPC health check: exit 0 iff the server is SERVING.
     Health,
     /// Race lab: replay a scripted interleaving of a lockless fault
@@ -431,8 +433,25 @@ impl Cli {
 /// returned for `main` to print.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let target = cli.target();
+    let one_call = !matches!(
+        cli.cmd,
+        Command::Race { .. }
+            | Command::Demo(_)
+            | Command::Load(_)
+            | Command::Bench(_)
+            | Command::Replay(_)
+            | Command::Record(_)
+            | Command::KernelDiff(_)
+            | Command::KernelDiffExecutor { .. }
+    );
+    if cli.json && !one_call {
+        return Err(CliError::Usage(
+            "--json is for the one-call commands; `load` and `bench` write JSON with -o FILE.json"
+                .into(),
+        ));
+    }
     let out = match &cli.cmd {
-        Command::Health => commands::health(&target).await?,
+        Command::Health => commands::health(&target).await?.render(cli.json),
         Command::Demo(a) => {
             let o = crate::demo::DemoOptions {
                 duration: a.duration,
@@ -472,7 +491,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Spawn {
                     from_maps,
                     start_brk,
-                } => commands::spawn(&mut c, from_maps.as_deref(), start_brk.unwrap_or(0)).await?,
+                } => commands::spawn(&mut c, from_maps.as_deref(), start_brk.unwrap_or(0))
+                    .await?
+                    .render(cli.json),
                 Command::Mmap {
                     pid,
                     length,
@@ -491,20 +512,26 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                         file_id: *file_id,
                         offset: *offset,
                     };
-                    commands::mmap(&mut c, a).await?
+                    commands::mmap(&mut c, a).await?.render(cli.json)
                 }
                 Command::Munmap { pid, addr, length } => {
-                    commands::munmap(&mut c, *pid, *addr, *length).await?
+                    commands::munmap(&mut c, *pid, *addr, *length)
+                        .await?
+                        .render(cli.json)
                 }
                 Command::Mprotect {
                     pid,
                     addr,
                     length,
                     prot,
-                } => commands::mprotect(&mut c, *pid, *addr, *length, *prot).await?,
-                Command::Brk { pid, addr } => commands::brk(&mut c, *pid, *addr).await?,
-                Command::Mremap(a) => crate::cmd::mremap::run(&mut c, a).await?,
-                Command::Madvise(a) => crate::cmd::madvise::run(&mut c, a).await?,
+                } => commands::mprotect(&mut c, *pid, *addr, *length, *prot)
+                    .await?
+                    .render(cli.json),
+                Command::Brk { pid, addr } => {
+                    commands::brk(&mut c, *pid, *addr).await?.render(cli.json)
+                }
+                Command::Mremap(a) => crate::cmd::mremap::run(&mut c, a).await?.render(cli.json),
+                Command::Madvise(a) => crate::cmd::madvise::run(&mut c, a).await?.render(cli.json),
                 Command::Fault {
                     pid,
                     addr,
@@ -518,12 +545,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     } else {
                         Access::Read
                     };
-                    commands::fault(&mut c, *pid, *addr, access).await?
+                    commands::fault(&mut c, *pid, *addr, access)
+                        .await?
+                        .render(cli.json)
                 }
-                Command::Fork { pid } => commands::fork(&mut c, *pid).await?,
-                Command::Exit { pid } => commands::exit(&mut c, *pid).await?,
-                Command::Maps { pid } => commands::maps(&mut c, *pid).await?,
-                Command::Stats { json } => commands::stats(&mut c, *json).await?,
+                Command::Fork { pid } => commands::fork(&mut c, *pid).await?.render(cli.json),
+                Command::Exit { pid } => commands::exit(&mut c, *pid).await?.render(cli.json),
+                Command::Maps { pid } => commands::maps(&mut c, *pid).await?.render(cli.json),
+                Command::Stats => commands::stats(&mut c).await?.render(cli.json),
                 Command::Race {
                     name,
                     list,

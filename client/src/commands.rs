@@ -1,15 +1,19 @@
 //! The one-RPC commands: `spawn`, `mmap`, `munmap`, `mprotect`, `brk`,
 //! `fault`, `fork`, `exit`, `maps`, `stats`, `health`.
 //!
-//! Each returns the text to print on stdout. Output is made for shells:
-//! `spawn` and `fork` print only the new pid and `mmap` only the address,
-//! so `PID=$(vmasim spawn)` works; `maps` prints the server's text byte for
-//! byte (the kernel's `/proc/PID/maps` format).
+//! Each returns a [`Printed`]: the text to print on stdout, and the same
+//! answer as one JSON object for `--json` (keys are the reply's proto
+//! field names). The text is made for shells: `spawn` and `fork` print
+//! only the new pid and `mmap` only the address, so `PID=$(vmasim spawn)`
+//! works; `maps` prints the server's text byte for byte (the kernel's
+//! `/proc/PID/maps` format); the others label what they print
+//! (`vmas 3`, `brk 0x... start_brk 0x...`).
 
 use crate::connect::{Client, Target};
 use crate::error::CliError;
 use crate::parse::format_prot;
 use crate::stats;
+use serde_json::{Value, json};
 use std::path::Path;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -18,13 +22,38 @@ use vmasim_proto::v1::{
     MapsRequest, MmapRequest, MprotectRequest, MunmapRequest, SpawnRequest,
 };
 
+/// What a one-call command prints: `text`, or with `--json` `json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Printed {
+    /// For people and shells (ends with a newline).
+    pub text: String,
+    /// The same answer as one JSON object.
+    pub json: Value,
+}
+
+impl Printed {
+    /// Both forms.
+    pub fn new(text: String, json: Value) -> Self {
+        Printed { text, json }
+    }
+
+    /// The form to print.
+    pub fn render(&self, json: bool) -> String {
+        if json {
+            format!("{:#}\n", self.json)
+        } else {
+            self.text.clone()
+        }
+    }
+}
+
 /// `spawn [--from-maps FILE] [--start-brk ADDR]` (`-` reads stdin). Prints
 /// the pid.
 pub async fn spawn(
     c: &mut Client,
     from_maps: Option<&Path>,
     start_brk: u64,
-) -> Result<String, CliError> {
+) -> Result<Printed, CliError> {
     let maps_text = match from_maps {
         None => String::new(),
         Some(p) if p == Path::new("-") => std::io::read_to_string(std::io::stdin())?,
@@ -38,7 +67,10 @@ pub async fn spawn(
         })
         .await?
         .into_inner();
-    Ok(format!("{}\n", r.pid))
+    Ok(Printed::new(
+        format!("{}\n", r.pid),
+        json!({ "pid": r.pid }),
+    ))
 }
 
 /// Arguments of `mmap`, already parsed.
@@ -88,7 +120,7 @@ pub fn mmap_flags(given: Option<crate::parse::MapFlagsArg>, file: bool) -> u32 {
 
 /// `mmap`. Prints the mapping's address in hex (only it, for
 /// `ADDR=$(vmasim mmap ...)`).
-pub async fn mmap(c: &mut Client, a: MmapArgs) -> Result<String, CliError> {
+pub async fn mmap(c: &mut Client, a: MmapArgs) -> Result<Printed, CliError> {
     let flags = mmap_flags(a.flags, a.file_id.is_some());
     let r = c
         .mmap(MmapRequest {
@@ -102,16 +134,19 @@ pub async fn mmap(c: &mut Client, a: MmapArgs) -> Result<String, CliError> {
         })
         .await?
         .into_inner();
-    Ok(format!("{:#x}\n", r.addr))
+    Ok(Printed::new(
+        format!("{:#x}\n", r.addr),
+        json!({ "addr": r.addr }),
+    ))
 }
 
 /// `munmap`. Prints the process's VMA count afterwards.
-pub async fn munmap(c: &mut Client, pid: u32, addr: u64, length: u64) -> Result<String, CliError> {
+pub async fn munmap(c: &mut Client, pid: u32, addr: u64, length: u64) -> Result<Printed, CliError> {
     let r = c
         .munmap(MunmapRequest { pid, addr, length })
         .await?
         .into_inner();
-    Ok(format!("vmas {}\n", r.vma_count))
+    Ok(vma_count(r.vma_count))
 }
 
 /// `mprotect`. Prints the process's VMA count afterwards.
@@ -121,7 +156,7 @@ pub async fn mprotect(
     addr: u64,
     length: u64,
     prot: u32,
-) -> Result<String, CliError> {
+) -> Result<Printed, CliError> {
     let r = c
         .mprotect(MprotectRequest {
             pid,
@@ -131,11 +166,11 @@ pub async fn mprotect(
         })
         .await?
         .into_inner();
-    Ok(format!("vmas {}\n", r.vma_count))
+    Ok(vma_count(r.vma_count))
 }
 
 /// `brk PID [ADDR]`. Prints the break and the heap start.
-pub async fn brk(c: &mut Client, pid: u32, addr: Option<u64>) -> Result<String, CliError> {
+pub async fn brk(c: &mut Client, pid: u32, addr: Option<u64>) -> Result<Printed, CliError> {
     let r = c
         .brk(BrkRequest {
             pid,
@@ -143,7 +178,15 @@ pub async fn brk(c: &mut Client, pid: u32, addr: Option<u64>) -> Result<String, 
         })
         .await?
         .into_inner();
-    Ok(format!("brk {:#x} start_brk {:#x}\n", r.brk, r.start_brk))
+    Ok(Printed::new(
+        format!("brk {:#x} start_brk {:#x}\n", r.brk, r.start_brk),
+        json!({ "brk": r.brk, "start_brk": r.start_brk }),
+    ))
+}
+
+/// `vmas N`: the VMA count munmap, mprotect and madvise reply with.
+pub fn vma_count(n: u32) -> Printed {
+    Printed::new(format!("vmas {n}\n"), json!({ "vma_count": n }))
 }
 
 /// Short name of a fault outcome (`ANON_ZERO_FILL`).
@@ -174,7 +217,7 @@ pub async fn fault(
     pid: u32,
     addr: u64,
     access: Access,
-) -> Result<String, CliError> {
+) -> Result<Printed, CliError> {
     let r = c
         .fault(FaultRequest {
             pid,
@@ -183,46 +226,77 @@ pub async fn fault(
         })
         .await?
         .into_inner();
-    Ok(format!(
-        "{} via {} (retries {})\n",
-        outcome_name(r.outcome),
-        path_name(r.path),
-        r.retries
+    Ok(Printed::new(
+        format!(
+            "{} via {} (retries {})\n",
+            outcome_name(r.outcome),
+            path_name(r.path),
+            r.retries
+        ),
+        json!({
+            "outcome": outcome_name(r.outcome),
+            "path": path_name(r.path),
+            "retries": r.retries,
+        }),
     ))
 }
 
 /// `fork PID`. Prints the child's pid.
-pub async fn fork(c: &mut Client, pid: u32) -> Result<String, CliError> {
+pub async fn fork(c: &mut Client, pid: u32) -> Result<Printed, CliError> {
     let r = c.fork(ForkRequest { pid }).await?.into_inner();
-    Ok(format!("{}\n", r.child_pid))
+    Ok(Printed::new(
+        format!("{}\n", r.child_pid),
+        json!({ "child_pid": r.child_pid }),
+    ))
 }
 
 /// `exit PID`. Prints what was torn down.
-pub async fn exit(c: &mut Client, pid: u32) -> Result<String, CliError> {
+pub async fn exit(c: &mut Client, pid: u32) -> Result<Printed, CliError> {
     let r = c.exit(ExitRequest { pid }).await?.into_inner();
-    Ok(format!(
-        "vmas_freed {} rss_pages_freed {}\n",
-        r.vmas_freed, r.rss_pages_freed
+    Ok(Printed::new(
+        format!(
+            "vmas_freed {} rss_pages_freed {}\n",
+            r.vmas_freed, r.rss_pages_freed
+        ),
+        json!({ "vmas_freed": r.vmas_freed, "rss_pages_freed": r.rss_pages_freed }),
     ))
 }
 
 /// `maps PID`: exactly the server's text.
-pub async fn maps(c: &mut Client, pid: u32) -> Result<String, CliError> {
-    Ok(c.maps(MapsRequest { pid }).await?.into_inner().text)
+pub async fn maps(c: &mut Client, pid: u32) -> Result<Printed, CliError> {
+    let r = c.maps(MapsRequest { pid }).await?.into_inner();
+    let entries: Vec<Value> = r
+        .entries
+        .iter()
+        .map(|e| {
+            json!({
+                "start": e.start,
+                "end": e.end,
+                "prot": format_prot(e.prot),
+                "shared": e.shared,
+                "offset": e.offset,
+                "path": e.path,
+            })
+        })
+        .collect();
+    let j = json!({
+        "text": r.text,
+        "entries": entries,
+        "start_brk": r.start_brk,
+        "brk": r.brk,
+        "rss_pages": r.rss_pages,
+    });
+    Ok(Printed::new(r.text, j))
 }
 
 /// `stats [--json]`.
-pub async fn stats(c: &mut Client, json: bool) -> Result<String, CliError> {
+pub async fn stats(c: &mut Client) -> Result<Printed, CliError> {
     let s = stats::fetch(c).await?;
-    Ok(if json {
-        format!("{:#}\n", stats::to_json(&s))
-    } else {
-        stats::table(&s)
-    })
+    Ok(Printed::new(stats::table(&s), stats::to_json(&s)))
 }
 
 /// `health`: `SERVING` (exit 0) or an error (non-zero).
-pub async fn health(target: &Target) -> Result<String, CliError> {
+pub async fn health(target: &Target) -> Result<Printed, CliError> {
     let limit = target.timeout.map_or(crate::connect::HEALTH_TIMEOUT, |t| {
         t.min(crate::connect::HEALTH_TIMEOUT)
     });
@@ -244,7 +318,10 @@ pub async fn health(target: &Target) -> Result<String, CliError> {
     })??;
     let status = ServingStatus::try_from(r.status).unwrap_or(ServingStatus::Unknown);
     if status == ServingStatus::Serving {
-        Ok("SERVING\n".into())
+        Ok(Printed::new(
+            "SERVING\n".into(),
+            json!({ "status": status.as_str_name() }),
+        ))
     } else {
         Err(CliError::NotServing(format!(
             "server is {}",

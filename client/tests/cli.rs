@@ -112,6 +112,45 @@ fn rpc_commands_round_trip() {
     );
     assert!(file.starts_with("0x"));
 
+    // --json: the same answers as objects named as the proto.
+    let j = |args: &[&str]| -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&ok(&s, &a)).unwrap()
+    };
+    assert_eq!(
+        j(&[
+            "mmap",
+            &pid,
+            "4K",
+            "--addr",
+            "0x50000000",
+            "--flags",
+            "fixed"
+        ])["addr"],
+        0x5000_0000u64
+    );
+    assert!(
+        j(&["munmap", &pid, "0x50000000", "4K"])["vma_count"]
+            .as_u64()
+            .is_some()
+    );
+    let b = j(&["brk", &pid]);
+    assert!(
+        b["brk"].as_u64().unwrap() >= b["start_brk"].as_u64().unwrap(),
+        "{b}"
+    );
+    let m = j(&["maps", &pid]);
+    assert_eq!(m["text"], ok(&s, &["maps", &pid]));
+    let entries = m["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), m["text"].as_str().unwrap().lines().count());
+    assert!(entries.iter().any(|e| e["prot"] == "r-x"), "{m}");
+    assert_eq!(j(&["health"])["status"], "SERVING");
+    assert!(j(&["spawn"])["pid"].as_u64().unwrap() > 0);
+    assert_eq!(j(&["fault", &pid, "0x10000"])["outcome"], "SEGV_MAPERR");
+    let (code, err) = fails(&s, &["--json", "race", "--list"]);
+    assert_eq!(code, 2, "{err}");
+
     // Named flags keep the defaults: `--flags fixed` alone is a private
     // anonymous MAP_FIXED (here over the first 4K of the file mapping).
     let fixed = ok(

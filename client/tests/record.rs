@@ -275,7 +275,7 @@ fn load_replays_recordings_with_verify() {
             "no {op} in the report:\n{out}"
         );
     }
-    assert!(out.contains("(0 errors)"), "{out}");
+    assert!(out.contains("(0 errors, "), "{out}");
     let report = std::fs::read_to_string(&json).unwrap();
     assert!(report.contains("\"traces\""), "{report}");
     // Not a recording: a clear usage error.

@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 /// Runs it; prints the VMA count.
-pub async fn run(c: &mut Client, a: &Args) -> Result<String, CliError> {
+pub async fn run(c: &mut Client, a: &Args) -> Result<crate::commands::Printed, CliError> {
     let r = c
         .madvise(MadviseRequest {
             pid: a.pid,
@@ -32,5 +32,5 @@ pub async fn run(c: &mut Client, a: &Args) -> Result<String, CliError> {
         })
         .await?
         .into_inner();
-    Ok(format!("vmas {}\n", r.vma_count))
+    Ok(crate::commands::vma_count(r.vma_count))
 }

@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 /// Runs it; prints the new address and the VMA count.
-pub async fn run(c: &mut Client, a: &Args) -> Result<String, CliError> {
+pub async fn run(c: &mut Client, a: &Args) -> Result<crate::commands::Printed, CliError> {
     let r = c
         .mremap(MremapRequest {
             pid: a.pid,
@@ -40,5 +40,8 @@ pub async fn run(c: &mut Client, a: &Args) -> Result<String, CliError> {
         })
         .await?
         .into_inner();
-    Ok(format!("{:#x}\nvmas {}\n", r.addr, r.vma_count))
+    Ok(crate::commands::Printed::new(
+        format!("{:#x}\nvmas {}\n", r.addr, r.vma_count),
+        serde_json::json!({ "addr": r.addr, "vma_count": r.vma_count }),
+    ))
 }

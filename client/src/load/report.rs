@@ -410,7 +410,7 @@ impl Summary {
         if drawn_total > 0 {
             let _ = writeln!(
                 o,
-                "  (drawn: picked from --mix; an operation that cannot apply is sent as another: mmap at the VMA cap as munmap, munmap/mprotect with no VMA as mmap, fork past 2x --processes as exit; spawn, brk and maps are the workers' own, and --threads fault threads send faults outside the mix)"
+                "  (drawn: picked from --mix; an operation that cannot apply is sent as another: mmap at the VMA cap as munmap, munmap/mprotect/madvise with no VMA as mmap, fork past 2x --processes as exit; spawn, brk and maps are the workers' own, and --threads fault threads send faults outside the mix)"
             );
         }
         let _ = writeln!(o, "\nStatus code distribution:");

@@ -541,11 +541,23 @@ impl TraceWorker {
 
     /// One admitted, measured call; `None` when the run is over.
     async fn call(&mut self, kind: OpKind, op: Op, faults: u64) -> Option<Result<Reply, Status>> {
+        self.call_expecting(kind, op, faults, None).await
+    }
+
+    /// [`Self::call`]; a failure is labelled `expected` in the error
+    /// distribution (the recorded call failed too).
+    async fn call_expecting(
+        &mut self,
+        kind: OpKind,
+        op: Op,
+        faults: u64,
+        expected: Option<&'static str>,
+    ) -> Option<Result<Reply, Status>> {
         let due = self.shared.admit().await?;
         let start = due.unwrap_or_else(Instant::now);
         let r = self.t.call(op).await;
         self.shared
-            .finish(&mut self.rec, kind, start, &r, faults, None);
+            .finish(&mut self.rec, kind, start, &r, faults, expected);
         Some(r)
     }
 
@@ -566,12 +578,17 @@ impl TraceWorker {
         };
         macro_rules! call {
             ($kind:expr, $op:expr) => {
-                match self.call($kind, $op, 0).await {
+                call!($kind, $op, None)
+            };
+            ($kind:expr, $op:expr, $expected:expr) => {
+                match self.call_expecting($kind, $op, 0, $expected).await {
                     None => return Ok(false),
                     Some(r) => r,
                 }
             };
         }
+        // A call that failed in the recording is expected to fail here.
+        let as_recorded = |ok: bool| (!ok).then_some(FAILED_AS_RECORDED);
         let pid_of = |mm: u64| sims.get(&mm).copied();
         match step {
             Step::Spawn {
@@ -733,7 +750,8 @@ impl TraceWorker {
                 };
                 let r = call!(
                     OpKind::Munmap,
-                    Op::Munmap(MunmapRequest { pid, addr, length })
+                    Op::Munmap(MunmapRequest { pid, addr, length }),
+                    as_recorded(ok)
                 );
                 check_outcome(verify, pid, "munmap", addr, ok, &r)?;
                 if r.is_ok() {
@@ -757,7 +775,8 @@ impl TraceWorker {
                         addr,
                         length,
                         prot,
-                    })
+                    }),
+                    as_recorded(ok)
                 );
                 check_outcome(verify, pid, "mprotect", addr, ok, &r)?;
                 if r.is_ok() {
@@ -949,6 +968,9 @@ fn step_mm(s: &Step) -> u64 {
         | Step::Check { mm, .. } => *mm,
     }
 }
+
+/// Why a replayed call's failure is expected: the recorded one failed.
+const FAILED_AS_RECORDED: &str = "failed in the recording too";
 
 /// With `--verify`, a call must succeed or fail as it did in the kernel.
 fn check_outcome(
