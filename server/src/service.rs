@@ -36,6 +36,7 @@ use crate::mm::mprotect::do_mprotect;
 use crate::mm::mremap::do_mremap;
 use crate::mm::proc_maps::MapsEntry;
 use crate::mm::race_lab;
+use crate::mm::vmstat::MapsEvent;
 use crate::mm::sim::Simulator;
 use crate::mm::{PAGE_SIZE, TASK_SIZE};
 use crate::telemetry::Telemetry;
@@ -763,6 +764,13 @@ impl AddressSpaceService {
                 .iter()
                 .map(|&c| (c.as_str().to_string(), f.reuse_detected[c as usize]))
                 .collect(),
+            maps_reader: cfg.maps_reader.as_str().to_string(),
+            maps_reads_per_vma: s.maps[MapsEvent::ReadPerVma as usize],
+            maps_reads_mmap_lock: s.maps[MapsEvent::ReadMmapLock as usize],
+            maps_vma_lock: MapsEvent::STEPS
+                .iter()
+                .map(|&e| (e.as_str().to_string(), s.maps[e as usize]))
+                .collect(),
         }
     }
 
@@ -992,6 +1000,7 @@ impl AddressSpace for AddressSpaceService {
             race_lab::Verdict::Retried => pb::RaceVerdict::Retried,
             race_lab::Verdict::UseAfterReuse => pb::RaceVerdict::UseAfterReuse,
             race_lab::Verdict::Safe => pb::RaceVerdict::Safe,
+            race_lab::Verdict::GuaranteeBroken => pb::RaceVerdict::GuaranteeBroken,
         };
         Ok(Response::new(pb::RaceScenarioResponse {
             name: report.name,

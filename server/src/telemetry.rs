@@ -33,6 +33,7 @@
 
 use crate::mm::fault::{FaultOutcome, FaultPath, ReuseCheck};
 use crate::mm::sim::{SimConfig, SimStats};
+use crate::mm::vmstat::MapsEvent;
 use crate::mm::{PAGE_SIZE, vmstat::VmaLockEvent};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
@@ -90,6 +91,11 @@ pub const RSS_BYTES: &str = "vmasim_rss_bytes";
 pub const PGTABLES_BYTES: &str = "vmasim_pgtables_bytes";
 /// The page-table memory limit (`--max-pgtables-bytes`), bytes.
 pub const PGTABLES_LIMIT_BYTES: &str = "vmasim_pgtables_limit_bytes";
+/// `vmasim_maps_reads_total{reader=per-vma|mmap-lock}`: Maps reads.
+pub const MAPS_READS: &str = "vmasim_maps_reads_total";
+/// `vmasim_maps_vma_lock_total{result}`: the steps of `lock_next_vma` in
+/// per-VMA maps reads (labels: [`crate::mm::vmstat::MapsEvent::as_str`]).
+pub const MAPS_VMA_LOCK: &str = "vmasim_maps_vma_lock_total";
 /// `vmasim_reuse_detected_total{check}`.
 pub const REUSE_DETECTED: &str = "vmasim_reuse_detected_total";
 /// `vmasim_rpc_duration_seconds{method}` histogram.
@@ -218,6 +224,8 @@ struct EngineMetrics {
     barn_exchanges: [Counter; 2],
     slab_refills: Counter,
     sheaf_flushes: Counter,
+    /// Indexed by `MapsEvent`.
+    maps: Vec<Counter>,
 }
 
 /// Per-method RPC handles, registered lazily per `code` (a bounded set: 17
@@ -336,6 +344,15 @@ impl Telemetry {
             barn_exchanges: ["get", "put"].map(|op| counter(BARN_EXCHANGES, &[("op", op)])),
             slab_refills: counter(SLAB_REFILLS, &[]),
             sheaf_flushes: counter(SHEAF_FLUSHES, &[]),
+            maps: MapsEvent::ALL
+                .iter()
+                .map(|&e| match e {
+                    MapsEvent::ReadPerVma | MapsEvent::ReadMmapLock => {
+                        counter(MAPS_READS, &[("reader", e.as_str())])
+                    }
+                    _ => counter(MAPS_VMA_LOCK, &[("result", e.as_str())]),
+                })
+                .collect(),
         };
         // A gauge is only exported once it has been set.
         for g in [
@@ -538,6 +555,9 @@ impl Telemetry {
         e.barn_exchanges[1].absolute(s.pool.barn_put);
         e.slab_refills.absolute(s.pool.slab_refills);
         e.sheaf_flushes.absolute(s.pool.sheaf_flushes);
+        for (c, v) in e.maps.iter().zip(s.maps) {
+            c.absolute(v);
+        }
     }
 
     /// The Prometheus text exposition of everything, after
@@ -609,6 +629,16 @@ fn describe(r: &PrometheusRecorder) {
         "Reused VMA slots handed out before a grace period had passed since their free (SLAB_TYPESAFE_BY_RCU only).",
     );
     c(VMA_FREES, Unit::Count, "VMA frees (vm_area_free calls).");
+    c(
+        MAPS_READS,
+        Unit::Count,
+        "Maps (/proc/PID/maps) reads, by reader: per-vma (RCU walk and per-VMA read locks, lock_next_vma, Linux 6.17+) or mmap-lock (mmap_lock for the whole walk).",
+    );
+    c(
+        MAPS_VMA_LOCK,
+        Unit::Count,
+        "Steps of lock_next_vma in per-vma maps reads: locked (from the RCU walk), detached_retry, gap_recheck, mmap_lock_fallback (next VMA locked under a momentary mmap_lock), rest_under_mmap_lock.",
+    );
     c(
         SHEAF_HITS,
         Unit::Count,

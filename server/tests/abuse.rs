@@ -269,6 +269,31 @@ fn attrs_at(m: &pb::MapsResponse, x: u64) -> Option<(u32, bool, u64, u64, String
         })
 }
 
+/// A failed madvise: every byte has the protection, sharing, file, offset
+/// and path it had, brk is unchanged, and RSS did not grow.
+fn check_partial_madvise(before: &Snapshot, after: &Snapshot) -> Result<(), String> {
+    let (Ok(b), Ok(a)) = (before, after) else {
+        return if before == after {
+            Ok(())
+        } else {
+            Err("snapshot status changed".into())
+        };
+    };
+    if (a.brk, a.start_brk) != (b.brk, b.start_brk) || a.rss_pages > b.rss_pages {
+        return Err("brk changed or rss grew".into());
+    }
+    for x in b.entries.iter().chain(&a.entries).flat_map(|e| [e.start, e.end]) {
+        if attrs_at(a, x) != attrs_at(b, x) {
+            return Err(format!(
+                "at {x:#x}: was {:?}, now {:?}",
+                attrs_at(b, x),
+                attrs_at(a, x)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A failed mprotect over a hole: `[addr, changed_up_to)` (from the
 /// message; `addr` if it says nothing was changed) has protection `prot`,
 /// everything else is as before, and nothing but protections changed.
@@ -371,6 +396,7 @@ impl Case {
             Call::Mprotect(Pid::Target, addr, len, prot) => Some((*addr, *len, *prot)),
             _ => None,
         };
+        let madvise_of_target = matches!(&call, Call::Madvise(Pid::Target, ..));
         let req = call.resolve(self);
         let outcome: Result<Option<u32>, (Code, String)> = if self.session.is_some() {
             self.via_session(req).await?
@@ -402,6 +428,13 @@ impl Case {
                     // fails with ENOMEM: exactly that part may differ.
                     return check_partial_mprotect(&before, &after, addr, len, prot, &msg)
                         .map_err(|e| format!("Mprotect failed with {code:?} ({msg}): {e}"));
+                }
+                if madvise_of_target {
+                    // madvise_walk_vmas advises every VMA up to the one that
+                    // fails (or all of them around a hole): pages may be
+                    // gone and VM_DONTCOPY/VM_WIPEONFORK set, nothing else.
+                    return check_partial_madvise(&before, &after)
+                        .map_err(|e| format!("Madvise failed with {code:?} ({msg}): {e}"));
                 }
                 if after != before {
                     return Err(format!(
@@ -659,6 +692,10 @@ enum Call {
     },
     Munmap(Pid, u64, u64),
     Mprotect(Pid, u64, u64, u32),
+    /// pid, addr, old_length, new_length, flags, new_addr.
+    Mremap(Pid, u64, u64, u64, u32, u64),
+    /// pid, addr, length, advice.
+    Madvise(Pid, u64, u64, u32),
     Brk(Pid, u64),
     Fault(Pid, u64, i32),
     FaultBatch(Pid, Vec<u64>, i32, bool),
@@ -683,6 +720,8 @@ impl Call {
             Call::Mmap { .. } => "Mmap",
             Call::Munmap(..) => "Munmap",
             Call::Mprotect(..) => "Mprotect",
+            Call::Mremap(..) => "Mremap",
+            Call::Madvise(..) => "Madvise",
             Call::Brk(..) => "Brk",
             Call::Fault(..) => "Fault",
             Call::FaultBatch(..) => "FaultBatch",
@@ -704,6 +743,15 @@ impl Call {
             ],
             Call::Munmap(..) => &["pid", "addr", "length"],
             Call::Mprotect(..) => &["pid", "addr", "length", "prot"],
+            Call::Mremap(..) => &[
+                "pid",
+                "addr",
+                "old_length",
+                "new_length",
+                "flags",
+                "new_addr",
+            ],
+            Call::Madvise(..) => &["pid", "addr", "length", "advice"],
             Call::Brk(..) => &["pid", "brk"],
             Call::Fault(..) => &["pid", "addr", "access"],
             Call::FaultBatch(..) => &["pid", "addrs", "access"],
@@ -747,6 +795,22 @@ impl Call {
                 addr,
                 length,
                 prot,
+            })),
+            Call::Mremap(p, addr, old_length, new_length, flags, new_addr) => {
+                Req::Op(Op::Mremap(pb::MremapRequest {
+                    pid: case.pid(p),
+                    addr,
+                    old_length,
+                    new_length,
+                    flags,
+                    new_addr,
+                }))
+            }
+            Call::Madvise(p, addr, length, advice) => Req::Op(Op::Madvise(pb::MadviseRequest {
+                pid: case.pid(p),
+                addr,
+                length,
+                advice,
             })),
             Call::Brk(p, brk) => Req::Op(Op::Brk(pb::BrkRequest {
                 pid: case.pid(p),
@@ -829,7 +893,41 @@ fn mm_call() -> impl Strategy<Value = Call> {
         2 => (pid(), prop::sample::select(MARKS), 0..4u64, 1..4u64, 0..8u32)
             .prop_map(|(p, m, d, l, x)| Call::Mprotect(p, m + d * PAGE, l * PAGE, x)),
         1 => (pid(), addr()).prop_map(|(p, a)| Call::Brk(p, a)),
+        2 => (pid(), addr(), length(), length(), mremap_flags(), addr())
+            .prop_map(|(p, a, o, n, f, na)| Call::Mremap(p, a, o, n, f, na)),
+        2 => (pid(), prop::sample::select(MARKS), 0..4u64, 1..4u64, 1..8u64, mremap_flags(), mark_near())
+            .prop_map(|(p, m, d, o, n, f, na)| Call::Mremap(p, m + d * PAGE, o * PAGE, n * PAGE, f, na)),
+        2 => (pid(), addr(), length(), advice())
+            .prop_map(|(p, a, l, x)| Call::Madvise(p, a, l, x)),
+        2 => (pid(), prop::sample::select(MARKS), 0..4u64, 1..8u64, advice())
+            .prop_map(|(p, m, d, l, x)| Call::Madvise(p, m + d * PAGE, l * PAGE, x)),
     ]
+}
+
+/// `MREMAP_*` bits: the valid combinations mostly, then anything.
+fn mremap_flags() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        2 => Just(0u32),
+        2 => Just(1u32),
+        2 => Just(1u32 | 2),
+        2 => Just(1u32 | 4),
+        1 => 0..8u32,
+        1 => any::<u32>(),
+    ]
+}
+
+/// The madvise advice vmasim simulates, and anything else.
+fn advice() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        4 => prop::sample::select(vec![4u32, 8, 10, 11, 18, 19]),
+        1 => 0..32u32,
+        1 => any::<u32>(),
+    ]
+}
+
+/// An address a few pages around one of the target's VMA boundaries.
+fn mark_near() -> impl Strategy<Value = u64> {
+    (prop::sample::select(MARKS), -8i64..8).prop_map(|(m, d)| m.wrapping_add_signed(d * PAGE as i64))
 }
 
 fn fault_call() -> impl Strategy<Value = Call> {

@@ -30,6 +30,9 @@ pub enum OpKind {
     Fork,
     /// `Exit`.
     Exit,
+    /// `Madvise`: `MADV_DONTNEED` or `MADV_FREE` on part of a VMA (the
+    /// advice mainline runs under the per-VMA read lock).
+    Madvise,
     /// `Spawn` (setup, and replacing exited processes).
     Spawn,
     /// `Maps` (verification).
@@ -43,7 +46,7 @@ pub enum OpKind {
 
 impl OpKind {
     /// All kinds, in report order.
-    pub const ALL: [OpKind; 11] = [
+    pub const ALL: [OpKind; 12] = [
         OpKind::Fault,
         OpKind::Mmap,
         OpKind::Munmap,
@@ -51,6 +54,7 @@ impl OpKind {
         OpKind::Brk,
         OpKind::Fork,
         OpKind::Exit,
+        OpKind::Madvise,
         OpKind::Spawn,
         OpKind::Maps,
         OpKind::Health,
@@ -67,6 +71,7 @@ impl OpKind {
             OpKind::Brk => "brk",
             OpKind::Fork => "fork",
             OpKind::Exit => "exit",
+            OpKind::Madvise => "madvise",
             OpKind::Spawn => "spawn",
             OpKind::Maps => "maps",
             OpKind::Health => "health",
@@ -121,19 +126,19 @@ impl FromStr for Mix {
     type Err = String;
 
     /// `fault=90,mmap=4,...`; kinds: fault, mmap, munmap, mprotect, brk,
-    /// fork, exit.
+    /// fork, exit, madvise.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut weights: Vec<(OpKind, u32)> = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, w) = part
                 .split_once('=')
                 .ok_or_else(|| format!("`{part}`: expected NAME=WEIGHT"))?;
-            let kind = OpKind::ALL[..7]
+            let kind = OpKind::ALL[..8]
                 .iter()
                 .copied()
                 .find(|k| k.name() == name.trim())
                 .ok_or_else(|| {
-                    format!("unknown operation `{name}` (fault, mmap, munmap, mprotect, brk, fork, exit)")
+                    format!("unknown operation `{name}` (fault, mmap, munmap, mprotect, brk, fork, exit, madvise)")
                 })?;
             let w: u32 = w
                 .trim()

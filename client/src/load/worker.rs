@@ -32,8 +32,8 @@ use tonic::{Code, Status};
 use vmasim_proto::v1::session_reply::Result as Reply;
 use vmasim_proto::v1::session_request::Op;
 use vmasim_proto::v1::{
-    Access, BrkRequest, ExitRequest, FaultBatchRequest, FaultRequest, FaultTotals, ForkRequest,
-    MapFlag, MapsRequest, MmapRequest, MprotectRequest, MunmapRequest, Prot, SpawnRequest,
+    Access, Advice, BrkRequest, ExitRequest, FaultBatchRequest, FaultRequest, FaultTotals, ForkRequest,
+    MadviseRequest, MapFlag, MapsRequest, MmapRequest, MprotectRequest, MunmapRequest, Prot, SpawnRequest,
 };
 
 /// Operations kept for a divergence report.
@@ -567,7 +567,7 @@ impl Worker {
             .any(|(_, v)| v.backing != Backing::Heap);
         kind = match kind {
             OpKind::Mmap if self.procs[i].mm.distinct_len() >= MAX_VMAS => OpKind::Munmap,
-            OpKind::Munmap | OpKind::Mprotect if !has_vma => OpKind::Mmap,
+            OpKind::Munmap | OpKind::Mprotect | OpKind::Madvise if !has_vma => OpKind::Mmap,
             OpKind::Fork if self.procs.len() >= 2 * self.cfg.processes.max(1) => OpKind::Exit,
             k => k,
         };
@@ -579,6 +579,7 @@ impl Worker {
             OpKind::Brk => self.brk(i).await,
             OpKind::Fork => self.fork(i).await,
             OpKind::Exit => self.exit(i).await,
+            OpKind::Madvise => self.madvise(i).await,
             OpKind::Spawn | OpKind::Maps | OpKind::Health | OpKind::Mremap => {
                 unreachable!("not in a mix")
             }
@@ -1054,6 +1055,67 @@ impl Worker {
                 Ok(Step::Next)
             }
             Err(s) => self.unexpected(i, "mprotect", &s).await,
+        }
+    }
+
+    /// `MADV_DONTNEED` (or, on private anonymous memory, `MADV_FREE`) on
+    /// part of a VMA; now and then past its end, over a possible hole.
+    /// Neither changes the layout; DONTNEED drops pages, which the next
+    /// fault brings back (an outcome `Expect::PageIn` accepts).
+    async fn madvise(&mut self, i: usize) -> StepResult {
+        let Some((s, e)) = self.pick_vma(i) else {
+            return Ok(Step::Next);
+        };
+        let pid = self.procs[i].pid;
+        let private_anon = self.procs[i]
+            .mm
+            .find(s)
+            .is_some_and(|(_, v)| !v.shared && v.backing == Backing::Anon);
+        let pages = (e - s) / PAGE;
+        let off = self.rng.random_range(0..pages);
+        let mut n = self.rng.random_range(1..=pages - off);
+        let free = private_anon && self.rng.random_range(0..4) == 0;
+        if !free && self.rng.random_range(0..10) == 0 {
+            n += self.rng.random_range(1..4); // maybe past the end: a hole?
+        }
+        let (addr, length) = (s + off * PAGE, n * PAGE);
+        let advice = if free {
+            Advice::MadvFree
+        } else {
+            Advice::MadvDontneed
+        };
+        let mapped = self.procs[i].mm.fully_mapped(addr, addr + length);
+        self.note(|| {
+            format!(
+                "madvise pid {pid} {addr:#x} len {length:#x} {}",
+                advice.as_str_name()
+            )
+        });
+        let Some(r) = self
+            .call(
+                OpKind::Madvise,
+                Op::Madvise(MadviseRequest {
+                    pid,
+                    addr,
+                    length,
+                    advice: advice as u32,
+                }),
+                0,
+                true,
+            )
+            .await
+        else {
+            return Ok(Step::Stopped);
+        };
+        match r {
+            Ok(_) if mapped => Ok(Step::Next),
+            Ok(_) => Err(format!(
+                "pid {pid}: madvise of [{addr:#x}, {:#x}) succeeded but the model has a hole there",
+                addr + length
+            )),
+            // madvise_walk_vmas: every mapped part advised, then ENOMEM.
+            Err(s) if !mapped && s.code() == Code::FailedPrecondition => Ok(Step::Next),
+            Err(s) => self.unexpected(i, "madvise", &s).await,
         }
     }
 

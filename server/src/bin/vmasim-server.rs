@@ -22,6 +22,7 @@ mod imp {
     use vmasim_server::mm::fault::FaultLockMode;
     use vmasim_server::mm::sim::SimConfig;
     use vmasim_server::mm::slab::CachePolicy;
+    use vmasim_server::mm::task_mmu::MapsReader;
     use vmasim_server::server::{Server, ServerConfig, TlsPem};
 
     /// vmasim: simulated Linux address spaces (mm_struct + VMAs) served over
@@ -49,8 +50,12 @@ mod imp {
         vma_cache: VmaCache,
 
         /// Fault locking: per-vma (lock_vma_under_rcu, mmap_lock as fallback) or mmap-lock (every fault takes mmap_lock).
-        #[arg(long, env = "VMASIM_FAULT_LOCK", value_enum, default_value_t = FaultLock::PerVma)]
-        fault_lock: FaultLock,
+        #[arg(long, env = "VMASIM_FAULT_LOCK", value_enum, default_value_t = LockMode::PerVma)]
+        fault_lock: LockMode,
+
+        /// How Maps reads /proc/PID/maps: per-vma (RCU walk, each VMA read-locked in turn, mmap_lock only as a fallback: lock_next_vma, Linux 6.17+) or mmap-lock (mmap_lock held for the whole walk, as before 6.17).
+        #[arg(long, env = "VMASIM_MAPS_READER", value_enum, default_value_t = LockMode::PerVma)]
+        maps_reader: LockMode,
 
         /// Maximum live processes; more gets RESOURCE_EXHAUSTED.
         #[arg(long, env = "VMASIM_MAX_PROCESSES", default_value_t = 4096)]
@@ -145,7 +150,8 @@ mod imp {
     }
 
     #[derive(Debug, Clone, Copy, ValueEnum)]
-    enum FaultLock {
+    /// per-vma | mmap-lock: the two locking schemes of --fault-lock and --maps-reader.
+    enum LockMode {
         PerVma,
         MmapLock,
     }
@@ -217,8 +223,12 @@ mod imp {
                     VmaCache::Rcu => CachePolicy::Rcu,
                 },
                 fault_lock: match args.fault_lock {
-                    FaultLock::PerVma => FaultLockMode::PerVma,
-                    FaultLock::MmapLock => FaultLockMode::MmapLock,
+                    LockMode::PerVma => FaultLockMode::PerVma,
+                    LockMode::MmapLock => FaultLockMode::MmapLock,
+                },
+                maps_reader: match args.maps_reader {
+                    LockMode::PerVma => MapsReader::PerVma,
+                    LockMode::MmapLock => MapsReader::MmapLock,
                 },
                 max_processes: args.max_processes,
                 max_map_count: args.max_map_count,
@@ -343,6 +353,7 @@ mod imp {
             tracing::info!(
                 vma_cache = cfg.sim.vma_cache.as_str(),
                 fault_lock = cfg.sim.fault_lock.as_str(),
+                maps_reader = cfg.sim.maps_reader.as_str(),
                 max_processes = cfg.sim.max_processes,
                 max_map_count = cfg.sim.max_map_count,
                 pool_capacity = cfg.sim.pool_capacity,

@@ -15,7 +15,8 @@ use crate::mm::race::RaceHooks;
 use crate::mm::slab::VmaCache;
 use crate::mm::sync::{AtomicU64, Ordering, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::mm::vma_tree::VmaTree;
-use crate::mm::vmstat::Counters;
+use crate::mm::task_mmu::MapsReader;
+use crate::mm::vmstat::{Counters, NR_MAPS_EVENTS};
 use dashmap::DashMap;
 use std::sync::Arc;
 
@@ -139,6 +140,10 @@ pub struct MmContext {
     pub files: FileTable,
     /// Page-table memory of every mm, against its limit.
     pub pgtables: Arc<PgtableBudget>,
+    /// How `/proc/PID/maps` is read (per-VMA locks or `mmap_lock`).
+    pub maps_reader: MapsReader,
+    /// The maps readers' events (see [`crate::mm::vmstat::MapsEvent`]).
+    pub maps_events: Counters<NR_MAPS_EVENTS>,
     next_anon_vma: AtomicU64,
 }
 
@@ -152,8 +157,16 @@ impl MmContext {
             max_map_count,
             files: FileTable::default(),
             pgtables: Arc::new(PgtableBudget::default()),
+            maps_reader: MapsReader::default(),
+            maps_events: Counters::new(),
             next_anon_vma: AtomicU64::new(1),
         }
+    }
+
+    /// Read `/proc/PID/maps` of every mm of this context with `reader`.
+    pub fn with_maps_reader(mut self, reader: MapsReader) -> Self {
+        self.maps_reader = reader;
+        self
     }
 
     /// Limit the page tables of all mms of this context to `bytes`.
@@ -199,6 +212,44 @@ pub struct MmStruct {
     /// Race-lab hooks; `None` for every mm of ordinary traffic, so the hot
     /// path pays one load and a predictable branch.
     pub(crate) race: Option<Arc<RaceHooks>>,
+    /// What a lockless maps reader may read of [`MmState`].
+    pub(crate) proc_view: ProcView,
+}
+
+/// The [`MmState`] fields `show_map_vma` needs, published at every
+/// `mmap_write_unlock` so that a maps reader under per-VMA locks reads
+/// them without `mmap_lock`, as `get_vma_name` reads `mm->brk` and
+/// `mm->start_brk` (plain loads, no lock) and `get_gate_vma` needs none.
+pub(crate) struct ProcView {
+    pub(crate) start_brk: AtomicU64,
+    pub(crate) brk: AtomicU64,
+    /// `gate_vma` flags, [`ProcView::NO_GATE`] for none.
+    pub(crate) gate_vma: AtomicU64,
+}
+
+impl ProcView {
+    /// No gate area (`vm_flags` are never all ones).
+    pub(crate) const NO_GATE: u64 = u64::MAX;
+
+    fn publish(&self, s: &MmState) {
+        // Relaxed: a racy snapshot like the kernel's reads of mm->brk; the
+        // Release bump of mm_lock_seq that follows orders it for readers
+        // that care (none need more than a value that was true once).
+        self.start_brk.store(s.start_brk, Ordering::Relaxed);
+        self.brk.store(s.brk, Ordering::Relaxed);
+        self.gate_vma
+            .store(s.gate_vma.unwrap_or(Self::NO_GATE), Ordering::Relaxed);
+    }
+
+    /// `(start_brk, brk, gate_vma)` as last published.
+    pub(crate) fn read(&self) -> (u64, u64, Option<u64>) {
+        let g = self.gate_vma.load(Ordering::Relaxed);
+        (
+            self.start_brk.load(Ordering::Relaxed),
+            self.brk.load(Ordering::Relaxed),
+            (g != Self::NO_GATE).then_some(g),
+        )
+    }
 }
 
 impl MmStruct {
@@ -246,6 +297,11 @@ impl MmStruct {
             rss: Counters::new(),
             ctx,
             race,
+            proc_view: ProcView {
+                start_brk: AtomicU64::new(crate::mm::DEFAULT_START_BRK),
+                brk: AtomicU64::new(crate::mm::DEFAULT_START_BRK),
+                gate_vma: AtomicU64::new(ProcView::NO_GATE),
+            },
         }
     }
 
@@ -327,6 +383,7 @@ impl MmapWriteGuard<'_> {
 
 impl Drop for MmapWriteGuard<'_> {
     fn drop(&mut self) {
+        self.mm.proc_view.publish(&self.state);
         // Release pairs with the Acquire re-check in vma_start_read: a
         // reader that sees the new sequence sees every change made under
         // the lock. The RwLock is released after this (field drop order).

@@ -349,6 +349,31 @@ impl Vma {
         Ok(())
     }
 
+    /// `vma_start_read_locked`: take the read lock while holding
+    /// `mmap_lock` for read (`lock_next_vma_under_mmap_lock`). No writer
+    /// can hold `VMA_LOCK_OFFSET` then (writers need `mmap_lock` for
+    /// write), so the only failure is the `VMA_REF_LIMIT` overflow of
+    /// `__refcount_inc_not_zero_limited_acquire`; `false` then.
+    pub fn vma_start_read_locked(&self) -> bool {
+        let mut old = self.vm_refcnt.load(Ordering::Relaxed);
+        loop {
+            if old == 0 || old >= VMA_REF_LIMIT {
+                return false;
+            }
+            // Acquire: as in vma_start_read, the reads of the fields that
+            // follow stay after the increment.
+            match self.vm_refcnt.compare_exchange_weak(
+                old,
+                old + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(cur) => old = cur,
+            }
+        }
+    }
+
     /// `vma_end_read`: drop a read reference.
     #[inline]
     pub fn vma_end_read(&self) {

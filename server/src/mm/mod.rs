@@ -24,9 +24,11 @@
 //! * [`mremap`]: shrink, grow in place, `move_vma`.
 //! * [`madvise`]: DONTNEED/FREE under the VMA lock; DONTFORK, WIPEONFORK.
 //! * [`fault`]: `lock_vma_under_rcu` and `handle_mm_fault`.
+//! * `mmap_lock`: `lock_next_vma`, the maps reader's per-VMA lock step.
 //! * [`fork`]: `dup_mmap`, `vm_area_dup`, `vm_area_init_from`.
 //! * [`exit`]: tearing an address space down, `exit_mmap`.
 //! * [`proc_maps`]: `/proc/PID/maps` rendering and import.
+//! * [`task_mmu`]: reading maps under per-VMA locks (6.17) or `mmap_lock`.
 //! * [`sim`]: the process table tying it together.
 //! * [`race`]: injection points for the race lab.
 //! * [`race_lab`]: the review's races replayed deterministically, fixed and
@@ -58,6 +60,8 @@ pub mod mm_struct;
 #[cfg(not(vmasim_loom))]
 pub mod mmap;
 #[cfg(not(vmasim_loom))]
+pub(crate) mod mmap_lock;
+#[cfg(not(vmasim_loom))]
 pub mod mprotect;
 #[cfg(not(vmasim_loom))]
 pub mod mremap;
@@ -71,6 +75,8 @@ pub mod race;
 pub mod race_lab;
 #[cfg(not(vmasim_loom))]
 pub mod sim;
+#[cfg(not(vmasim_loom))]
+pub mod task_mmu;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod vma;
 #[cfg(not(vmasim_loom))]

@@ -109,68 +109,83 @@ fn gate_entry(vm_flags: u64) -> MapsEntry {
     }
 }
 
-/// The maps of `mm`, structured, plus `(start_brk, brk)`.
-pub fn show_maps(mm: &MmStruct) -> (Vec<MapsEntry>, u64, u64) {
+/// `show_map_vma`: the maps entry of a VMA with fields `f`, whose caller
+/// keeps it stable (read-locked, or `mmap_lock` held). `start_brk`/`brk`
+/// are the mm's as `get_vma_name` reads them (`mm->brk`, no lock).
+pub(crate) fn show_map_vma(mm: &MmStruct, f: &VmaFields, start_brk: u64, brk: u64) -> MapsEntry {
+    let files = &mm.ctx.files;
+    let mut m = MapsEntry {
+        start: f.vm_start,
+        end: f.vm_end,
+        vm_flags: f.vm_flags,
+        offset: 0,
+        file_id: f.vm_file,
+        path: String::new(),
+        dev_major: 0,
+        dev_minor: 0,
+        inode: 0,
+        rss_pages: 0,
+        anon_pages: 0,
+    };
+    // smaps_pte_range: every present PTE but the zero page counts in Rss;
+    // PageAnon ones also in Anonymous. (smaps' walk, which the kernel does
+    // under mmap_lock; here the page table is lock-free to read and the
+    // caller's VMA lock keeps the range, so either reader may do it.)
+    mm.pgd.for_each_present(f.vm_start, f.vm_end, |_, p| {
+        // Relaxed: a snapshot, like smaps.
+        if let Some(ctr) = rss_counter(p.load(Ordering::Relaxed)) {
+            m.rss_pages += 1;
+            if ctr == MM_ANONPAGES {
+                m.anon_pages += 1;
+            }
+        }
+    });
+    if f.vm_file != 0 {
+        let info = files.file(f.vm_file);
+        m.offset = f.vm_pgoff << PAGE_SHIFT;
+        m.path = info.path.clone();
+        m.dev_major = info.dev_major;
+        m.dev_minor = info.dev_minor;
+        m.inode = info.inode;
+    } else if f.vm_start < brk && f.vm_end > start_brk {
+        // get_vma_name (fs/proc/task_mmu.c) asks vma_is_initial_heap
+        // (strict: vm_start < brk && vm_end > start_brk) before the anon
+        // name, so a named VMA over the heap is still [heap].
+        m.path = "[heap]".into();
+    } else if let Some(n) = (f.anon_name != 0)
+        .then(|| files.name(f.anon_name))
+        .flatten()
+    {
+        m.path = n.to_string();
+    }
+    m
+}
+
+/// The gate area's entry if the mm has one (`get_gate_vma`).
+pub(crate) fn gate_vma(flags: Option<u64>) -> Option<MapsEntry> {
+    flags.map(gate_entry)
+}
+
+/// The maps of `mm` read the pre-6.17 way: `mmap_lock` held for read for
+/// the whole walk (`--maps-reader mmap-lock`), plus `(start_brk, brk)`.
+pub(crate) fn show_maps_mmap_lock(mm: &MmStruct) -> (Vec<MapsEntry>, u64, u64) {
     let state = mm.mmap_read_lock();
     let g = rcu_read_lock();
     let pool = &mm.ctx.pool;
-    let files = &mm.ctx.files;
-    let entries = mm
+    let mut entries = mm
         .mm_mt
         .entries(&g)
         .into_iter()
         .map(|e| {
-            let f = pool.get(e.idx).fields();
-            let mut m = MapsEntry {
-                start: f.vm_start,
-                end: f.vm_end,
-                vm_flags: f.vm_flags,
-                offset: 0,
-                file_id: f.vm_file,
-                path: String::new(),
-                dev_major: 0,
-                dev_minor: 0,
-                inode: 0,
-                rss_pages: 0,
-                anon_pages: 0,
-            };
-            // smaps_pte_range: every present PTE but the zero page counts
-            // in Rss; PageAnon ones also in Anonymous.
-            mm.pgd.for_each_present(f.vm_start, f.vm_end, |_, p| {
-                // Relaxed: a snapshot under mmap_lock read, like smaps.
-                if let Some(ctr) = rss_counter(p.load(Ordering::Relaxed)) {
-                    m.rss_pages += 1;
-                    if ctr == MM_ANONPAGES {
-                        m.anon_pages += 1;
-                    }
-                }
-            });
-            if f.vm_file != 0 {
-                let info = files.file(f.vm_file);
-                m.offset = f.vm_pgoff << PAGE_SHIFT;
-                m.path = info.path.clone();
-                m.dev_major = info.dev_major;
-                m.dev_minor = info.dev_minor;
-                m.inode = info.inode;
-            } else if f.vm_start < state.brk && f.vm_end > state.start_brk {
-                // get_vma_name (fs/proc/task_mmu.c) asks vma_is_initial_heap
-                // (strict: vm_start < brk && vm_end > start_brk) before the
-                // anon name, so a named VMA over the heap is still [heap].
-                m.path = "[heap]".into();
-            } else if let Some(n) = (f.anon_name != 0)
-                .then(|| files.name(f.anon_name))
-                .flatten()
-            {
-                m.path = n.to_string();
+            let v = pool.get(e.idx);
+            if let Some(r) = mm.race_hooks() {
+                r.hit(crate::mm::race::InjectPoint::MapsShowVma, v);
             }
-            m
+            show_map_vma(mm, &v.fields(), state.start_brk, state.brk)
         })
         .collect::<Vec<_>>();
-    let mut entries = entries;
-    if let Some(flags) = state.gate_vma {
-        // show_map's m_next: the gate VMA after the last real one.
-        entries.push(gate_entry(flags));
-    }
+    // show_map's m_next: the gate VMA after the last real one.
+    entries.extend(gate_vma(state.gate_vma));
     (entries, state.start_brk, state.brk)
 }
 

@@ -31,6 +31,18 @@ pub enum InjectPoint {
     /// `lock_vma_under_rcu`: the VMA is read-locked and passed every check;
     /// the fault is about to use it.
     AfterReadLock,
+    /// `lock_next_vma`: the RCU walk returned the next VMA, not locked yet.
+    MapsAfterVmaNext,
+    /// `lock_next_vma`: the locked VMA starts beyond the last printed end
+    /// and walking again found another VMA first (a false gap): it is
+    /// unlocked, the reader falls back to `mmap_lock`.
+    MapsGapRecheckFailed,
+    /// `lock_next_vma_under_mmap_lock`: the VMA was found and read-locked
+    /// under `mmap_lock` (still held).
+    MapsLockedUnderMmapLock,
+    /// `show_map`: the maps reader holds the VMA (read-locked, or under
+    /// `mmap_lock`) and is about to print its line.
+    MapsShowVma,
 }
 
 /// Deliberate bugs a scenario can switch on to show what a check is for.
@@ -44,6 +56,9 @@ pub struct Bugs {
     pub skip_mm_check: bool,
     /// `lock_vma_under_rcu` skips the range re-check.
     pub skip_range_check: bool,
+    /// `lock_next_vma` skips the re-walk that rules out a false gap before
+    /// a VMA that starts beyond the last printed end.
+    pub skip_maps_gap_check: bool,
 }
 
 type HitFn = Box<dyn Fn(InjectPoint, &Vma) + Send + Sync>;

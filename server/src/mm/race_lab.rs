@@ -80,6 +80,10 @@ pub enum Verdict {
     UseAfterReuse,
     /// Nothing raced: no check had to fire.
     Safe,
+    /// A maps reader printed lines that break a `/proc/PID/maps` guarantee
+    /// (going backwards or overlapping, or a range mapped during the whole
+    /// read left out). Expected only for a buggy variant.
+    GuaranteeBroken,
 }
 
 /// One step of a scenario's timeline.
@@ -134,7 +138,9 @@ struct Scenario {
     run: fn(bool) -> RaceReport,
 }
 
-const SCENARIOS: [Scenario; 5] = [
+mod maps;
+
+const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "dup-copies-refcnt",
         description: "vm_area_dup copies vm_refcnt with the rest of the VMA (v8 of the \
@@ -171,6 +177,23 @@ const SCENARIOS: [Scenario; 5] = [
             lock_vma_under_rcu sees vm_refcnt 0, walks again (VMA_LOCK_MISS) and \
             read-locks the new VMA.",
         run: detached_retry,
+    },
+    Scenario {
+        name: "maps-split-while-printing",
+        description: "A /proc/PID/maps reader under per-VMA locks (lock_next_vma, 6.17) \
+            holds X read-locked while printing it; a writer's mprotect splits X and waits \
+            in vma_start_write. X is printed whole, as it was while held: each line is \
+            true at one moment, the read is not a snapshot.",
+        run: maps::maps_split_while_printing,
+    },
+    Scenario {
+        name: "maps-split-gap",
+        description: "The maps reader's RCU walk finds X; before it locks X, a writer \
+            splits X so a new VMA takes X's lower half. lock_next_vma sees the locked X \
+            start beyond the last printed end, walks again, finds the new VMA and takes it \
+            under mmap_lock instead of printing a false gap; the buggy variant skips that \
+            recheck and leaves out a range mapped during the whole read.",
+        run: maps::maps_split_gap,
     },
 ];
 
@@ -360,6 +383,10 @@ impl Shared {
             InjectPoint::ExitBeforeDetach => {
                 format!("exit_mmap detaches slot {slot} {range} (vm_refcnt 1 -> 0), then frees it")
             }
+            InjectPoint::MapsAfterVmaNext
+            | InjectPoint::MapsGapRecheckFailed
+            | InjectPoint::MapsLockedUnderMmapLock
+            | InjectPoint::MapsShowVma => maps::describe(self, p, vma),
         }
     }
 
@@ -1355,6 +1382,46 @@ mod tests {
     }
 
     #[test]
+    fn maps_split_while_printing_prints_the_held_vma_whole() {
+        for buggy in [false, true] {
+            check("maps-split-while-printing", buggy, Verdict::Safe, "");
+            let r = run("maps-split-while-printing", buggy).unwrap();
+            // X printed whole although the split finished during the read.
+            assert!(
+                r.summary
+                    .contains("20000000-20004000 rw-p 00000000 00:00 0 — X as one line"),
+                "{}",
+                r.summary
+            );
+            // The writer waited for the reader's read lock.
+            assert!(r.timeline.iter().any(|s| s.vm_refcnt == u64::from(VMA_LOCK_OFFSET) + 2));
+        }
+    }
+
+    #[test]
+    fn maps_split_gap_fixed_rechecks_buggy_leaves_a_hole() {
+        check(
+            "maps-split-gap",
+            false,
+            Verdict::Caught,
+            "lock_next_vma gap recheck",
+        );
+        let r = run("maps-split-gap", false).unwrap();
+        // Both halves printed, the lower one locked under mmap_lock.
+        assert!(r.summary.contains("20000000-20002000 rw-p"), "{}", r.summary);
+        assert!(r.summary.contains("20002000-20004000 r--p"), "{}", r.summary);
+        assert!(
+            r.timeline
+                .iter()
+                .any(|s| s.action.starts_with("lock_next_vma_under_mmap_lock"))
+        );
+        check("maps-split-gap", true, Verdict::GuaranteeBroken, "");
+        let r = run("maps-split-gap", true).unwrap();
+        assert!(!r.summary.contains("20000000-20002000"), "{}", r.summary);
+        assert!(r.summary.contains("guarantee 2 broken: 0x20000000"), "{}", r.summary);
+    }
+
+    #[test]
     fn timelines_are_deterministic() {
         for s in scenarios() {
             deterministic(s.name, false);
@@ -1365,7 +1432,7 @@ mod tests {
     #[test]
     fn every_listed_scenario_runs_and_names_are_unique() {
         let list = scenarios();
-        assert_eq!(list.len(), 5);
+        assert_eq!(list.len(), 7);
         for (i, s) in list.iter().enumerate() {
             assert!(list[..i].iter().all(|o| o.name != s.name));
             assert!(!s.description.is_empty());

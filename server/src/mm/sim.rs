@@ -11,7 +11,9 @@ use crate::mm::fork::dup_mmap;
 use crate::mm::mm_struct::{MmContext, MmStruct};
 use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_munmap};
 use crate::mm::mprotect::do_mprotect;
-use crate::mm::proc_maps::{MapsEntry, import_maps, parse_maps, render, show_maps};
+use crate::mm::proc_maps::{MapsEntry, import_maps, parse_maps, render};
+use crate::mm::task_mmu::{MapsReader, show_maps};
+use crate::mm::vmstat::NR_MAPS_EVENTS;
 use crate::mm::slab::{CachePolicy, PoolStats, VmaCache};
 use crate::mm::{DEFAULT_MAX_MAP_COUNT, MmError};
 use dashmap::DashMap;
@@ -25,6 +27,8 @@ pub struct SimConfig {
     pub vma_cache: CachePolicy,
     /// Fault locking mode.
     pub fault_lock: FaultLockMode,
+    /// How `/proc/PID/maps` is read.
+    pub maps_reader: MapsReader,
     /// Maximum live processes.
     pub max_processes: usize,
     /// `vm.max_map_count` per process.
@@ -48,6 +52,7 @@ impl Default for SimConfig {
         Self {
             vma_cache: CachePolicy::Typesafe,
             fault_lock: FaultLockMode::PerVma,
+            maps_reader: MapsReader::PerVma,
             max_processes: 4096,
             max_map_count: DEFAULT_MAX_MAP_COUNT,
             pool_capacity: 1 << 20,
@@ -74,6 +79,8 @@ pub struct SimStats {
     pub rss_pages: u64,
     /// Page-table memory of all processes, bytes.
     pub pgtables_bytes: u64,
+    /// The maps readers' events, indexed by [`MapsEvent`].
+    pub maps: [u64; NR_MAPS_EVENTS],
 }
 
 /// The maps of one process.
@@ -122,7 +129,8 @@ impl Simulator {
             cfg,
             ctx: Arc::new(
                 MmContext::new(pool, cfg.fault_lock, cfg.max_map_count)
-                    .with_pgtables_limit(cfg.max_pgtables_bytes),
+                    .with_pgtables_limit(cfg.max_pgtables_bytes)
+                    .with_maps_reader(cfg.maps_reader),
             ),
             tasks: DashMap::new(),
             next_pid: AtomicU32::new(cfg.first_pid.max(1)),
@@ -327,6 +335,7 @@ impl Simulator {
             vmas: pool.live,
             rss_pages: mms.iter().map(|m| m.rss_pages()).sum(),
             pgtables_bytes: self.ctx.pgtables.used(),
+            maps: self.ctx.maps_events.snapshot(),
         }
     }
 }

@@ -114,6 +114,72 @@ pub enum VmaLockEvent {
 /// Number of [`VmaLockEvent`]s.
 pub const NR_VMA_LOCK_EVENTS: usize = 4;
 
+/// What the `/proc/PID/maps` readers count (no kernel vmstat item counts
+/// them; these show how often each branch of `lock_next_vma` runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum MapsEvent {
+    /// A maps read under RCU and per-VMA read locks (6.17's reader).
+    ReadPerVma = 0,
+    /// A maps read under `mmap_lock` for its whole walk (the old reader).
+    ReadMmapLock = 1,
+    /// `lock_next_vma` read-locked the VMA its RCU walk found.
+    VmaLocked = 2,
+    /// `vma_start_read` found the VMA detached (`-EAGAIN`): the walk was
+    /// reset to the last printed end and retried.
+    DetachedRetry = 3,
+    /// The locked VMA lay beyond the last printed end and the address space
+    /// had changed since the walk: the tree was walked again to rule out a
+    /// false gap.
+    GapRecheck = 4,
+    /// `lock_next_vma_under_mmap_lock`: `mmap_lock` taken for read just to
+    /// find and read-lock the next VMA (write-locked, other mm, behind the
+    /// last end, or a gap that turned out false).
+    MmapLockFallback = 5,
+    /// `fallback_to_mmap_lock`: even the locked lookup failed (`vm_refcnt`
+    /// overflow), the rest of the read ran under `mmap_lock`.
+    RestUnderMmapLock = 6,
+}
+
+/// Number of [`MapsEvent`]s.
+pub const NR_MAPS_EVENTS: usize = 7;
+
+impl MapsEvent {
+    /// The per-VMA step events, in metric label order.
+    pub const STEPS: [MapsEvent; 5] = [
+        MapsEvent::VmaLocked,
+        MapsEvent::DetachedRetry,
+        MapsEvent::GapRecheck,
+        MapsEvent::MmapLockFallback,
+        MapsEvent::RestUnderMmapLock,
+    ];
+
+    /// The label value (`result` of `vmasim_maps_vma_lock_total`, `reader`
+    /// of `vmasim_maps_reads_total`) and Stats key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MapsEvent::ReadPerVma => "per-vma",
+            MapsEvent::ReadMmapLock => "mmap-lock",
+            MapsEvent::VmaLocked => "locked",
+            MapsEvent::DetachedRetry => "detached_retry",
+            MapsEvent::GapRecheck => "gap_recheck",
+            MapsEvent::MmapLockFallback => "mmap_lock_fallback",
+            MapsEvent::RestUnderMmapLock => "rest_under_mmap_lock",
+        }
+    }
+
+    /// Every event, by index.
+    pub const ALL: [MapsEvent; NR_MAPS_EVENTS] = [
+        MapsEvent::ReadPerVma,
+        MapsEvent::ReadMmapLock,
+        MapsEvent::VmaLocked,
+        MapsEvent::DetachedRetry,
+        MapsEvent::GapRecheck,
+        MapsEvent::MmapLockFallback,
+        MapsEvent::RestUnderMmapLock,
+    ];
+}
+
 #[cfg(all(test, not(vmasim_loom)))]
 mod tests {
     use super::*;
