@@ -149,6 +149,13 @@ pub(crate) fn lock_next_vma<'a>(
         // Start mmap_lock speculation in case we need to verify the vma later.
         let (mmap_unlocked, mm_wr_seq) = mmap_lock_speculate_try_begin(&mm.seq);
         let Some(e) = vmi.vma_next(mm, guard) else {
+            // vmasim only: "no VMA after from_addr" seen while a writer
+            // was changing the tree may be a transient hole (see
+            // `tree_may_have_moved`); ask again under mmap_lock.
+            if tree_may_have_moved(&mm.seq, mmap_unlocked, mm_wr_seq) {
+                ctx.maps_events.inc(MapsEvent::UnstableTree as usize);
+                return fallback(mm, vmi, from_addr, guard);
+            }
             return NextVma::End;
         };
         let vma = ctx.pool.get(e.idx);
@@ -188,6 +195,7 @@ pub(crate) fn lock_next_vma<'a>(
             && (!mmap_unlocked || mmap_lock_speculate_retry(&mm.seq, mm_wr_seq))
         {
             ctx.maps_events.inc(MapsEvent::GapRecheck as usize);
+            let (unlocked2, seq2) = mmap_lock_speculate_try_begin(&mm.seq);
             vmi.set(from_addr);
             if vmi.vma_next(mm, guard).map(|x| x.idx) != Some(e.idx) {
                 if let Some(r) = race {
@@ -196,10 +204,38 @@ pub(crate) fn lock_next_vma<'a>(
                 vma.vma_end_read();
                 return fallback(mm, vmi, from_addr, guard);
             }
+            // vmasim only: the re-walk confirms the gap only if no writer
+            // changed the tree while it ran (a maple-tree walk always sees
+            // a hole-free tree; this one may not, see tree_may_have_moved).
+            if tree_may_have_moved(&mm.seq, unlocked2, seq2) {
+                ctx.maps_events.inc(MapsEvent::UnstableTree as usize);
+                vma.vma_end_read();
+                return fallback(mm, vmi, from_addr, guard);
+            }
         }
         ctx.maps_events.inc(MapsEvent::VmaLocked as usize);
         return NextVma::Locked(vma);
     }
+}
+
+/// Might a writer have changed the tree during a walk begun with
+/// `mmap_lock_speculate_try_begin` = `(unlocked, seq)`?
+///
+/// A vmasim-only question. The maple tree replaces a range in one store,
+/// so an RCU walk always sees every address of a range that stays mapped
+/// covered by some VMA (write-locked, maybe): a gap it sees is real, and
+/// `lock_next_vma` trusts a re-walk and a `NULL`. This tree (a skip list
+/// keyed by `vm_start`, see `vma_tree`) replaces an entry by unlinking the
+/// old node before linking the new one, and a split stores its two halves
+/// one after the other, so a walk racing with a writer can see a transient
+/// hole. The fault path is unaffected (a hole makes it fall back, as the
+/// write-locked VMA would), but a maps reader would print the hole and
+/// break guarantee 2. So a gap or an end seen while a writer ran is not
+/// trusted: the reader asks again under `mmap_lock` (counted as
+/// `unstable_tree`). A walk no writer overlapped is trusted as upstream,
+/// so with no writer running the counts are the kernel's.
+fn tree_may_have_moved(seq: &MmLockSeq, unlocked: bool, begin: u64) -> bool {
+    !unlocked || mmap_lock_speculate_retry(seq, begin)
 }
 
 /// The `fallback:` label of `lock_next_vma`.

@@ -139,19 +139,25 @@ pub enum MapsEvent {
     /// `fallback_to_mmap_lock`: even the locked lookup failed (`vm_refcnt`
     /// overflow), the rest of the read ran under `mmap_lock`.
     RestUnderMmapLock = 6,
+    /// vmasim only (no kernel analog): a gap or the end was seen by a walk
+    /// that a writer overlapped; vmasim's tree can show a transient hole
+    /// then (the maple tree cannot), so the reader asked again under
+    /// `mmap_lock` (also counted in [`MapsEvent::MmapLockFallback`]).
+    UnstableTree = 7,
 }
 
 /// Number of [`MapsEvent`]s.
-pub const NR_MAPS_EVENTS: usize = 7;
+pub const NR_MAPS_EVENTS: usize = 8;
 
 impl MapsEvent {
     /// The per-VMA step events, in metric label order.
-    pub const STEPS: [MapsEvent; 5] = [
+    pub const STEPS: [MapsEvent; 6] = [
         MapsEvent::VmaLocked,
         MapsEvent::DetachedRetry,
         MapsEvent::GapRecheck,
         MapsEvent::MmapLockFallback,
         MapsEvent::RestUnderMmapLock,
+        MapsEvent::UnstableTree,
     ];
 
     /// The label value (`result` of `vmasim_maps_vma_lock_total`, `reader`
@@ -165,6 +171,7 @@ impl MapsEvent {
             MapsEvent::GapRecheck => "gap_recheck",
             MapsEvent::MmapLockFallback => "mmap_lock_fallback",
             MapsEvent::RestUnderMmapLock => "rest_under_mmap_lock",
+            MapsEvent::UnstableTree => "unstable_tree",
         }
     }
 
@@ -177,6 +184,7 @@ impl MapsEvent {
         MapsEvent::GapRecheck,
         MapsEvent::MmapLockFallback,
         MapsEvent::RestUnderMmapLock,
+        MapsEvent::UnstableTree,
     ];
 }
 

@@ -30,7 +30,7 @@ use crate::mm::mmap::prot;
 use crate::mm::mprotect::do_mprotect;
 use crate::mm::proc_maps::{MapsEntry, render};
 use crate::mm::race::{Bugs, InjectPoint};
-use crate::mm::task_mmu::{check_maps_guarantees, show_maps};
+use crate::mm::task_mmu::{MapsReader, check_maps_guarantees, show_maps};
 use std::sync::{Arc, Mutex};
 
 /// `rwxp` of `vma`.
@@ -186,7 +186,11 @@ pub(super) fn maps_split_while_printing(buggy: bool) -> RaceReport {
     lab.record("writer", w);
     let printed = std::mem::take(&mut *lock(&out));
     let after = show_maps(&a).0;
-    let judged = check_maps_guarantees(&printed, &[(R1, R1 + LEN), (R2, R2 + LEN)]);
+    let judged = check_maps_guarantees(
+        &printed,
+        &[(R1, R1 + LEN), (R2, R2 + LEN)],
+        MapsReader::PerVma,
+    );
     let x_whole = printed.iter().any(|e| (e.start, e.end) == (R2, R2 + LEN));
     let (verdict, summary) = match judged {
         Ok(()) if x_whole => (
@@ -277,7 +281,11 @@ pub(super) fn maps_split_gap(buggy: bool) -> RaceReport {
     let r = lab.expect_done("reader");
     lab.record("reader", r);
     let printed = std::mem::take(&mut *lock(&out));
-    let judged = check_maps_guarantees(&printed, &[(R1, R1 + LEN), (R2, R2 + LEN), (R3, R3 + LEN)]);
+    let judged = check_maps_guarantees(
+        &printed,
+        &[(R1, R1 + LEN), (R2, R2 + LEN), (R3, R3 + LEN)],
+        MapsReader::PerVma,
+    );
     let (verdict, caught_by, summary) = match judged {
         Ok(()) if ran_recheck => (
             Verdict::Caught,
