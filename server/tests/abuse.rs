@@ -282,7 +282,12 @@ fn check_partial_madvise(before: &Snapshot, after: &Snapshot) -> Result<(), Stri
     if (a.brk, a.start_brk) != (b.brk, b.start_brk) || a.rss_pages > b.rss_pages {
         return Err("brk changed or rss grew".into());
     }
-    for x in b.entries.iter().chain(&a.entries).flat_map(|e| [e.start, e.end]) {
+    for x in b
+        .entries
+        .iter()
+        .chain(&a.entries)
+        .flat_map(|e| [e.start, e.end])
+    {
         if attrs_at(a, x) != attrs_at(b, x) {
             return Err(format!(
                 "at {x:#x}: was {:?}, now {:?}",
@@ -927,7 +932,8 @@ fn advice() -> impl Strategy<Value = u32> {
 
 /// An address a few pages around one of the target's VMA boundaries.
 fn mark_near() -> impl Strategy<Value = u64> {
-    (prop::sample::select(MARKS), -8i64..8).prop_map(|(m, d)| m.wrapping_add_signed(d * PAGE as i64))
+    (prop::sample::select(MARKS), -8i64..8)
+        .prop_map(|(m, d)| m.wrapping_add_signed(d * PAGE as i64))
 }
 
 fn fault_call() -> impl Strategy<Value = Call> {

@@ -22,7 +22,7 @@
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
 use vmasim_server::mm::proc_maps::render;
 use vmasim_server::mm::sim::{SimConfig, Simulator};
@@ -139,7 +139,11 @@ fn torture(reader: MapsReader) {
                     panic!("{why}\n{}", m.text);
                 }
                 assert_eq!(m.text, render(&m.entries));
-                let overlaps = m.entries.windows(2).filter(|w| w[1].start < w[0].end).count();
+                let overlaps = m
+                    .entries
+                    .windows(2)
+                    .filter(|w| w[1].start < w[0].end)
+                    .count();
                 repeats.fetch_add(overlaps as u64, Ordering::Relaxed);
                 for e in &m.entries {
                     assert!(e.start % P == 0 && e.end % P == 0, "{}", m.text);
@@ -179,7 +183,10 @@ fn torture(reader: MapsReader) {
     );
     match reader {
         MapsReader::PerVma => {
-            assert_eq!((ev(MapsEvent::ReadPerVma), ev(MapsEvent::ReadMmapLock)), (reads, 0));
+            assert_eq!(
+                (ev(MapsEvent::ReadPerVma), ev(MapsEvent::ReadMmapLock)),
+                (reads, 0)
+            );
             // Every line came from a lock_next_vma that locked it from the
             // RCU walk or under mmap_lock; a fallback may also find the end.
             let locked = ev(MapsEvent::VmaLocked);
@@ -192,7 +199,10 @@ fn torture(reader: MapsReader) {
             assert_eq!(ev(MapsEvent::RestUnderMmapLock), 0);
         }
         MapsReader::MmapLock => {
-            assert_eq!((ev(MapsEvent::ReadPerVma), ev(MapsEvent::ReadMmapLock)), (0, reads));
+            assert_eq!(
+                (ev(MapsEvent::ReadPerVma), ev(MapsEvent::ReadMmapLock)),
+                (0, reads)
+            );
             for e in MapsEvent::STEPS {
                 assert_eq!(ev(e), 0, "{e:?}");
             }

@@ -63,7 +63,7 @@ pub(crate) fn mmap_lock_speculate_try_begin(seq: &MmLockSeq) -> (bool, u64) {
     // Acquire (raw_seqcount_try_begin's smp_rmb): the tree walk that
     // follows sees at least what the writer published before this value.
     let s = seq.mm_lock_seq.load(Ordering::Acquire);
-    (s % 2 == 0, s)
+    (s.is_multiple_of(2), s)
 }
 
 /// `mmap_lock_speculate_retry`: has a writer taken `mmap_lock` since

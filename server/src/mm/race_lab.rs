@@ -1394,7 +1394,11 @@ mod tests {
                 r.summary
             );
             // The writer waited for the reader's read lock.
-            assert!(r.timeline.iter().any(|s| s.vm_refcnt == u64::from(VMA_LOCK_OFFSET) + 2));
+            assert!(
+                r.timeline
+                    .iter()
+                    .any(|s| s.vm_refcnt == u64::from(VMA_LOCK_OFFSET) + 2)
+            );
         }
     }
 
@@ -1408,8 +1412,16 @@ mod tests {
         );
         let r = run("maps-split-gap", false).unwrap();
         // Both halves printed, the lower one locked under mmap_lock.
-        assert!(r.summary.contains("20000000-20002000 rw-p"), "{}", r.summary);
-        assert!(r.summary.contains("20002000-20004000 r--p"), "{}", r.summary);
+        assert!(
+            r.summary.contains("20000000-20002000 rw-p"),
+            "{}",
+            r.summary
+        );
+        assert!(
+            r.summary.contains("20002000-20004000 r--p"),
+            "{}",
+            r.summary
+        );
         assert!(
             r.timeline
                 .iter()
@@ -1418,7 +1430,11 @@ mod tests {
         check("maps-split-gap", true, Verdict::GuaranteeBroken, "");
         let r = run("maps-split-gap", true).unwrap();
         assert!(!r.summary.contains("20000000-20002000"), "{}", r.summary);
-        assert!(r.summary.contains("guarantee 2 broken: 0x20000000"), "{}", r.summary);
+        assert!(
+            r.summary.contains("guarantee 2 broken: 0x20000000"),
+            "{}",
+            r.summary
+        );
     }
 
     #[test]

@@ -146,7 +146,9 @@ fn fallback_to_mmap_lock<'a>(
     if lc.mmap_locked.is_some() {
         return false;
     }
-    mm.ctx.maps_events.inc(MapsEvent::RestUnderMmapLock as usize);
+    mm.ctx
+        .maps_events
+        .inc(MapsEvent::RestUnderMmapLock as usize);
     // rcu_read_unlock(); mmap_read_lock(); (our tree walk still needs a
     // pinned guard, so it is re-pinned after the lock is taken).
     let state = guard.repin_after(|| mm.mmap_read_lock());
@@ -363,11 +365,7 @@ mod tests {
         let (got, _, _) = show_maps(&mm);
         v.vm_refcnt.store(1, crate::mm::sync::Ordering::Relaxed);
         assert_eq!(got, want);
-        let d: Vec<u64> = events(&mm)
-            .iter()
-            .zip(before)
-            .map(|(a, b)| a - b)
-            .collect();
+        let d: Vec<u64> = events(&mm).iter().zip(before).map(|(a, b)| a - b).collect();
         // One per-VMA read; the first VMA locked under RCU; the second
         // refused under RCU (RefLimit) and again under mmap_lock (-EAGAIN):
         // one lock_next_vma_under_mmap_lock, then fallback_to_mmap_lock
@@ -384,7 +382,13 @@ mod tests {
         }
         crate::mm::mmap::do_brk(&mm, crate::mm::DEFAULT_START_BRK + 4 * P).unwrap();
         let (e, sb, b) = show_maps(&mm);
-        assert_eq!((sb, b), (crate::mm::DEFAULT_START_BRK, crate::mm::DEFAULT_START_BRK + 4 * P));
+        assert_eq!(
+            (sb, b),
+            (
+                crate::mm::DEFAULT_START_BRK,
+                crate::mm::DEFAULT_START_BRK + 4 * P
+            )
+        );
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].path, "[heap]");
         assert_eq!(e[1].path, "[vsyscall]");

@@ -104,7 +104,11 @@ fn spawn_maps_reader(
 }
 
 fn lines(e: &[MapsEntry]) -> String {
-    render(e).lines().map(str::trim_end).collect::<Vec<_>>().join(" | ")
+    render(e)
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// Join the threads and build the report.
