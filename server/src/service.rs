@@ -152,13 +152,14 @@ fn check_pid(pid: u32) -> Result<u32, Status> {
 }
 
 /// A length the engine would round up: > 0 and, rounded, inside user space.
-fn check_length(len: u64) -> Result<(), Status> {
+/// `field` names it in the error (`length`, Mremap's `new_length`).
+fn check_length(field: &str, len: u64) -> Result<(), Status> {
     if len == 0 {
-        return Err(invalid("length", "must be greater than 0"));
+        return Err(invalid(field, "must be greater than 0"));
     }
     if len > TASK_SIZE {
         return Err(invalid(
-            "length",
+            field,
             format!("{len:#x} bytes does not fit in user space ({TASK_SIZE:#x} bytes)"),
         ));
     }
@@ -456,7 +457,7 @@ impl AddressSpaceService {
 
     async fn op_mmap(&self, req: pb::MmapRequest) -> Result<pb::MmapResponse, Status> {
         let pid = check_pid(req.pid)?;
-        check_length(req.length)?;
+        check_length("length", req.length)?;
         // Flag bits are the engine's to judge, as do_mmap's: unknown ones
         // are ignored, MAP_SHARED_VALIDATE refuses them (EOPNOTSUPP).
         let args = MmapArgs {
@@ -480,7 +481,7 @@ impl AddressSpaceService {
 
     async fn op_munmap(&self, req: pb::MunmapRequest) -> Result<pb::MunmapResponse, Status> {
         let pid = check_pid(req.pid)?;
-        check_length(req.length)?;
+        check_length("length", req.length)?;
         let sim = self.sim();
         let telemetry = self.inner.telemetry.clone();
         blocking("munmap", move |ctx| {
@@ -496,7 +497,7 @@ impl AddressSpaceService {
 
     async fn op_mprotect(&self, req: pb::MprotectRequest) -> Result<pb::MprotectResponse, Status> {
         let pid = check_pid(req.pid)?;
-        check_length(req.length)?;
+        check_length("length", req.length)?;
         let sim = self.sim();
         let telemetry = self.inner.telemetry.clone();
         blocking("mprotect", move |ctx| {
@@ -512,7 +513,7 @@ impl AddressSpaceService {
 
     async fn op_mremap(&self, req: pb::MremapRequest) -> Result<pb::MremapResponse, Status> {
         let pid = check_pid(req.pid)?;
-        check_length(req.new_length)?;
+        check_length("new_length", req.new_length)?;
         let sim = self.sim();
         let telemetry = self.inner.telemetry.clone();
         blocking("mremap", move |ctx| {

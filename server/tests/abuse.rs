@@ -879,9 +879,11 @@ fn plausible_mmap() -> impl Strategy<Value = Call> {
         })
 }
 
-fn mm_call() -> impl Strategy<Value = Call> {
+/// Every arm boxed: a union of this many large tuple strategies overflows
+/// a test thread's stack in debug builds when unboxed.
+fn mm_call() -> BoxedStrategy<Call> {
     prop_oneof![
-        3 => plausible_mmap(),
+        3 => plausible_mmap().boxed(),
         3 => (pid(), addr(), length(), prot(), flags(), small_or_any(), small_or_any()).prop_map(
             |(pid, addr, length, prot, flags, file_id, offset)| Call::Mmap {
                 pid,
@@ -892,21 +894,22 @@ fn mm_call() -> impl Strategy<Value = Call> {
                 file_id,
                 offset,
             }
-        ),
-        2 => (pid(), addr(), length()).prop_map(|(p, a, l)| Call::Munmap(p, a, l)),
-        2 => (pid(), addr(), length(), prot()).prop_map(|(p, a, l, x)| Call::Mprotect(p, a, l, x)),
+        ).boxed(),
+        2 => (pid(), addr(), length()).prop_map(|(p, a, l)| Call::Munmap(p, a, l)).boxed(),
+        2 => (pid(), addr(), length(), prot()).prop_map(|(p, a, l, x)| Call::Mprotect(p, a, l, x)).boxed(),
         2 => (pid(), prop::sample::select(MARKS), 0..4u64, 1..4u64, 0..8u32)
-            .prop_map(|(p, m, d, l, x)| Call::Mprotect(p, m + d * PAGE, l * PAGE, x)),
-        1 => (pid(), addr()).prop_map(|(p, a)| Call::Brk(p, a)),
+            .prop_map(|(p, m, d, l, x)| Call::Mprotect(p, m + d * PAGE, l * PAGE, x)).boxed(),
+        1 => (pid(), addr()).prop_map(|(p, a)| Call::Brk(p, a)).boxed(),
         2 => (pid(), addr(), length(), length(), mremap_flags(), addr())
-            .prop_map(|(p, a, o, n, f, na)| Call::Mremap(p, a, o, n, f, na)),
+            .prop_map(|(p, a, o, n, f, na)| Call::Mremap(p, a, o, n, f, na)).boxed(),
         2 => (pid(), prop::sample::select(MARKS), 0..4u64, 1..4u64, 1..8u64, mremap_flags(), mark_near())
-            .prop_map(|(p, m, d, o, n, f, na)| Call::Mremap(p, m + d * PAGE, o * PAGE, n * PAGE, f, na)),
+            .prop_map(|(p, m, d, o, n, f, na)| Call::Mremap(p, m + d * PAGE, o * PAGE, n * PAGE, f, na)).boxed(),
         2 => (pid(), addr(), length(), advice())
-            .prop_map(|(p, a, l, x)| Call::Madvise(p, a, l, x)),
+            .prop_map(|(p, a, l, x)| Call::Madvise(p, a, l, x)).boxed(),
         2 => (pid(), prop::sample::select(MARKS), 0..4u64, 1..8u64, advice())
-            .prop_map(|(p, m, d, l, x)| Call::Madvise(p, m + d * PAGE, l * PAGE, x)),
+            .prop_map(|(p, m, d, l, x)| Call::Madvise(p, m + d * PAGE, l * PAGE, x)).boxed(),
     ]
+    .boxed()
 }
 
 /// `MREMAP_*` bits: the valid combinations mostly, then anything.
