@@ -637,7 +637,7 @@ fn describe(r: &PrometheusRecorder) {
     c(
         MAPS_VMA_LOCK,
         Unit::Count,
-        "Steps of lock_next_vma in per-vma maps reads: locked (from the RCU walk), detached_retry, gap_recheck, mmap_lock_fallback (next VMA locked under a momentary mmap_lock), rest_under_mmap_lock.",
+        "Steps of lock_next_vma in per-vma maps reads: locked (from the RCU walk), detached_retry, gap_recheck, mmap_lock_fallback (next VMA locked under a momentary mmap_lock), rest_under_mmap_lock, unstable_tree (vmasim only: a gap or end seen while a writer changed the tree, asked again under mmap_lock).",
     );
     c(
         SHEAF_HITS,

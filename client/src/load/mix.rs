@@ -230,4 +230,15 @@ mod tests {
             assert!(p.mix().weight(OpKind::Fault) > 0);
         }
     }
+
+    #[test]
+    fn madvise_is_a_mix_kind_and_mremap_is_not() {
+        let m: Mix = "fault=8,madvise=2".parse().unwrap();
+        assert_eq!(m.weight(OpKind::Madvise), 2);
+        assert_eq!(m.to_string(), "fault=8,madvise=2");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        assert!((0..100).any(|_| m.pick(&mut rng) == OpKind::Madvise));
+        let e = "mremap=1".parse::<Mix>().unwrap_err();
+        assert!(e.contains("exit, madvise)"), "{e}");
+    }
 }
