@@ -82,14 +82,25 @@ pub fn fields(s: &StatsResponse) -> Vec<(String, u64, Kind)> {
     for (check, n) in checks {
         v.push((format!("reuse_detected_{check}"), *n, Counter));
     }
+    // The maps readers' counters, by the metrics' label values.
+    for (base, map) in [
+        ("maps_reads", &s.maps_reads),
+        ("maps_vma_lock", &s.maps_vma_lock),
+    ] {
+        let mut e: Vec<_> = map.iter().collect();
+        e.sort();
+        for (label, n) in e {
+            v.push((format!("{base}_{label}"), *n, Counter));
+        }
+    }
     v
 }
 
 /// `vmasim stats` as an aligned two-column table.
 pub fn table(s: &StatsResponse) -> String {
     let mut out = format!(
-        "{:<34} {}\n{:<34} {}\n",
-        "vma_cache", s.vma_cache, "fault_lock", s.fault_lock
+        "{:<34} {}\n{:<34} {}\n{:<34} {}\n",
+        "vma_cache", s.vma_cache, "fault_lock", s.fault_lock, "maps_reader", s.maps_reader
     );
     for (name, v, kind) in fields(s) {
         let tag = if kind == Kind::Gauge { " (gauge)" } else { "" };
@@ -103,6 +114,7 @@ pub fn to_json(s: &StatsResponse) -> Value {
     let mut m = Map::new();
     m.insert("vma_cache".into(), json!(s.vma_cache));
     m.insert("fault_lock".into(), json!(s.fault_lock));
+    m.insert("maps_reader".into(), json!(s.maps_reader));
     for (name, v, _) in fields(s) {
         m.insert(name, json!(v));
     }
@@ -316,6 +328,11 @@ mod tests {
         let no_metric = ["fault_retries", "processes_spawned_total", "rss_pages"];
         let s = StatsResponse {
             reuse_detected: [("vm_mm".to_string(), 1)].into(),
+            maps_reads: [("per-vma".to_string(), 1), ("mmap-lock".to_string(), 0)].into(),
+            maps_vma_lock: vmasim_server::mm::vmstat::MapsEvent::STEPS
+                .iter()
+                .map(|e| (e.as_str().to_string(), 1))
+                .collect(),
             ..Default::default()
         };
         for (name, ..) in fields(&s) {

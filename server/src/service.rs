@@ -766,8 +766,10 @@ impl AddressSpaceService {
                 .map(|&c| (c.as_str().to_string(), f.reuse_detected[c as usize]))
                 .collect(),
             maps_reader: cfg.maps_reader.as_str().to_string(),
-            maps_reads_per_vma: s.maps[MapsEvent::ReadPerVma as usize],
-            maps_reads_mmap_lock: s.maps[MapsEvent::ReadMmapLock as usize],
+            maps_reads: [MapsEvent::ReadPerVma, MapsEvent::ReadMmapLock]
+                .iter()
+                .map(|&e| (e.as_str().to_string(), s.maps[e as usize]))
+                .collect(),
             maps_vma_lock: MapsEvent::STEPS
                 .iter()
                 .map(|&e| (e.as_str().to_string(), s.maps[e as usize]))

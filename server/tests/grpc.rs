@@ -1248,6 +1248,9 @@ async fn concurrent_traffic_adds_up() {
                 })
                 .await
                 .unwrap();
+                // A maps read (per-VMA locks) while the faulter runs.
+                let m = c.maps(pb::MapsRequest { pid }).await.unwrap().into_inner();
+                assert!(!m.entries.is_empty());
                 let child = c
                     .fork(pb::ForkRequest { pid })
                     .await
@@ -1395,6 +1398,24 @@ async fn concurrent_traffic_adds_up() {
         assert_eq!(
             m("vmasim_reuse_detected_total", &[("check", check)]),
             s.reuse_detected[check]
+        );
+    }
+    // One Maps read per mutator round, all by the default per-VMA reader.
+    assert_eq!(s.maps_reader, "per-vma");
+    assert_eq!(s.maps_reads["per-vma"], CLIENTS as u64 * ROUNDS);
+    assert_eq!(s.maps_reads["mmap-lock"], 0);
+    for (reader, v) in &s.maps_reads {
+        assert_eq!(
+            m("vmasim_maps_reads_total", &[("reader", reader.as_str())]),
+            *v
+        );
+    }
+    assert_eq!(s.maps_vma_lock.len(), 6);
+    assert!(s.maps_vma_lock["locked"] > 0);
+    for (result, v) in &s.maps_vma_lock {
+        assert_eq!(
+            m("vmasim_maps_vma_lock_total", &[("result", result.as_str())]),
+            *v
         );
     }
     assert_eq!(
