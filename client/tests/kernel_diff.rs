@@ -68,6 +68,21 @@ fn random_run_agrees_with_the_kernel() {
         "mmap:0x200000",
         "touch:read",
         "touch:write",
+        "mremap:shrink",
+        "mremap:grow",
+        "mremap:same-size",
+        "mremap:no-flags",
+        "mremap:MREMAP_MAYMOVE",
+        "mremap:MREMAP_FIXED",
+        "mremap:MREMAP_DONTUNMAP",
+        "mremap:stayed",
+        "mremap:moved",
+        "madvise:MADV_DONTNEED",
+        "madvise:MADV_FREE",
+        "madvise:MADV_DONTFORK",
+        "madvise:MADV_DOFORK",
+        "madvise:MADV_WIPEONFORK",
+        "madvise:MADV_KEEPONFORK",
     ] {
         assert!(count(&stdout, kind) > 0, "no {kind} in\n{stdout}");
     }

@@ -26,6 +26,10 @@ number):
   mprotect ADDR LEN PROT
   brk OFF | brk -OFF | brk query                  brk(start_brk + OFF), brk(0)
   touch ADDR read|write                           fault a page in (probed: no crash)
+  mremap OLD OLDLEN NEWLEN [FLAGS] [NEWADDR]      FLAGS: 0 or MREMAP_MAYMOVE|MREMAP_FIXED|
+                                                  MREMAP_DONTUNMAP; NEWADDR: destination/hint
+  madvise ADDR LEN ADVICE   MADV_DONTNEED, MADV_FREE, MADV_DONTFORK, MADV_DOFORK,
+                            MADV_WIPEONFORK, MADV_KEEPONFORK (or a number)
   fork | exit
   fill ADDR COUNT          COUNT 1-page rw- anonymous MAP_FIXED maps, every 2 pages
 ADDR/LEN/OFF: hex or decimal (LEN also 4K, 2M); PROT: rw-, r-x, ---;
@@ -36,6 +40,8 @@ for other bits. Example:
   touch 0x7f003fff0000 write
   fork
   @1 munmap 0x7f003fff2000 8K
+  mremap 0x7f003fff0000 16K 32K MREMAP_MAYMOVE
+  madvise 0x7f003fff0000 8K MADV_DONTNEED
 
 Linux on x86-64 only.";
 

@@ -541,6 +541,11 @@ impl Exec {
             // SAFETY: brk moves only the heap, which the executor leaves to the test.
             b'b' => Ok(unsafe { libc::syscall(libc::SYS_brk, a[0]) } as u64),
             b't' => self.touch(a[0], a[1] != 0),
+            b'r' => self.op_mremap(a[0], a[1], a[2], a[3] as i32, a[4]),
+            b'a' => self.guard(a[0], a[1]).and_then(|()| {
+                // SAFETY: inside the test region, which holds no executor memory.
+                sys(unsafe { libc::madvise(a[0] as *mut _, a[1] as usize, a[2] as i32) } as i64)
+            }),
             b'l' => self.fill(a[0], a[1]),
             b'f' => self.fork(a[0] as usize),
             b'x' => {
@@ -603,6 +608,28 @@ impl Exec {
         } else {
             Ok(p as u64)
         }
+    }
+
+    /// `mremap`: the old range, and an `MREMAP_FIXED` destination, must lie
+    /// in the test region. Without `MREMAP_FIXED` the kernel only places
+    /// the mapping where nothing is (a gap of the window: the gaps above
+    /// it are filled), or grows it over free space.
+    fn op_mremap(
+        &mut self,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: i32,
+        new_addr: u64,
+    ) -> Result<u64, i32> {
+        self.guard(old, old_len)?;
+        if flags & libc::MREMAP_FIXED != 0 {
+            self.guard(new_addr, new_len)?;
+        }
+        // SAFETY: raw syscall (no glibc argument rewriting); it changes
+        // only test-region mappings (checked above).
+        let r = unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new_addr) };
+        if r < 0 { Err(errno()) } else { Ok(r as u64) }
     }
 
     /// Touch one page: `write(probe, addr, 1)` makes the kernel read it

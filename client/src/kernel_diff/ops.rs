@@ -12,6 +12,8 @@
 //! brk OFF        # brk(start_brk + OFF); OFF may be negative
 //! brk query      # brk(0)
 //! touch ADDR read|write
+//! mremap OLD OLDLEN NEWLEN [FLAGS] [NEWADDR]  # FLAGS: 0 or MREMAP_MAYMOVE|...
+//! madvise ADDR LEN ADVICE   # MADV_DONTNEED, MADV_FREE, MADV_DONTFORK, ...
 //! fork
 //! exit
 //! fill ADDR COUNT  # COUNT one-page rw- anonymous mappings, every 2 pages
@@ -20,7 +22,10 @@
 //! `ADDR`, `LEN`, `OFF` are hex (`0x...`) or decimal (`LEN` also `4K`, `2M`);
 //! `PROT` is `rwx`-style (`r-x`, `---`); `FLAGS` are `MAP_*` names joined by
 //! `|` (`MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED`), hex numbers allowed for
-//! bits without a name. Addresses are absolute: the window is fixed at
+//! bits without a name. mremap `FLAGS` are `MREMAP_MAYMOVE`,
+//! `MREMAP_FIXED`, `MREMAP_DONTUNMAP` joined by `|` (or a number, `0` for
+//! none), `NEWADDR` defaults to 0; `ADVICE` is a `MADV_*` name (`dontneed`
+//! works too) or a number. Addresses are absolute: the window is fixed at
 //! [`WINDOW_START`]..[`WINDOW_END`], so a script means the same on every
 //! machine.
 
@@ -28,7 +33,7 @@ use super::{FILE_SIZE, MAX_PROCS, NR_FILES, PAGE, WINDOW_END, WINDOW_START};
 use crate::parse::{format_prot, parse_addr, parse_prot, parse_size};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use vmasim_proto::v1::MapFlag;
+use vmasim_proto::v1::{Advice, MapFlag, MremapFlag};
 
 /// One operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +82,28 @@ pub enum Op {
         addr: u64,
         /// A store (else a load).
         write: bool,
+    },
+    /// `mremap(old, old_len, new_len, flags, new_addr)`.
+    Mremap {
+        /// Start of the old range.
+        old: u64,
+        /// Old length.
+        old_len: u64,
+        /// New length.
+        new_len: u64,
+        /// `MREMAP_*`, passed through unchanged.
+        flags: u32,
+        /// Destination (`MREMAP_FIXED`) or hint (`MREMAP_DONTUNMAP`).
+        new_addr: u64,
+    },
+    /// `madvise(addr, len, advice)`.
+    Madvise {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// `MADV_*`.
+        advice: u32,
     },
     /// `fork()`: the child takes the lowest free process number.
     Fork,
@@ -139,6 +166,38 @@ pub fn format_flags(flags: u32) -> String {
     }
 }
 
+/// `MREMAP_*` names for an mremap flags word (`0` for none).
+pub fn format_mremap_flags(flags: u32) -> String {
+    let mut parts = Vec::new();
+    let mut rest = flags;
+    for f in [
+        MremapFlag::MremapMaymove,
+        MremapFlag::MremapFixed,
+        MremapFlag::MremapDontunmap,
+    ] {
+        if rest & f as u32 != 0 {
+            parts.push(f.as_str_name().to_string());
+            rest &= !(f as u32);
+        }
+    }
+    if rest != 0 {
+        parts.push(format!("{rest:#x}"));
+    }
+    if parts.is_empty() {
+        "0".into()
+    } else {
+        parts.join("|")
+    }
+}
+
+/// The `MADV_*` name of an advice, else its number.
+pub fn format_advice(advice: u32) -> String {
+    match i32::try_from(advice).ok().map(Advice::try_from) {
+        Some(Ok(a)) if a != Advice::MadvNormal => a.as_str_name().to_string(),
+        _ => advice.to_string(),
+    }
+}
+
 /// Parse `format_flags`' output (also lower case, `,` separators, hex).
 pub fn parse_flags(s: &str) -> Result<u32, String> {
     let mut f = 0;
@@ -183,6 +242,8 @@ impl Step {
             Op::Mprotect { .. } => "mprotect",
             Op::Brk { .. } | Op::BrkQuery => "brk",
             Op::Touch { .. } => "touch",
+            Op::Mremap { .. } => "mremap",
+            Op::Madvise { .. } => "madvise",
             Op::Fork => "fork",
             Op::Exit => "exit",
             Op::Fill { .. } => "fill",
@@ -234,6 +295,26 @@ impl std::fmt::Display for Step {
                     "touch {addr:#x} {}",
                     if *write { "write" } else { "read" }
                 )
+            }
+            Op::Mremap {
+                old,
+                old_len,
+                new_len,
+                flags,
+                new_addr,
+            } => {
+                write!(
+                    f,
+                    "mremap {old:#x} {old_len:#x} {new_len:#x} {}",
+                    format_mremap_flags(*flags)
+                )?;
+                if *new_addr != 0 {
+                    write!(f, " {new_addr:#x}")?;
+                }
+                Ok(())
+            }
+            Op::Madvise { addr, len, advice } => {
+                write!(f, "madvise {addr:#x} {len:#x} {}", format_advice(*advice))
             }
             Op::Fork => write!(f, "fork"),
             Op::Exit => write!(f, "exit"),
@@ -350,6 +431,26 @@ fn parse_step(line: &str) -> Result<Step, String> {
                 write,
             }
         }
+        "mremap" => {
+            need(3)?;
+            Op::Mremap {
+                old: addr(args[0])?,
+                old_len: parse_size(args[1])?,
+                new_len: parse_size(args[2])?,
+                flags: args
+                    .get(3)
+                    .map_or(Ok(0), |s| crate::parse::parse_mremap_flags(s))?,
+                new_addr: args.get(4).map_or(Ok(0), |s| addr(s))?,
+            }
+        }
+        "madvise" => {
+            need(3)?;
+            Op::Madvise {
+                addr: addr(args[0])?,
+                len: parse_size(args[1])?,
+                advice: crate::parse::parse_advice(args[2])?,
+            }
+        }
         "fork" => Op::Fork,
         "exit" => Op::Exit,
         "fill" => {
@@ -410,6 +511,36 @@ pub fn kinds(op: &Op) -> Vec<String> {
         }
         Op::Brk { .. } | Op::BrkQuery => k.push("brk".into()),
         Op::Touch { write, .. } => k.push(if *write { "touch:write" } else { "touch:read" }.into()),
+        Op::Mremap {
+            old_len,
+            new_len,
+            flags,
+            ..
+        } => {
+            k.push("mremap".into());
+            let (o, n) = (old_len.div_ceil(PAGE), new_len.div_ceil(PAGE));
+            k.push(
+                match o.cmp(&n) {
+                    std::cmp::Ordering::Greater => "mremap:shrink",
+                    std::cmp::Ordering::Less => "mremap:grow",
+                    std::cmp::Ordering::Equal => "mremap:same-size",
+                }
+                .into(),
+            );
+            if *flags == 0 {
+                k.push("mremap:no-flags".into());
+            }
+            let mut rest = *flags;
+            while rest != 0 {
+                let bit = rest & rest.wrapping_neg();
+                rest &= !bit;
+                k.push(format!("mremap:{}", format_mremap_flags(bit)));
+            }
+        }
+        Op::Madvise { advice, .. } => {
+            k.push("madvise".into());
+            k.push(format!("madvise:{}", format_advice(*advice)));
+        }
         Op::Fork => k.push("fork".into()),
         Op::Exit => k.push("exit".into()),
         Op::Fill { .. } => k.push("fill".into()),
@@ -451,6 +582,14 @@ pub const FAMILIES: &[(&str, &str)] = &[
         "mprotect ranges that may cover unmapped pages (else inside one VMA)",
     ),
     ("munmap", "munmap"),
+    (
+        "mremap",
+        "mremap: shrink, grow in place, MREMAP_MAYMOVE moves, MREMAP_FIXED, MREMAP_DONTUNMAP",
+    ),
+    (
+        "madvise",
+        "madvise: MADV_DONTNEED, FREE, DONTFORK, DOFORK, WIPEONFORK, KEEPONFORK",
+    ),
     ("touch", "page touches"),
 ];
 
@@ -459,6 +598,9 @@ pub const FAMILIES: &[(&str, &str)] = &[
 pub struct Generator {
     rng: StdRng,
     without: Vec<String>,
+    /// Steps already decided (the touches around an mremap or madvise,
+    /// a fork after a fork flag), served before new ones.
+    pending: std::collections::VecDeque<Step>,
     /// Low end of the area fixed addresses and hints are drawn from.
     pub hot_lo: u64,
     /// High end of it.
@@ -480,6 +622,7 @@ impl Generator {
         Ok(Generator {
             rng: StdRng::seed_from_u64(seed),
             without: without.to_vec(),
+            pending: std::collections::VecDeque::new(),
             hot_lo: WINDOW_END - (16 << 20),
             hot_hi: WINDOW_END,
         })
@@ -524,12 +667,18 @@ impl Generator {
     /// The next operation for one of the live processes (`views[p]` is
     /// `Some` for each live process `p`).
     pub fn next(&mut self, views: &[Option<ProcView>]) -> Step {
+        // A pending step whose process died meanwhile is dropped.
+        while let Some(s) = self.pending.pop_front() {
+            if views.get(s.proc).is_some_and(Option::is_some) {
+                return s;
+            }
+        }
         let live: Vec<usize> = (0..views.len()).filter(|&p| views[p].is_some()).collect();
         let proc = live[self.rng.random_range(0..live.len())];
         let v = views[proc].clone().unwrap_or_default();
         let free_slot = live.len() < MAX_PROCS;
         loop {
-            let r = self.rng.random_range(0..1000);
+            let r = self.rng.random_range(0..1100);
             let op = match r {
                 0..=299 => self.mmap(&v),
                 300..=439 if self.on("munmap") => {
@@ -589,10 +738,253 @@ impl Generator {
                 }
                 990..=994 if self.on("fork") && free_slot => Op::Fork,
                 995..=999 if self.on("fork") && proc != 0 => Op::Exit,
+                1000..=1059 if self.on("mremap") => {
+                    let steps = self.mremap(&v);
+                    return self.queue(proc, steps, views);
+                }
+                1060..=1099 if self.on("madvise") => {
+                    let steps = self.madvise(&v);
+                    return self.queue(proc, steps, views);
+                }
                 _ => continue,
             };
             return Step { proc, op };
         }
+    }
+
+    /// Return the first of `steps` and keep the rest for later. Each step
+    /// is for `proc` (`true`) or for the child of the `Fork` before it.
+    fn queue(&mut self, proc: usize, steps: Vec<(bool, Op)>, views: &[Option<ProcView>]) -> Step {
+        let child = (0..views.len()).find(|&p| views[p].is_none());
+        let mut out: Vec<Step> = Vec::new();
+        for (on_parent, op) in steps {
+            let p = if on_parent {
+                proc
+            } else if let Some(c) = child {
+                c
+            } else {
+                continue;
+            };
+            out.push(Step { proc: p, op });
+        }
+        let first = out.remove(0);
+        self.pending.extend(out);
+        first
+    }
+
+    /// Up to `n` touches inside `[lo, hi)` (if the `touch` family is on).
+    fn touches(&mut self, lo: u64, hi: u64, n: u64, write: Option<bool>) -> Vec<Op> {
+        if !self.on("touch") || hi <= lo {
+            return Vec::new();
+        }
+        let n = self.rng.random_range(1..=n);
+        (0..n)
+            .map(|_| Op::Touch {
+                addr: self.rng.random_range(lo..hi),
+                write: write.unwrap_or_else(|| self.chance(0.5)),
+            })
+            .collect()
+    }
+
+    /// An mremap, with touches before (so pages move) and after (the old
+    /// and new ranges).
+    fn mremap(&mut self, v: &ProcView) -> Vec<(bool, Op)> {
+        const MAYMOVE: u32 = MremapFlag::MremapMaymove as u32;
+        const FIXED: u32 = MremapFlag::MremapFixed as u32;
+        const DONTUNMAP: u32 = MremapFlag::MremapDontunmap as u32;
+        let (s, e) = if !v.vmas.is_empty() && self.chance(0.9) {
+            v.vmas[self.rng.random_range(0..v.vmas.len())]
+        } else {
+            let (a, l) = self.range(v);
+            (a, a + l)
+        };
+        let old = if self.chance(0.5) {
+            s
+        } else {
+            self.page_in(s, e)
+        };
+        let to_end = (e - old).max(PAGE);
+        // Lengths that run past the VMA (into a hole or the next VMA) stay
+        // inside the window.
+        let room = WINDOW_END.saturating_sub(old).max(PAGE);
+        let beyond = |g: &mut Self| (to_end + g.rng.random_range(1..=16) * PAGE).min(room);
+        let some_of = |g: &mut Self, len: u64| g.rng.random_range(1..=(len / PAGE).max(1)) * PAGE;
+        let hot = |g: &mut Self, len: u64| {
+            let hi = g.hot_hi.saturating_sub(len).max(g.hot_lo + PAGE);
+            g.page_in(g.hot_lo, hi)
+        };
+        let r = self.rng.random_range(0..100);
+        let (mut old_len, new_len, mut flags, mut new_addr);
+        if r < 20 {
+            // Shrink; the unmapped tail may cross the VMA's end.
+            old_len = if self.chance(0.8) {
+                to_end
+            } else {
+                beyond(self)
+            };
+            if old_len < 2 * PAGE {
+                old_len = 2 * PAGE;
+            }
+            new_len = self.rng.random_range(1..old_len / PAGE) * PAGE;
+            flags = if self.chance(0.3) { MAYMOVE } else { 0 };
+            new_addr = 0;
+        } else if r < 55 {
+            // Grow: in place if the range ends the VMA and the space after
+            // it is free, else move (MAYMOVE) or ENOMEM.
+            old_len = if self.chance(0.8) {
+                to_end
+            } else {
+                some_of(self, to_end)
+            };
+            new_len = old_len + self.rng.random_range(1..=16) * PAGE;
+            flags = if self.chance(0.6) { MAYMOVE } else { 0 };
+            new_addr = 0;
+        } else if r < 60 {
+            // Same size, no flags: nothing to do.
+            old_len = if self.chance(0.7) {
+                to_end
+            } else {
+                beyond(self)
+            };
+            new_len = old_len;
+            flags = 0;
+            new_addr = 0;
+        } else if r < 82 {
+            // MREMAP_FIXED: replaces the destination; same size may span
+            // several VMAs (remap_move).
+            old_len = if self.chance(0.6) {
+                some_of(self, to_end)
+            } else {
+                beyond(self)
+            };
+            new_len = if self.chance(0.6) {
+                old_len
+            } else {
+                self.pages().min(64) * PAGE
+            };
+            flags = MAYMOVE | FIXED;
+            new_addr = hot(self, new_len);
+        } else {
+            // MREMAP_DONTUNMAP: the old range stays, empty.
+            old_len = some_of(self, to_end);
+            new_len = old_len;
+            flags = MAYMOVE | DONTUNMAP;
+            new_addr = 0;
+            if self.chance(0.4) {
+                flags |= FIXED;
+                new_addr = hot(self, new_len);
+            } else if self.chance(0.5) {
+                new_addr = hot(self, new_len);
+            }
+        }
+        let mut old = old;
+        if self.on("odd-args") {
+            let r = self.rng.random_range(0..100);
+            if r < 2 {
+                old += self.rng.random_range(1..PAGE);
+            } else if r < 4 {
+                flags |= 8;
+            } else if r < 6 {
+                flags &= !MAYMOVE;
+            } else if r < 7 && !self.on("anon-shared") && !self.on("file") {
+                // On private memory EINVAL; duplicating a shared mapping
+                // (old_len 0 on shmem or a file) is not simulated.
+                old_len = 0;
+            } else if r < 9 && new_addr != 0 {
+                new_addr += self.rng.random_range(1..PAGE);
+            }
+        }
+        let mut out = Vec::new();
+        if self.chance(0.6) {
+            let hi = (old + old_len.min(to_end)).min(e);
+            for t in self.touches(old.max(s), hi, 3, Some(true)) {
+                out.push((true, t));
+            }
+        }
+        out.push((
+            true,
+            Op::Mremap {
+                old,
+                old_len,
+                new_len,
+                flags,
+                new_addr,
+            },
+        ));
+        if self.chance(0.5) {
+            let mut after = self.touches(old, old + old_len.max(PAGE), 2, None);
+            if new_addr != 0 {
+                after.extend(self.touches(new_addr, new_addr + new_len, 2, None));
+            }
+            out.extend(after.into_iter().map(|t| (true, t)));
+        }
+        out
+    }
+
+    /// A madvise, with touches before (so there are pages to drop) and
+    /// after, and sometimes a fork with a touch in the child (the fork
+    /// flags).
+    fn madvise(&mut self, v: &ProcView) -> Vec<(bool, Op)> {
+        let advice = {
+            let r = self.rng.random_range(0..100);
+            let a = if r < 30 {
+                Advice::MadvDontneed
+            } else if r < 50 {
+                Advice::MadvFree
+            } else if r < 65 {
+                Advice::MadvDontfork
+            } else if r < 75 {
+                Advice::MadvDofork
+            } else if r < 90 {
+                Advice::MadvWipeonfork
+            } else {
+                Advice::MadvKeeponfork
+            };
+            a as u32
+        };
+        let (mut addr, mut len) = if !v.vmas.is_empty() && self.chance(0.7) {
+            let (s, e) = v.vmas[self.rng.random_range(0..v.vmas.len())];
+            let a = if self.chance(0.3) {
+                s
+            } else {
+                self.page_in(s, e)
+            };
+            (a, (self.pages() * PAGE).min(e - a))
+        } else {
+            self.range(v)
+        };
+        if self.on("odd-args") {
+            let r = self.rng.random_range(0..100);
+            if r < 2 {
+                len = 0;
+            } else if r < 4 {
+                addr += self.rng.random_range(1..PAGE);
+            } else if r < 7 {
+                len -= self.rng.random_range(1..PAGE);
+            }
+        }
+        let mut out = Vec::new();
+        if self.chance(0.6) {
+            for t in self.touches(addr, addr + len, 3, Some(true)) {
+                out.push((true, t));
+            }
+        }
+        out.push((true, Op::Madvise { addr, len, advice }));
+        if self.chance(0.5) {
+            for t in self.touches(addr, addr + len.max(1), 2, None) {
+                out.push((true, t));
+            }
+        }
+        let fork_flag = [Advice::MadvDontfork, Advice::MadvWipeonfork]
+            .iter()
+            .any(|a| *a as u32 == advice);
+        if fork_flag && self.on("fork") && self.chance(0.4) {
+            out.push((true, Op::Fork));
+            for t in self.touches(addr, addr + len.max(1), 2, None) {
+                out.push((false, t));
+            }
+        }
+        out
     }
 
     fn mmap(&mut self, v: &ProcView) -> Op {

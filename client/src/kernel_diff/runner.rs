@@ -94,6 +94,8 @@ fn errno_matches(errno: i32, code: Code) -> bool {
         libc::EPERM | libc::EACCES => code == Code::PermissionDenied,
         libc::EAGAIN => code == Code::ResourceExhausted,
         libc::EOPNOTSUPP => matches!(code, Code::InvalidArgument | Code::Unimplemented),
+        // mremap: the range is not (the start of) one mapping.
+        libc::EFAULT => code == Code::FailedPrecondition,
         _ => false,
     }
 }
@@ -136,7 +138,7 @@ fn show_s(r: &SResult) -> String {
 fn diff_result(op: &Op, k: &KResult, s: &SResult) -> Option<String> {
     let value_matters = matches!(
         op,
-        Op::Mmap { .. } | Op::Brk { .. } | Op::BrkQuery | Op::Fill { .. }
+        Op::Mmap { .. } | Op::Brk { .. } | Op::BrkQuery | Op::Fill { .. } | Op::Mremap { .. }
     );
     let same = match (k, s) {
         (KResult::Ok(a), SResult::Ok(b)) => !value_matters || a == b,
@@ -207,6 +209,14 @@ impl Runner {
             Op::Brk { off } => format!("b {:x}", self.start_brk.wrapping_add_signed(off)),
             Op::BrkQuery => "b 0".into(),
             Op::Touch { addr, write } => format!("t {addr:x} {}", u8::from(write)),
+            Op::Mremap {
+                old,
+                old_len,
+                new_len,
+                flags,
+                new_addr,
+            } => format!("r {old:x} {old_len:x} {new_len:x} {flags:x} {new_addr:x}"),
+            Op::Madvise { addr, len, advice } => format!("a {addr:x} {len:x} {advice:x}"),
             Op::Fork => format!("f {child:x}"),
             Op::Exit => "x".into(),
             Op::Fill { addr, count } => format!("l {addr:x} {count:x}"),
@@ -259,6 +269,15 @@ impl Runner {
         };
         for k in kinds(&step.op) {
             *self.counts.entry(k).or_default() += 1;
+        }
+        // Where an mremap left the mapping, which only the result says.
+        if let (Op::Mremap { old, .. }, KResult::Ok(a)) = (&step.op, kr.result) {
+            let k = if a == *old {
+                "mremap:stayed"
+            } else {
+                "mremap:moved"
+            };
+            *self.counts.entry(k.into()).or_default() += 1;
         }
         self.count(match kr.result {
             KResult::Ok(_) => "ok".into(),

@@ -196,6 +196,32 @@ impl Sim {
                 }
                 Ok(0)
             }
+            Op::Mremap {
+                old,
+                old_len,
+                new_len,
+                flags,
+                new_addr,
+            } => c
+                .mremap(pb::MremapRequest {
+                    pid,
+                    addr: old,
+                    old_length: old_len,
+                    new_length: new_len,
+                    flags,
+                    new_addr,
+                })
+                .await
+                .map(|r| r.into_inner().addr),
+            Op::Madvise { addr, len, advice } => c
+                .madvise(pb::MadviseRequest {
+                    pid,
+                    addr,
+                    length: len,
+                    advice,
+                })
+                .await
+                .map(|_| 0),
             Op::Fork => {
                 let r = c.fork(pb::ForkRequest { pid }).await;
                 if let Ok(r) = &r {

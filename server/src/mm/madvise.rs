@@ -20,7 +20,7 @@ use crate::mm::mmap::zap_page_range;
 use crate::mm::rcu::rcu_read_lock;
 use crate::mm::slab::VmaIdx;
 use crate::mm::vma::{Vmg, Writer, vma_modify};
-use crate::mm::{MmError, TASK_SIZE, page_align, page_aligned};
+use crate::mm::{MmError, page_align, page_aligned};
 
 /// `MADV_DONTNEED`.
 pub const MADV_DONTNEED: u32 = 4;
@@ -57,8 +57,10 @@ pub fn do_madvise(mm: &MmStruct, start: u64, len: u64, advice: u32) -> Result<()
     let Some(len) = page_align(len) else {
         return Err(MmError::inval("length", "overflows"));
     };
-    let Some(end) = start.checked_add(len).filter(|&e| e <= TASK_SIZE) else {
-        return Err(MmError::inval("length", "beyond user space"));
+    // is_valid_madvise: only a wrap is EINVAL; a range past TASK_SIZE has
+    // no VMAs there, which the walk reports as ENOMEM.
+    let Some(end) = start.checked_add(len) else {
+        return Err(MmError::inval("length", "overflows"));
     };
     if len == 0 {
         return Ok(());
@@ -120,11 +122,13 @@ fn madvise_one(
     end: u64,
     advice: u32,
 ) -> Result<(), MmError> {
-    // madvise_dontneed_free_valid_vma: not on locked or special VMAs; FREE
-    // only on private anonymous memory.
-    if f.vm_flags & (VM_LOCKED | VM_DONTEXPAND) != 0 {
+    // madvise_dontneed_free_valid_vma: `forbidden = VM_PFNMAP | VM_LOCKED`
+    // (VM_PFNMAP is not simulated); VM_DONTEXPAND is allowed.
+    if f.vm_flags & VM_LOCKED != 0 {
         return Err(MmError::inval("addr", "MADV_DONTNEED/FREE on a locked VMA"));
     }
+    // madvise_free_single_vma: "MADV_FREE works for only anon vma at the
+    // moment" (vma_is_anonymous: no file, shmem included).
     if advice == MADV_FREE {
         if f.vm_file != 0 || f.vm_flags & VM_SHARED != 0 {
             return Err(MmError::inval(
@@ -170,12 +174,9 @@ fn madvise_update_vma_flags(
         let mut new_flags = f.vm_flags;
         match advice {
             MADV_DONTFORK => new_flags |= VM_DONTCOPY,
-            MADV_DOFORK => {
-                if f.vm_flags & VM_DONTEXPAND != 0 {
-                    return Err(MmError::inval("advice", "MADV_DOFORK on a special mapping"));
-                }
-                new_flags &= !VM_DONTCOPY;
-            }
+            // madvise_vma_behavior refuses only VM_IO here, which no
+            // simulated VMA has.
+            MADV_DOFORK => new_flags &= !VM_DONTCOPY,
             MADV_WIPEONFORK => {
                 if f.vm_file != 0 || f.vm_flags & VM_SHARED != 0 {
                     return Err(MmError::inval(
@@ -210,4 +211,40 @@ fn madvise_update_vma_flags(
         return Err(hole_error(start, end));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::mmap::{MmapArgs, map::*, prot::*};
+    use crate::mm::sim::{SimConfig, Simulator};
+    use crate::mm::{PAGE_SIZE, TASK_SIZE};
+
+    #[test]
+    fn a_range_past_task_size_is_a_hole_not_einval() {
+        // is_valid_madvise only refuses a wrap (start + len < start); the
+        // walk then finds no VMA there: "if (!vma) return -ENOMEM".
+        let s = Simulator::new(SimConfig::default());
+        let pid = s.spawn().unwrap();
+        let a = TASK_SIZE - 2 * PAGE_SIZE;
+        s.mmap(
+            pid,
+            MmapArgs {
+                addr: a,
+                len: PAGE_SIZE,
+                prot: PROT_READ | PROT_WRITE,
+                flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            s.madvise(pid, a, 4 * PAGE_SIZE, MADV_DONTNEED),
+            Err(MmError::AdviceHoles { .. })
+        ));
+        assert!(matches!(
+            s.madvise(pid, a, u64::MAX - a, MADV_DONTNEED),
+            Err(MmError::InvalidArgument { .. })
+        ));
+    }
 }

@@ -1,6 +1,15 @@
-//! `mremap` (`mm/mremap.c`): shrink, grow in place, or move a mapping.
+//! `mremap` (`mm/mremap.c`, Linux 6.18): shrink, grow in place, or move a
+//! mapping.
 //!
-//! * Shrinking unmaps the tail (`shrink_vma`), as munmap would.
+//! The shape follows `do_mremap`: `check_mremap_params` (no VMA needed),
+//! then under `mmap_lock` for write either `remap_move` (an
+//! `MREMAP_FIXED` move that keeps the size, which since 6.17 may span
+//! several VMAs) or `vma_lookup` + `check_prep_vma` and `mremap_to` (a new
+//! address is implied) / `mremap_at` (resize where it is).
+//!
+//! * Shrinking unmaps the tail (`shrink_vma`), as munmap would; the
+//!   unmapped tail may cross VMA ends and holes (`check_prep_vma` only
+//!   requires the part that stays to lie in one VMA).
 //! * Growing in place extends the VMA over free space after it through
 //!   `vma_merge_extend`, which may also swallow an identical next VMA.
 //! * Moving (`MREMAP_MAYMOVE`, `MREMAP_FIXED`, `MREMAP_DONTUNMAP`) is
@@ -10,16 +19,17 @@
 //!   otherwise it keeps the old one and will not merge) — then
 //!   `move_page_tables` carries the pages over (RSS unchanged), and the old
 //!   range is unmapped, unless `MREMAP_DONTUNMAP` leaves it mapped and
-//!   empty.
+//!   empty (`dontunmap_complete`).
 
 use crate::mm::mm_struct::MmStruct;
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
-use crate::mm::mmap::{get_unmapped_area, mm_populate};
+use crate::mm::mmap::{get_unmapped_area, get_unmapped_area_vmflags, mm_populate};
+use crate::mm::slab::VmaIdx;
 use crate::mm::sync::Ordering;
 use crate::mm::vma::{
     Vmg, Writer, do_vmi_munmap, vm_area_alloc_new, vma_merge_new_range, vma_pages,
 };
-use crate::mm::{MmError, PAGE_SHIFT, TASK_SIZE, page_align, page_aligned};
+use crate::mm::{MmError, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, page_aligned};
 
 /// `MREMAP_MAYMOVE`: the mapping may move if it cannot grow in place.
 pub const MREMAP_MAYMOVE: u32 = 1;
@@ -27,6 +37,36 @@ pub const MREMAP_MAYMOVE: u32 = 1;
 pub const MREMAP_FIXED: u32 = 2;
 /// `MREMAP_DONTUNMAP`: move, leaving the old range mapped but empty.
 pub const MREMAP_DONTUNMAP: u32 = 4;
+
+/// `struct vma_remap_struct`: one mremap as it goes.
+#[derive(Debug, Clone, Copy)]
+struct Vrm {
+    addr: u64,
+    old_len: u64,
+    new_len: u64,
+    flags: u32,
+    new_addr: u64,
+    /// `vrm->populate_expand`: a `VM_LOCKED` VMA grew, so the new part is
+    /// faulted in after `mmap_lock` is dropped.
+    populate_expand: bool,
+}
+
+impl Vrm {
+    /// `vrm_implies_new_addr`.
+    fn implies_new_addr(&self) -> bool {
+        self.flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0
+    }
+
+    /// `vrm_overlaps`.
+    fn overlaps(&self) -> bool {
+        self.addr + self.old_len > self.new_addr && self.new_addr + self.new_len > self.addr
+    }
+}
+
+/// `PAGE_ALIGN` as the kernel computes it: it wraps to 0 near `u64::MAX`.
+fn page_align_wrapping(len: u64) -> u64 {
+    len.wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
 
 /// `mremap(addr, old_len, new_len, flags, new_addr)`: returns the new
 /// address.
@@ -38,110 +78,295 @@ pub fn do_mremap(
     flags: u32,
     new_addr: u64,
 ) -> Result<u64, MmError> {
-    // check_mremap_params
-    if flags & !(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 {
-        return Err(MmError::inval("flags", format!("unknown bits {flags:#x}")));
+    let mut vrm = Vrm {
+        addr,
+        old_len: page_align_wrapping(old_len),
+        new_len: page_align_wrapping(new_len),
+        flags,
+        new_addr,
+        populate_expand: false,
+    };
+    check_mremap_params(&vrm)?;
+    let mut w = Writer::lock(mm)?;
+    check_map_count_for_move(&w, &vrm)?;
+    let res = if vrm_move_only(&vrm) {
+        remap_move(&mut w, &mut vrm)
+    } else {
+        // vma_lookup: the VMA containing addr, else EFAULT.
+        let Some(vma) = w.mm.mm_mt.mas_walk(vrm.addr, &w.guard) else {
+            return Err(MmError::BadAddress {
+                addr,
+                len: vrm.old_len,
+            });
+        };
+        check_prep_vma(&w, &mut vrm, vma.idx)?;
+        if vrm.implies_new_addr() {
+            mremap_to(&mut w, &mut vrm)
+        } else {
+            mremap_at(&mut w, &mut vrm, vma.idx)
+        }
+    }?;
+    drop(w);
+    // "VMA mlock'd + was expanded, so populated expanded region."
+    if vrm.populate_expand {
+        mm_populate(mm, vrm.new_addr + vrm.old_len, vrm.new_len - vrm.old_len);
     }
-    if flags & MREMAP_FIXED != 0 && flags & MREMAP_MAYMOVE == 0 {
-        return Err(MmError::inval("flags", "MREMAP_FIXED needs MREMAP_MAYMOVE"));
-    }
-    if flags & MREMAP_DONTUNMAP != 0 && (old_len != new_len || flags & MREMAP_MAYMOVE == 0) {
+    Ok(res)
+}
+
+/// `check_mremap_params`: the checks that need no VMA.
+fn check_mremap_params(vrm: &Vrm) -> Result<(), MmError> {
+    if vrm.flags & !(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 {
         return Err(MmError::inval(
             "flags",
-            "MREMAP_DONTUNMAP needs MREMAP_MAYMOVE and old_len == new_len",
+            format!("unknown bits {:#x}", vrm.flags),
         ));
     }
-    if !page_aligned(addr) {
+    if !page_aligned(vrm.addr) {
         return Err(MmError::inval(
             "addr",
-            format!("{addr:#x} is not page aligned"),
+            format!("{:#x} is not page aligned", vrm.addr),
         ));
     }
-    let (Some(old_len), Some(new_len)) = (page_align(old_len), page_align(new_len)) else {
-        return Err(MmError::inval("new_length", "overflows"));
-    };
-    if new_len == 0 {
+    // "We allow a zero old-len as a special case for DOS-emu 'duplicate
+    // shm area' thing. But a zero new-len is nonsensical."
+    if vrm.new_len == 0 {
         return Err(MmError::inval("new_length", "must be greater than 0"));
     }
-    if old_len == 0 {
-        // Duplicating a shared mapping (old_len 0) is not simulated.
-        return Err(MmError::inval("old_length", "must be greater than 0"));
-    }
-    if new_len > TASK_SIZE || addr > TASK_SIZE - old_len.min(TASK_SIZE) {
+    if vrm.new_len > TASK_SIZE {
         return Err(MmError::inval("new_length", "beyond user space"));
     }
-    let fixed = flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0;
-    if flags & MREMAP_FIXED != 0 {
-        if !page_aligned(new_addr) {
+    if !vrm.implies_new_addr() {
+        // new_addr is ignored: it is not even checked.
+        return Ok(());
+    }
+    if vrm.new_addr > TASK_SIZE - vrm.new_len {
+        return Err(MmError::inval("new_addr", "beyond user space"));
+    }
+    if !page_aligned(vrm.new_addr) {
+        return Err(MmError::inval(
+            "new_addr",
+            format!("{:#x} is not page aligned", vrm.new_addr),
+        ));
+    }
+    if vrm.flags & MREMAP_MAYMOVE == 0 {
+        return Err(MmError::inval(
+            "flags",
+            "MREMAP_FIXED and MREMAP_DONTUNMAP need MREMAP_MAYMOVE",
+        ));
+    }
+    if vrm.flags & MREMAP_DONTUNMAP != 0 && vrm.old_len != vrm.new_len {
+        return Err(MmError::inval(
+            "flags",
+            "MREMAP_DONTUNMAP needs old_len == new_len",
+        ));
+    }
+    // Also for a DONTUNMAP hint (kernel-diff: EINVAL on 6.18).
+    if vrm.overlaps() {
+        return Err(MmError::inval("new_addr", "overlaps the old range"));
+    }
+    Ok(())
+}
+
+/// `check_mremap_params`' last rule, under `mmap_lock`: "move_vma() need
+/// us to stay 4 maps below the threshold ... Check whether current map
+/// count plus 2 still leads us to 4 maps below the threshold, otherwise
+/// return -ENOMEM here to be more safe."
+fn check_map_count_for_move(w: &Writer<'_>, vrm: &Vrm) -> Result<(), MmError> {
+    let max = w.mm.ctx.max_map_count;
+    if vrm.implies_new_addr() && w.w.state.map_count + 2 >= max.saturating_sub(3) {
+        return Err(MmError::MapCountExceeded { limit: max });
+    }
+    Ok(())
+}
+
+/// `vrm_move_only`: an `MREMAP_FIXED` move that keeps the size, which
+/// `remap_move` may apply to several VMAs.
+fn vrm_move_only(vrm: &Vrm) -> bool {
+    vrm.flags & MREMAP_FIXED != 0 && vrm.old_len == vrm.new_len
+}
+
+/// `check_prep_vma`: what the VMA at `vrm.addr` allows.
+fn check_prep_vma(w: &Writer<'_>, vrm: &mut Vrm, idx: VmaIdx) -> Result<(), MmError> {
+    let f = w.fields(idx);
+    if !vrm.implies_new_addr() {
+        // "For convenience, we set new_addr even if VMA won't move."
+        vrm.new_addr = vrm.addr;
+    }
+    let expand = vrm.new_len > vrm.old_len;
+    // vrm_will_map_new: only an expansion or a move needs the rest.
+    if !expand && !vrm.implies_new_addr() {
+        return Ok(());
+    }
+    if vrm.old_len == 0 {
+        if f.vm_flags & (VM_SHARED | VM_MAYSHARE) == 0 {
+            // "attempted to duplicate a private mapping with mremap.
+            // This is not supported."
             return Err(MmError::inval(
-                "new_addr",
-                format!("{new_addr:#x} is not page aligned"),
+                "old_length",
+                "0 duplicates a mapping, which private mappings cannot",
             ));
         }
-        if new_addr > TASK_SIZE - new_len {
-            return Err(MmError::inval("new_addr", "beyond user space"));
-        }
-        // The ranges may not overlap.
-        if addr + old_len > new_addr && new_addr + new_len > addr {
-            return Err(MmError::inval("new_addr", "overlaps the old range"));
-        }
+        return Err(MmError::inval(
+            "old_length",
+            "0 (duplicating a shared mapping) is not simulated",
+        ));
     }
-    let mut w = Writer::lock(mm)?;
-    // vma_lookup + "old_len > vma->vm_end - addr": one VMA holds the range.
-    let Some(vma) = w.mm.mm_mt.mas_walk(addr, &w.guard) else {
-        return Err(MmError::BadAddress { addr, len: old_len });
+    if vrm.flags & MREMAP_DONTUNMAP != 0 && f.vm_flags & VM_DONTEXPAND != 0 {
+        return Err(MmError::inval(
+            "flags",
+            "MREMAP_DONTUNMAP on a special mapping",
+        ));
+    }
+    // "We permit crossing of boundaries for the range being unmapped due
+    // to a shrink."
+    let kept = vrm.old_len.min(vrm.new_len);
+    if kept > f.vm_end - vrm.addr {
+        return Err(MmError::BadAddress {
+            addr: vrm.addr,
+            len: vrm.old_len,
+        });
+    }
+    if !expand {
+        return Ok(());
+    }
+    if f.vm_flags & VM_LOCKED != 0 {
+        vrm.populate_expand = true;
+    }
+    if f.vm_flags & VM_DONTEXPAND != 0 {
+        return Err(MmError::BadAddress {
+            addr: vrm.addr,
+            len: vrm.old_len,
+        });
+    }
+    Ok(())
+}
+
+/// `remap_move`: move every VMA of `[addr, addr + old_len)` (split as
+/// needed), keeping the gaps between them; the range must start mapped.
+fn remap_move(w: &mut Writer<'_>, vrm: &mut Vrm) -> Result<u64, MmError> {
+    let start = vrm.addr;
+    let end = vrm.addr + vrm.old_len;
+    let mut target = vrm.new_addr;
+    let mut res = None;
+    let mut last_end = 0;
+    let mut cursor = start;
+    // for_each_vma_range: each VMA overlapping what is left of the range
+    // (the tree changes under each move, hence the lookup per step).
+    while let Some(e) = w.vma_find(cursor, end) {
+        let f = w.fields(e.idx);
+        // "No gap permitted at the start of the range."
+        if res.is_none() && start < f.vm_start {
+            return Err(MmError::BadAddress {
+                addr: start,
+                len: vrm.old_len,
+            });
+        }
+        let a = f.vm_start.max(start);
+        let len = end.min(f.vm_end) - a;
+        let offset = if res.is_some() {
+            f.vm_start - last_end
+        } else {
+            0
+        };
+        last_end = f.vm_end;
+        // vma_multi_allowed: anonymous memory and shmem (every simulated
+        // file) obey MREMAP_FIXED, so several VMAs may move together.
+        let mut piece = Vrm {
+            addr: a,
+            old_len: len,
+            new_len: len,
+            flags: vrm.flags,
+            new_addr: target + offset,
+            populate_expand: false,
+        };
+        check_prep_vma(w, &mut piece, e.idx)?;
+        let r = mremap_to(w, &mut piece)?;
+        res.get_or_insert(r);
+        target = r + len;
+        cursor = f.vm_end;
+    }
+    res.ok_or(MmError::BadAddress {
+        addr: start,
+        len: vrm.old_len,
+    })
+}
+
+/// `mremap_to`: move to a new address (`MREMAP_FIXED`'s, or one found, a
+/// `MREMAP_DONTUNMAP` hint first).
+fn mremap_to(w: &mut Writer<'_>, vrm: &mut Vrm) -> Result<u64, MmError> {
+    let lookup = |w: &Writer<'_>, vrm: &Vrm| {
+        w.mm.mm_mt
+            .mas_walk(vrm.addr, &w.guard)
+            .ok_or(MmError::BadAddress {
+                addr: vrm.addr,
+                len: vrm.old_len,
+            })
     };
-    if addr + old_len > vma.end {
-        return Err(MmError::BadAddress { addr, len: old_len });
+    if vrm.flags & MREMAP_FIXED != 0 {
+        // Like MAP_FIXED: the destination is unmapped first.
+        do_vmi_munmap(w, vrm.new_addr, vrm.new_addr + vrm.new_len)?;
+        // "If we remap a portion of a VMA elsewhere in the same VMA, this
+        // can invalidate the old VMA. Reset."
+        lookup(w, vrm)?;
     }
-    let f = w.fields(vma.idx);
-    if new_len > old_len && f.vm_flags & VM_DONTEXPAND != 0 {
-        return Err(MmError::BadAddress { addr, len: old_len });
+    if vrm.new_len < vrm.old_len {
+        // shrink_vma(drop_lock = false), then move what is left.
+        do_vmi_munmap(w, vrm.addr + vrm.new_len, vrm.addr + vrm.old_len)?;
+        lookup(w, vrm)?;
+        vrm.old_len = vrm.new_len;
     }
-    if flags & MREMAP_FIXED != 0 {
-        // mremap_to: make room at the destination, drop the old tail.
-        do_vmi_munmap(&mut w, new_addr, new_addr + new_len)?;
-        let mut old_len = old_len;
-        if old_len > new_len {
-            do_vmi_munmap(&mut w, addr + new_len, addr + old_len)?;
-            old_len = new_len;
-        }
-        let vma = w.mm.mm_mt.mas_walk(addr, &w.guard).expect("still mapped");
-        return move_vma(w, vma.idx, addr, old_len, new_len, new_addr, flags);
+    let vma = lookup(w, vrm)?;
+    // vrm_set_new_addr: MAP_FIXED takes the address as is; a DONTUNMAP
+    // address is a hint (get_unmapped_area with it).
+    if vrm.flags & MREMAP_FIXED == 0 {
+        vrm.new_addr = unmapped_area_for(w, vma.idx, vrm.new_addr, vrm.new_len)?;
     }
-    if fixed {
-        // MREMAP_DONTUNMAP without MREMAP_FIXED: moves somewhere new.
-        let dst = get_unmapped_area(&w, 0, new_len)?;
-        return move_vma(w, vma.idx, addr, old_len, new_len, dst, flags);
+    move_vma(w, vma.idx, vrm)
+}
+
+/// `get_unmapped_area(vma->vm_file, hint, len, pgoff, MAP_SHARED if
+/// VM_MAYSHARE)` for a move: anonymous private memory gets the THP
+/// alignment of `__get_unmapped_area` when there is no hint.
+fn unmapped_area_for(w: &Writer<'_>, idx: VmaIdx, hint: u64, len: u64) -> Result<u64, MmError> {
+    let f = w.fields(idx);
+    let anon_private = f.vm_file == 0 && f.vm_flags & VM_MAYSHARE == 0;
+    if anon_private {
+        get_unmapped_area_vmflags(w, hint, len, true)
+    } else {
+        get_unmapped_area(w, hint, len)
     }
-    if new_len <= old_len {
-        // shrink_vma, or nothing to do.
-        if new_len < old_len {
-            do_vmi_munmap(&mut w, addr + new_len, addr + old_len)?;
-        }
-        return Ok(addr);
+}
+
+/// `mremap_at`: resize where it is, moving only if it must and may.
+fn mremap_at(w: &mut Writer<'_>, vrm: &mut Vrm, idx: VmaIdx) -> Result<u64, MmError> {
+    if vrm.new_len == vrm.old_len {
+        // MREMAP_NO_RESIZE.
+        return Ok(vrm.addr);
     }
-    // Grow: in place if the range ends the VMA and the space after is free.
-    let delta = new_len - old_len;
-    if addr + old_len == f.vm_end && vma_expandable(&w, &f, delta) {
+    if vrm.new_len < vrm.old_len {
+        // shrink_vma: "Can always be done in-place."
+        do_vmi_munmap(w, vrm.addr + vrm.new_len, vrm.addr + vrm.old_len)?;
+        return Ok(vrm.addr);
+    }
+    // expand_vma: in place if [addr, old_len) ends the VMA and the space
+    // after it is free (vrm_can_expand_in_place).
+    let f = w.fields(idx);
+    let delta = vrm.new_len - vrm.old_len;
+    if f.vm_end - vrm.addr == vrm.old_len && vma_expandable(w, &f, delta) {
         if w.w.state.map_count > w.mm.ctx.max_map_count {
             return Err(MmError::MapCountExceeded {
                 limit: w.mm.ctx.max_map_count,
             });
         }
-        vma_merge_extend(&mut w, vma.idx, delta)?;
-        let locked = f.vm_flags & VM_LOCKED != 0;
-        drop(w);
-        if locked {
-            mm_populate(mm, f.vm_end, delta);
-        }
-        return Ok(addr);
+        vma_merge_extend(w, idx, delta)?;
+        return Ok(vrm.addr);
     }
-    if flags & MREMAP_MAYMOVE == 0 {
-        return Err(MmError::NoSpace { len: new_len });
+    if vrm.flags & MREMAP_MAYMOVE == 0 {
+        return Err(MmError::NoSpace { len: vrm.new_len });
     }
-    let dst = get_unmapped_area(&w, 0, new_len)?;
-    move_vma(w, vma.idx, addr, old_len, new_len, dst, flags)
+    vrm.new_addr = unmapped_area_for(w, idx, 0, vrm.new_len)?;
+    move_vma(w, idx, vrm)
 }
 
 /// `vma_expandable`: nothing in `[vm_end, vm_end + delta)` and still in user
@@ -153,11 +378,7 @@ fn vma_expandable(w: &Writer<'_>, f: &VmaFields, delta: u64) -> bool {
 
 /// `vma_merge_extend`: grow `idx` by `delta` at its end (possibly merging
 /// with an identical next VMA).
-fn vma_merge_extend(
-    w: &mut Writer<'_>,
-    idx: crate::mm::slab::VmaIdx,
-    delta: u64,
-) -> Result<(), MmError> {
+fn vma_merge_extend(w: &mut Writer<'_>, idx: VmaIdx, delta: u64) -> Result<(), MmError> {
     let f = w.fields(idx);
     let mut vmg = Vmg {
         prev: Some(idx),
@@ -177,20 +398,14 @@ fn vma_merge_extend(
         .ok_or(MmError::NoSpace { len: delta })
 }
 
-/// `move_vma`: `copy_vma` at `new_addr`, `move_page_tables`, then unmap the
-/// old range (unless `MREMAP_DONTUNMAP`).
-fn move_vma(
-    mut w: Writer<'_>,
-    idx: crate::mm::slab::VmaIdx,
-    old_addr: u64,
-    old_len: u64,
-    new_len: u64,
-    new_addr: u64,
-    flags: u32,
-) -> Result<u64, MmError> {
+/// `move_vma`: `copy_vma` at `vrm.new_addr`, `move_page_tables`, then
+/// unmap the old range (`unmap_source_vma`) or, with `MREMAP_DONTUNMAP`,
+/// keep it empty (`dontunmap_complete`).
+fn move_vma(w: &mut Writer<'_>, idx: VmaIdx, vrm: &Vrm) -> Result<u64, MmError> {
     let mm = w.mm;
-    // "We'd prefer to avoid failure later on in do_munmap": a move may
-    // split the source in up to three and add the destination.
+    let (old_addr, old_len, new_len, new_addr) = (vrm.addr, vrm.old_len, vrm.new_len, vrm.new_addr);
+    // prep_move_vma: "We'd prefer to avoid failure later on in do_munmap:
+    // which may split one vma into three before unmapping."
     if w.w.state.map_count + 3 >= mm.ctx.max_map_count {
         return Err(MmError::MapCountExceeded {
             limit: mm.ctx.max_map_count,
@@ -219,34 +434,39 @@ fn move_vma(
         anon_vma: f.anon_vma,
         just_expand: false,
     };
-    if vma_merge_new_range(&mut w, &mut vmg).is_none() {
+    let new_vma = match vma_merge_new_range(w, &mut vmg) {
+        Some(v) => v,
         // vm_area_dup + vma_set_range + vma_link
-        vm_area_alloc_new(
-            &mut w,
+        None => vm_area_alloc_new(
+            w,
             VmaFields {
                 vm_start: new_addr,
                 vm_end: new_addr + new_len,
                 vm_pgoff: new_pgoff,
                 ..f
             },
-        )?;
-    }
-    move_page_tables(&w, old_addr, new_addr, old_len.min(new_len))?;
-    if flags & MREMAP_DONTUNMAP != 0 {
-        // The old VMA stays, empty; VM_LOCKED does not stay with it.
-        let v = mm.ctx.pool.get(idx);
-        let mut of = v.fields();
-        if of.vm_flags & VM_LOCKED != 0 {
+        )?,
+    };
+    move_page_tables(w, old_addr, new_addr, old_len.min(new_len))?;
+    if vrm.flags & MREMAP_DONTUNMAP != 0 {
+        // dontunmap_complete: "We always clear VM_LOCKED[ONFAULT] on the
+        // old VMA" (6.18 keeps its VM_ACCOUNT), and "anon_vma links of the
+        // old vma is no longer needed after its page table has been moved"
+        // when the whole VMA went.
+        let old = w.mm.mm_mt.mas_walk(old_addr, &w.guard).map(|e| e.idx);
+        if let Some(old) = old {
+            let v = mm.ctx.pool.get(old);
+            let mut of = v.fields();
+            let whole = of.vm_start == old_addr && of.vm_end == old_addr + old_len;
             of.vm_flags &= !(VM_LOCKED | VM_LOCKONFAULT);
+            if whole && old != new_vma {
+                of.anon_vma = 0;
+            }
+            w.vma_start_write(old);
             v.set_fields(&of);
         }
     } else {
-        do_vmi_munmap(&mut w, old_addr, old_addr + old_len)?;
-    }
-    let locked = f.vm_flags & VM_LOCKED != 0;
-    drop(w);
-    if locked && new_len > old_len {
-        mm_populate(mm, new_addr + old_len, new_len - old_len);
+        do_vmi_munmap(w, old_addr, old_addr + old_len)?;
     }
     Ok(new_addr)
 }
@@ -271,4 +491,146 @@ fn move_page_tables(w: &Writer<'_>, old: u64, new: u64, len: u64) -> Result<(), 
     }
     crate::mm::pgtable::free_pgtables(mm, old, old + len, &w.guard);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The 6.18 rules of mm/mremap.c that `vmasim kernel-diff` checked on
+    //! the running kernel (the same shapes, scripted).
+    use super::*;
+    use crate::mm::fault::Access;
+    use crate::mm::mmap::{MmapArgs, map::*, prot::*};
+    use crate::mm::sim::{SimConfig, Simulator};
+
+    const P: u64 = PAGE_SIZE;
+    const A: u64 = 0x1000_0000;
+
+    fn map(s: &Simulator, pid: u32, addr: u64, pages: u64, prot: u32) {
+        s.mmap(
+            pid,
+            MmapArgs {
+                addr,
+                len: pages * P,
+                prot,
+                flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+
+    fn layout(s: &Simulator, pid: u32) -> Vec<(u64, u64, String)> {
+        s.maps(pid)
+            .unwrap()
+            .entries
+            .iter()
+            .filter(|e| e.start >= A && e.end <= A + (1 << 24))
+            .map(|e| (e.start, e.end, e.perms()))
+            .collect()
+    }
+
+    fn setup() -> (Simulator, u32) {
+        let s = Simulator::new(SimConfig::default());
+        let pid = s.spawn().unwrap();
+        // [A, A+2P) rw-, hole, [A+3P, A+5P) r--
+        map(&s, pid, A, 2, PROT_READ | PROT_WRITE);
+        map(&s, pid, A + 3 * P, 2, PROT_READ);
+        (s, pid)
+    }
+
+    #[test]
+    fn shrink_unmaps_a_tail_across_vma_ends_and_holes() {
+        // check_prep_vma: "We permit crossing of boundaries for the range
+        // being unmapped due to a shrink" (and a shrink that does not move
+        // needs no more than vma_lookup(addr)).
+        let (s, pid) = setup();
+        assert_eq!(s.mremap(pid, A, 5 * P, P, 0, 0).unwrap(), A);
+        assert_eq!(layout(&s, pid), vec![(A, A + P, "rw-p".into())]);
+    }
+
+    #[test]
+    fn same_size_without_flags_returns_addr_even_past_the_vma() {
+        // mremap_at: MREMAP_NO_RESIZE returns vrm->addr.
+        let (s, pid) = setup();
+        assert_eq!(s.mremap(pid, A, 5 * P, 5 * P, 0, 0).unwrap(), A);
+        // vma_lookup fails: EFAULT.
+        assert!(matches!(
+            s.mremap(pid, A + 2 * P, P, P, 0, 0),
+            Err(MmError::BadAddress { .. })
+        ));
+        // Growing needs the kept range inside the VMA: EFAULT.
+        assert!(matches!(
+            s.mremap(pid, A, 3 * P, 4 * P, MREMAP_MAYMOVE, 0),
+            Err(MmError::BadAddress { .. })
+        ));
+    }
+
+    #[test]
+    fn fixed_same_size_moves_every_vma_of_the_range_keeping_gaps() {
+        // remap_move (vrm_move_only): per VMA, mremap_to to "A'->vm_end +
+        // X"; each replaces only its own destination.
+        let (s, pid) = setup();
+        let b = A + 0x20_000;
+        map(&s, pid, b, 8, PROT_READ);
+        s.fault(pid, A, Access::Write).unwrap();
+        let got = s
+            .mremap(pid, A, 5 * P, 5 * P, MREMAP_MAYMOVE | MREMAP_FIXED, b)
+            .unwrap();
+        assert_eq!(got, b);
+        assert_eq!(
+            layout(&s, pid),
+            vec![
+                (b, b + 2 * P, "rw-p".into()),
+                // The old r-- mapping's page in the gap stays, and the
+                // moved r-- VMA (never faulted: pgoff follows the address)
+                // merges with it and with the rest of it.
+                (b + 2 * P, b + 8 * P, "r--p".into()),
+            ]
+        );
+        assert_eq!(s.maps(pid).unwrap().rss_pages, 1, "the page moved");
+        // A gap at the start of the range: EFAULT.
+        assert!(matches!(
+            s.mremap(pid, b - P, 2 * P, 2 * P, MREMAP_MAYMOVE | MREMAP_FIXED, A),
+            Err(MmError::BadAddress { .. })
+        ));
+    }
+
+    #[test]
+    fn dontunmap_takes_new_addr_as_a_hint_and_checks_overlap() {
+        // vrm_set_new_addr: "If only MREMAP_DONTUNMAP is set, then this is
+        // equivalent to providing a hint to mmap()"; check_mremap_params:
+        // vrm_overlaps applies to it too.
+        let (s, pid) = setup();
+        let hint = A + 0x10_000;
+        let flags = MREMAP_MAYMOVE | MREMAP_DONTUNMAP;
+        assert_eq!(s.mremap(pid, A, 2 * P, 2 * P, flags, hint).unwrap(), hint);
+        assert!(matches!(
+            s.mremap(pid, hint, 2 * P, 2 * P, flags, hint + P),
+            Err(MmError::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            s.mremap(pid, hint, 2 * P, 2 * P, flags, hint + 0x123_000 + 1),
+            Err(MmError::InvalidArgument { .. })
+        ));
+    }
+
+    #[test]
+    fn dontunmap_of_a_whole_vma_drops_its_anon_vma() {
+        // dontunmap_complete: "anon_vma links of the old vma is no longer
+        // needed after its page table has been moved" -> unlink_anon_vmas.
+        let (s, pid) = setup();
+        s.fault(pid, A, Access::Write).unwrap();
+        let flags = MREMAP_MAYMOVE | MREMAP_DONTUNMAP;
+        s.mremap(pid, A, 2 * P, 2 * P, flags, 0).unwrap();
+        let mm = s.mm(pid).unwrap();
+        let g = crate::mm::rcu::rcu_read_lock();
+        let e = mm.mm_mt.mas_walk(A, &g).unwrap();
+        assert_eq!(mm.ctx.pool.get(e.idx).fields().anon_vma, 0);
+        // A partial one keeps it (the rest still has pages).
+        map(&s, pid, A + 0x40_000, 4, PROT_READ | PROT_WRITE);
+        s.fault(pid, A + 0x40_000, Access::Write).unwrap();
+        s.mremap(pid, A + 0x40_000 + 2 * P, P, P, flags, 0).unwrap();
+        let e = mm.mm_mt.mas_walk(A + 0x40_000, &g).unwrap();
+        assert_ne!(mm.ctx.pool.get(e.idx).fields().anon_vma, 0);
+    }
 }
