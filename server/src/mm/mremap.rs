@@ -252,8 +252,11 @@ fn remap_move(w: &mut Writer<'_>, vrm: &mut Vrm) -> Result<u64, MmError> {
     let mut last_end = 0;
     let mut cursor = start;
     // for_each_vma_range: each VMA overlapping what is left of the range
-    // (the tree changes under each move, hence the lookup per step).
-    while let Some(e) = w.vma_find(cursor, end) {
+    // (the tree changes under each move, hence the lookup per step). The
+    // cursor stops at `end` even when a move merged the destination into
+    // a VMA reaching back into the range (a DONTUNMAP source right before
+    // its destination).
+    while let Some(e) = w.vma_find(cursor, end).filter(|_| cursor < end) {
         let f = w.fields(e.idx);
         // "No gap permitted at the start of the range."
         if res.is_none() && start < f.vm_start {
@@ -593,6 +596,19 @@ mod tests {
             s.mremap(pid, b - P, 2 * P, 2 * P, MREMAP_MAYMOVE | MREMAP_FIXED, A),
             Err(MmError::BadAddress { .. })
         ));
+    }
+
+    #[test]
+    fn a_dontunmap_move_merged_back_into_its_source_ends_the_walk() {
+        // remap_move's for_each_vma_range stops at the range's end: here
+        // copy_vma merged the destination (right after the VMA) into the
+        // source VMA itself, which then reaches past the range.
+        let s = Simulator::new(SimConfig::default());
+        let pid = s.spawn().unwrap();
+        map(&s, pid, A, 7, PROT_NONE);
+        let flags = MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP;
+        assert_eq!(s.mremap(pid, A, P, P, flags, A + 7 * P).unwrap(), A + 7 * P);
+        assert_eq!(layout(&s, pid), vec![(A, A + 8 * P, "---p".into())]);
     }
 
     #[test]
