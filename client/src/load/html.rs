@@ -217,33 +217,61 @@ td{font-family:monospace}th{background:#f4f4f4;font-weight:normal}
 "#,
     );
     let _ = writeln!(o, "<p>{}</p>", esc(&s.description));
+    if let Some(w) = &s.rate_warning {
+        let _ = writeln!(o, "<p class=\"bad\">WARNING: {}</p>", esc(w));
+    }
     let l = &s.latency_ms;
+    let mut summary = vec![
+        ("target".into(), format!("{} at {}", s.target, s.date)),
+        ("stopped".into(), s.stopped.to_string()),
+        (
+            "requests".into(),
+            format!(
+                "{} ({} errors, {} of them expected, {})",
+                s.count,
+                s.errors,
+                s.expected_errors,
+                s.error_rate()
+            ),
+        ),
+    ];
+    if s.unreachable > 0 {
+        summary.push((
+            "calls that found no server".into(),
+            format!("{} (not counted as requests)", s.unreachable),
+        ));
+    }
+    if let Some(offered) = s.offered_rps {
+        summary.push((
+            "offered requests/s".into(),
+            format!("{offered} ({} sent late)", s.late_requests),
+        ));
+    }
+    summary.extend([
+        ("measured time".into(), format!("{:.2} s", s.total_secs)),
+        ("requests/s".into(), format!("{:.1}", s.rps)),
+        (
+            "simulated faults/s".into(),
+            format!("{:.1}", s.faults_per_sec),
+        ),
+        (
+            "latency min / mean / max".into(),
+            format!("{:.3} / {:.3} / {:.3} ms", l.min, l.mean, l.max),
+        ),
+    ]);
+    table(&mut o, "Summary", &summary);
     table(
         &mut o,
-        "Summary",
-        &[
-            (
-                "requests".into(),
-                format!("{} ({} errors, {})", s.count, s.errors, s.error_rate()),
-            ),
-            ("measured time".into(), format!("{:.2} s", s.total_secs)),
-            ("requests/s".into(), format!("{:.1}", s.rps)),
-            (
-                "simulated faults/s".into(),
-                format!("{:.1}", s.faults_per_sec),
-            ),
-            (
-                "latency min / mean / max".into(),
-                format!("{:.3} / {:.3} / {:.3} ms", l.min, l.mean, l.max),
-            ),
-            (
-                "latency p50 / p90 / p99 / p99.9".into(),
-                format!(
-                    "{:.3} / {:.3} / {:.3} / {:.3} ms",
-                    l.p50, l.p90, l.p99, l.p999
-                ),
-            ),
-        ],
+        "Latency distribution",
+        &s.latency_distribution
+            .iter()
+            .map(|p| {
+                (
+                    format!("p{}", p.percentile),
+                    format!("{:.3} ms", p.latency_ms),
+                )
+            })
+            .collect::<Vec<_>>(),
     );
     o.push_str("<h2>Latency histogram</h2>\n");
     o.push_str(&histogram_svg(s));
@@ -255,6 +283,24 @@ td{font-family:monospace}th{background:#f4f4f4;font-weight:normal}
     };
     table(&mut o, "Operations", &rows(&s.operations));
     table(&mut o, "Status codes", &rows(&s.status_codes));
+    if !s.error_distribution.is_empty() {
+        let errs: Vec<(String, String)> = s
+            .error_distribution
+            .iter()
+            .map(|e| {
+                let tag = match (&e.expected, e.reached_server) {
+                    (_, false) => " (no server: not a request)".to_string(),
+                    (Some(why), _) => format!(" (expected: {why})"),
+                    (None, _) => String::new(),
+                };
+                (
+                    format!("{} {}", e.operation, e.code),
+                    format!("{}: {}{tag}", e.count, e.message),
+                )
+            })
+            .collect();
+        table(&mut o, "Error distribution", &errs);
+    }
     table(
         &mut o,
         "Fault outcomes (client side)",
@@ -310,5 +356,20 @@ mod tests {
         assert!(h.contains("<svg") && h.ends_with("</html>\n"));
         assert_eq!(h.matches("<svg").count(), 2);
         assert_eq!(h.matches("</svg>").count(), 2);
+        // What the text report says, the page says.
+        assert!(h.contains("<th>p99.9</th>"), "{h}");
+        assert!(h.contains("<h2>Error distribution</h2>"), "{h}");
+        assert!(
+            h.contains("<th>fault NOT_FOUND</th><td>10: no such process N"),
+            "{h}"
+        );
+        assert!(h.contains("2 (not counted as requests)"), "{h}");
+        let mut r = crate::load::report::tests_support::sample();
+        r.config.rps = Some(1000.0);
+        let h = render(&Summary::new(&r));
+        assert!(
+            h.contains("<p class=\"bad\">WARNING: the offered rate"),
+            "{h}"
+        );
     }
 }
