@@ -15,6 +15,15 @@
 //! half-updated layout either fails `vma_start_read` or fails the range
 //! re-check and falls back to `mmap_lock`, which waits for the writer. Only
 //! the `mmap_lock` path may report `SEGV_MAPERR`.
+//!
+//! It is *not* fine for a reader that reports gaps: the maple tree stores a
+//! range in one step, so an RCU walk never sees a hole inside a range that
+//! stays mapped, but here replacing an entry unlinks the old node before
+//! linking the new one (crossbeam's `insert` over an existing key) and a
+//! split stores its halves one after the other. The `/proc/PID/maps`
+//! reader under per-VMA locks therefore does not trust a gap or an end
+//! seen by a walk a writer overlapped (`mmap_lock::tree_may_have_moved`,
+//! counted as `unstable_tree`).
 
 use crate::mm::rcu::RcuReadGuard;
 use crate::mm::slab::VmaIdx;
