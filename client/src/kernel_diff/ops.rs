@@ -190,6 +190,19 @@ pub fn format_mremap_flags(flags: u32) -> String {
     }
 }
 
+/// Parse `format_mremap_flags`' output: names and hex numbers for bits
+/// without a name (`MREMAP_MAYMOVE|0x8`), joined by `|` or `,`.
+pub fn parse_mremap_flags(s: &str) -> Result<u32, String> {
+    let mut f = 0;
+    for part in s.split(['|', ',']).map(str::trim).filter(|p| !p.is_empty()) {
+        f |= match parse_addr(part) {
+            Ok(n) => u32::try_from(n).map_err(|_| format!("`{part}` does not fit in 32 bits"))?,
+            Err(_) => crate::parse::parse_mremap_flags(part)?,
+        };
+    }
+    Ok(f)
+}
+
 /// The `MADV_*` name of an advice, else its number.
 pub fn format_advice(advice: u32) -> String {
     match i32::try_from(advice).ok().map(Advice::try_from) {
@@ -437,9 +450,7 @@ fn parse_step(line: &str) -> Result<Step, String> {
                 old: addr(args[0])?,
                 old_len: parse_size(args[1])?,
                 new_len: parse_size(args[2])?,
-                flags: args
-                    .get(3)
-                    .map_or(Ok(0), |s| crate::parse::parse_mremap_flags(s))?,
+                flags: args.get(3).map_or(Ok(0), |s| parse_mremap_flags(s))?,
                 new_addr: args.get(4).map_or(Ok(0), |s| addr(s))?,
             }
         }
@@ -1118,6 +1129,8 @@ mod tests {
         );
         assert_eq!(format_flags(0x23), "MAP_SHARED_VALIDATE|MAP_ANONYMOUS");
         assert!(parse_flags("MAP_BOGUS").is_err());
+        assert_eq!(parse_mremap_flags("MREMAP_MAYMOVE|0x8").unwrap(), 9);
+        assert_eq!(format_mremap_flags(9), "MREMAP_MAYMOVE|0x8");
         let e = parse_script("mmap 0x1000 4K rw- MAP_PRIVATE\nfrob 1\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
     }
