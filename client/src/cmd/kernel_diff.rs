@@ -114,7 +114,7 @@ mod imp {
     use crate::kernel_diff::ops::{Generator, Step, parse_script};
     use crate::kernel_diff::runner::{Divergence, Runner};
     use crate::kernel_diff::shrink::ddmin;
-    use crate::kernel_diff::{PAGE, WINDOW_END, WINDOW_START};
+    use crate::kernel_diff::{NR_FILES, PAGE, WINDOW_END, WINDOW_START};
     use indicatif::{ProgressBar, ProgressStyle};
     use std::collections::BTreeMap;
     use std::io::IsTerminal;
@@ -126,12 +126,19 @@ mod imp {
         exe: PathBuf,
         target: Target,
         file_base: u64,
+        /// Runners started so far: each gets memfd ids of its own, as each
+        /// executor has fresh memfds, so no page the simulated page cache
+        /// keeps for one run's files is found by the next run's faults.
+        runs: std::sync::atomic::AtomicU64,
     }
 
     impl Ctx {
         async fn runner(&self, smaps: bool) -> Result<Runner, CliError> {
             let client = self.target.connect().await?;
-            let mut r = Runner::start(&self.exe, client, self.file_base).await?;
+            // Relaxed: a counter for uniqueness only.
+            let run = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let base = self.file_base + run * NR_FILES as u64;
+            let mut r = Runner::start(&self.exe, client, base).await?;
             if !smaps {
                 r.set_smaps(false)?;
             }
@@ -227,8 +234,10 @@ mod imp {
         let ctx = Ctx {
             exe,
             target,
-            // File ids of our own, so a shared server's other files are not ours.
-            file_base: 0x6b64_0000_0000_0000 | (u64::from(std::process::id()) << 8),
+            // File ids of our own, so a shared server's other files are not
+            // ours: 2^24 per process, NR_FILES per runner.
+            file_base: 0x6b64_0000_0000_0000 | (u64::from(std::process::id()) << 24),
+            runs: Default::default(),
         };
         let started = Instant::now();
         let mut totals = Totals::default();

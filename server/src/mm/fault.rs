@@ -17,9 +17,9 @@
 //! prepares the `anon_vma` in place; only if a writer holds `mmap_lock` does
 //! the fault retry under it (`VMA_LOCK_RETRY`).
 
-use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct, ev};
+use crate::mm::memory::handle_mm_fault;
+use crate::mm::mm_struct::{MmStruct, ev};
 use crate::mm::mm_types::{LockedBy, ReadChecks, StartReadError, Vma, VmaFields, vm_flags::*};
-use crate::mm::pgtable::{alloc_frame, pte};
 use crate::mm::race::InjectPoint;
 use crate::mm::rcu::rcu_read_lock;
 use crate::mm::sync::Ordering;
@@ -193,7 +193,7 @@ pub struct FaultResult {
 const MAX_MISS_RETRIES: u32 = 1 << 16;
 
 /// `VM_FAULT_RETRY`: this fault needs `mmap_lock`.
-struct NeedMmapLock;
+pub(crate) struct NeedMmapLock;
 
 /// A VMA read-locked by `lock_vma_under_rcu`.
 pub(crate) struct LockedVma<'a> {
@@ -466,7 +466,7 @@ fn fault_under_mmap_lock(
 /// the VMA lock alone the fault takes `mmap_read_trylock` and prepares it
 /// in place; only if a writer holds `mmap_lock` does it return
 /// `VM_FAULT_RETRY` (and the fault retries under `mmap_lock`).
-fn vmf_anon_prepare(
+pub(crate) fn vmf_anon_prepare(
     mm: &MmStruct,
     vma: &Vma,
     f: &VmaFields,
@@ -563,129 +563,6 @@ pub(crate) fn populate_range(mm: &MmStruct, start: u64, end: u64) {
         }
     }
     drop(state);
-}
-
-/// RSS change of a fault: counter to increment, and one to decrement (a
-/// file page replaced by its private copy).
-type RssDelta = (usize, i64, Option<usize>);
-
-/// `handle_mm_fault`: populate or upgrade the PTE for `addr` in `vma`, whose
-/// fields `f` are stable (VMA read-locked or `mmap_lock` held).
-fn handle_mm_fault(
-    mm: &MmStruct,
-    vma: &Vma,
-    f: &VmaFields,
-    addr: u64,
-    access: Access,
-    vma_locked: bool,
-) -> Result<FaultOutcome, NeedMmapLock> {
-    let page = addr & !((1u64 << PAGE_SHIFT) - 1);
-    let shared = f.vm_flags & VM_SHARED != 0 || f.vm_flags & VM_MAYSHARE != 0;
-    let is_file = f.vm_file != 0;
-    let write = access == Access::Write;
-    // __handle_mm_fault: a missing table level is allocated first; when
-    // that fails the fault is VM_FAULT_OOM, counted as handled (the kernel
-    // does not retry it under mmap_lock either).
-    let Ok(slot) = mm.pgd.pte_alloc(page) else {
-        return Ok(FaultOutcome::Oom);
-    };
-    loop {
-        // Acquire pairs with the AcqRel CAS of a racing fault on this page.
-        let old = slot.load(Ordering::Acquire);
-        let (new, outcome, rss): (u64, FaultOutcome, Option<RssDelta>) = if old & pte::PRESENT == 0
-        {
-            // do_pte_missing
-            let frame = alloc_frame() << pte::FRAME_SHIFT;
-            if shared {
-                let (kind, ctr) = if is_file {
-                    (pte::FILE, MM_FILEPAGES)
-                } else {
-                    (pte::SHMEM, MM_SHMEMPAGES)
-                };
-                let w = if f.vm_flags & VM_WRITE != 0 && write {
-                    pte::WRITE
-                } else {
-                    0
-                };
-                let o = if is_file {
-                    FaultOutcome::FilePage
-                } else {
-                    FaultOutcome::AnonZeroFill
-                };
-                (frame | pte::PRESENT | kind | w, o, Some((ctr, 1, None)))
-            } else if is_file {
-                if write {
-                    // do_cow_fault: private copy of the file page.
-                    vmf_anon_prepare(mm, vma, f, vma_locked)?;
-                    (
-                        frame | pte::PRESENT | pte::WRITE,
-                        FaultOutcome::CowBreak,
-                        Some((MM_ANONPAGES, 1, None)),
-                    )
-                } else {
-                    (
-                        frame | pte::PRESENT | pte::FILE,
-                        FaultOutcome::FilePage,
-                        Some((MM_FILEPAGES, 1, None)),
-                    )
-                }
-            } else if write {
-                // do_anonymous_page
-                vmf_anon_prepare(mm, vma, f, vma_locked)?;
-                (
-                    frame | pte::PRESENT | pte::WRITE,
-                    FaultOutcome::AnonZeroFill,
-                    Some((MM_ANONPAGES, 1, None)),
-                )
-            } else {
-                // Read of untouched anonymous memory maps the zero page.
-                (pte::PRESENT | pte::ZERO, FaultOutcome::AnonZeroFill, None)
-            }
-        } else if write && old & pte::WRITE == 0 {
-            // do_wp_page
-            if shared {
-                (old | pte::WRITE, FaultOutcome::AlreadyPresent, None)
-            } else if old & (pte::COW | pte::ZERO | pte::FILE) != 0 {
-                vmf_anon_prepare(mm, vma, f, vma_locked)?;
-                let frame = alloc_frame() << pte::FRAME_SHIFT;
-                let new = frame | pte::PRESENT | pte::WRITE;
-                if old & pte::ZERO != 0 {
-                    (
-                        new,
-                        FaultOutcome::AnonZeroFill,
-                        Some((MM_ANONPAGES, 1, None)),
-                    )
-                } else if old & pte::FILE != 0 {
-                    (
-                        new,
-                        FaultOutcome::CowBreak,
-                        Some((MM_ANONPAGES, 1, Some(MM_FILEPAGES))),
-                    )
-                } else {
-                    (new, FaultOutcome::CowBreak, None)
-                }
-            } else {
-                // Exclusive anonymous page whose write bit was removed by
-                // mprotect: reuse it.
-                (old | pte::WRITE, FaultOutcome::AlreadyPresent, None)
-            }
-        } else {
-            return Ok(FaultOutcome::AlreadyPresent);
-        };
-        // AcqRel: the winner publishes its frame; a loser re-reads.
-        if slot
-            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            if let Some((ctr, _, minus)) = rss {
-                mm.rss.inc(ctr);
-                if let Some(m) = minus {
-                    mm.rss.sub(m, 1);
-                }
-            }
-            return Ok(outcome);
-        }
-    }
 }
 
 /// Frame and bits of the PTE for `addr`, for tests and tools.

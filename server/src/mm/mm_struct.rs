@@ -144,6 +144,8 @@ pub struct MmContext {
     pub maps_reader: MapsReader,
     /// The maps readers' events (see [`crate::mm::vmstat::MapsEvent`]).
     pub maps_events: Counters<NR_MAPS_EVENTS>,
+    /// The page cache of every file (what fault-around maps).
+    pub page_cache: crate::mm::filemap::PageCache,
     next_anon_vma: AtomicU64,
 }
 
@@ -159,6 +161,7 @@ impl MmContext {
             pgtables: Arc::new(PgtableBudget::default()),
             maps_reader: MapsReader::default(),
             maps_events: Counters::new(),
+            page_cache: Default::default(),
             next_anon_vma: AtomicU64::new(1),
         }
     }

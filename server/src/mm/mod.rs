@@ -23,7 +23,9 @@
 //! * [`mprotect`]: `do_mprotect_pkey`, `mprotect_fixup`.
 //! * [`mremap`]: shrink, grow in place, `move_vma`.
 //! * [`madvise`]: DONTNEED/FREE under the VMA lock; DONTFORK, WIPEONFORK.
-//! * [`fault`]: `lock_vma_under_rcu` and `handle_mm_fault`.
+//! * [`fault`]: `do_user_addr_fault`, `lock_vma_under_rcu`.
+//! * `memory`: `handle_mm_fault` and its `do_*` steps, fault-around.
+//! * [`filemap`]: the page cache fault-around maps from.
 //! * `mmap_lock`: `lock_next_vma`, the maps reader's per-VMA lock step.
 //! * [`fork`]: `dup_mmap`, `vm_area_dup`, `vm_area_init_from`.
 //! * [`exit`]: tearing an address space down, `exit_mmap`.
@@ -52,9 +54,13 @@ pub mod exit;
 #[cfg(not(vmasim_loom))]
 pub mod fault;
 #[cfg(not(vmasim_loom))]
+pub mod filemap;
+#[cfg(not(vmasim_loom))]
 pub mod fork;
 #[cfg(not(vmasim_loom))]
 pub mod madvise;
+#[cfg(not(vmasim_loom))]
+pub(crate) mod memory;
 #[cfg(not(vmasim_loom))]
 pub mod mm_struct;
 #[cfg(not(vmasim_loom))]

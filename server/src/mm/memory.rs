@@ -1,0 +1,435 @@
+//! `handle_mm_fault` and its steps (`mm/memory.c`): what a fault does to the
+//! page table once a VMA is found and locked.
+//!
+//! Each kernel step is a function: `do_pte_missing` dispatches to
+//! `do_anonymous_page` or `do_fault` (`do_read_fault`, `do_cow_fault`,
+//! `do_shared_fault`); a write to a present read-only PTE is `do_wp_page`.
+//! A step proposes the new PTE and its RSS change; `handle_mm_fault`
+//! installs it by compare-and-swap, so two racing faults on one page agree
+//! on one winner (the kernel's PTE lock plays that role) and the loser sees
+//! the winner's PTE on its retry.
+//!
+//! `do_read_fault` first maps what is already cached around the address
+//! (`do_fault_around` → `filemap_map_pages`), which is why a read fault on
+//! a file or shmem mapping can make several pages resident at once, and
+//! why a fork child touching a page of a shared mapping gets its cached
+//! neighbours too.
+
+use crate::mm::PAGE_SHIFT;
+use crate::mm::fault::{Access, FaultOutcome, NeedMmapLock, vmf_anon_prepare};
+use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct};
+use crate::mm::mm_types::{Vma, VmaFields, vm_flags::*};
+use crate::mm::pgtable::{alloc_frame, pte};
+use crate::mm::sync::{AtomicU64, Ordering};
+
+/// `fault_around_bytes` (mm/memory.c, default 64 KiB) in pages.
+pub const FAULT_AROUND_PAGES: u64 = 16;
+/// `PTRS_PER_PTE` on x86-64: a fault-around window stays in one PTE table.
+const PTRS_PER_PTE: u64 = 512;
+const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+
+/// RSS change of a fault: counter to increment, and one to decrement (a
+/// file page replaced by its private copy).
+type RssDelta = (usize, Option<usize>);
+
+/// What a `do_*` step decided.
+enum Step {
+    /// Install `new` over the PTE value it was computed from.
+    Set {
+        new: u64,
+        outcome: FaultOutcome,
+        rss: Option<RssDelta>,
+    },
+    /// The step installed the PTE itself (fault-around mapped it).
+    Done(FaultOutcome),
+}
+
+/// Everything a step needs to know about the fault (`struct vm_fault`).
+struct VmFault<'a> {
+    mm: &'a MmStruct,
+    vma: &'a Vma,
+    f: &'a VmaFields,
+    /// Page-aligned faulting address.
+    address: u64,
+    /// Page index in the file (`linear_page_index`).
+    pgoff: u64,
+    write: bool,
+    /// Under the per-VMA lock (not `mmap_lock`).
+    vma_locked: bool,
+}
+
+/// `handle_mm_fault`: populate or upgrade the PTE for `addr` in `vma`, whose
+/// fields `f` are stable (VMA read-locked or `mmap_lock` held).
+pub(crate) fn handle_mm_fault(
+    mm: &MmStruct,
+    vma: &Vma,
+    f: &VmaFields,
+    addr: u64,
+    access: Access,
+    vma_locked: bool,
+) -> Result<FaultOutcome, NeedMmapLock> {
+    let address = addr & !(PAGE_SIZE - 1);
+    let vmf = VmFault {
+        mm,
+        vma,
+        f,
+        address,
+        pgoff: f.vm_pgoff + ((address - f.vm_start) >> PAGE_SHIFT),
+        write: access == Access::Write,
+        vma_locked,
+    };
+    // __handle_mm_fault: a missing table level is allocated first; when
+    // that fails the fault is VM_FAULT_OOM, counted as handled (the kernel
+    // does not retry it under mmap_lock either).
+    let Ok(slot) = mm.pgd.pte_alloc(address) else {
+        return Ok(FaultOutcome::Oom);
+    };
+    loop {
+        // Acquire pairs with the AcqRel CAS of a racing fault on this page.
+        let old = slot.load(Ordering::Acquire);
+        let step = if old & pte::PRESENT == 0 {
+            do_pte_missing(&vmf)?
+        } else if vmf.write && old & pte::WRITE == 0 {
+            do_wp_page(&vmf, old)?
+        } else {
+            return Ok(FaultOutcome::AlreadyPresent);
+        };
+        let (new, outcome, rss) = match step {
+            Step::Done(outcome) => return Ok(outcome),
+            Step::Set { new, outcome, rss } => (new, outcome, rss),
+        };
+        // AcqRel: the winner publishes its frame; a loser re-reads.
+        if slot
+            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            if let Some((ctr, minus)) = rss {
+                mm.rss.inc(ctr);
+                if let Some(m) = minus {
+                    mm.rss.sub(m, 1);
+                }
+            }
+            return Ok(outcome);
+        }
+    }
+}
+
+/// `do_pte_missing`: anonymous memory or a file's (`vma_is_anonymous`).
+fn do_pte_missing(vmf: &VmFault<'_>) -> Result<Step, NeedMmapLock> {
+    if vmf.f.vm_file == 0 {
+        do_anonymous_page(vmf)
+    } else {
+        Ok(do_fault(vmf)?)
+    }
+}
+
+/// `do_anonymous_page`: a read maps the shared zero page, a write a new
+/// zeroed page (which needs an `anon_vma`).
+fn do_anonymous_page(vmf: &VmFault<'_>) -> Result<Step, NeedMmapLock> {
+    if vmf.f.vm_flags & (VM_SHARED | VM_MAYSHARE) != 0 {
+        // A shared anonymous line imported from maps text without its
+        // shmem file: a shmem page of its own.
+        let w = if vmf.write && vmf.f.vm_flags & VM_WRITE != 0 {
+            pte::WRITE
+        } else {
+            0
+        };
+        return Ok(Step::Set {
+            new: frame() | pte::PRESENT | pte::SHMEM | w,
+            outcome: FaultOutcome::AnonZeroFill,
+            rss: Some((MM_SHMEMPAGES, None)),
+        });
+    }
+    if !vmf.write {
+        return Ok(Step::Set {
+            new: pte::PRESENT | pte::ZERO,
+            outcome: FaultOutcome::AnonZeroFill,
+            rss: None,
+        });
+    }
+    vmf_anon_prepare(vmf.mm, vmf.vma, vmf.f, vmf.vma_locked)?;
+    Ok(Step::Set {
+        new: frame() | pte::PRESENT | pte::WRITE,
+        outcome: FaultOutcome::AnonZeroFill,
+        rss: Some((MM_ANONPAGES, None)),
+    })
+}
+
+/// `do_fault`: a file or shmem page (`->fault`, after `->map_pages`).
+fn do_fault(vmf: &VmFault<'_>) -> Result<Step, NeedMmapLock> {
+    if !vmf.write {
+        Ok(do_read_fault(vmf))
+    } else if vmf.f.vm_flags & VM_SHARED == 0 {
+        do_cow_fault(vmf)
+    } else {
+        Ok(do_shared_fault(vmf))
+    }
+}
+
+/// `do_read_fault`: fault around first; if that mapped the faulting page
+/// too, done (`VM_FAULT_NOPAGE`). Else `__do_fault` reads the page into
+/// the cache and maps it read-only. `vmf_can_call_fault` lets both run
+/// under the VMA lock, since every simulated file has `->map_pages`.
+fn do_read_fault(vmf: &VmFault<'_>) -> Step {
+    if do_fault_around(vmf) {
+        return Step::Done(FaultOutcome::FilePage);
+    }
+    __do_fault(vmf);
+    Step::Set {
+        new: frame() | pte::PRESENT | pte::FILE,
+        outcome: FaultOutcome::FilePage,
+        rss: Some((MM_FILEPAGES, None)),
+    }
+}
+
+/// `do_cow_fault`: a write to a private file mapping reads the file page
+/// (into the cache) and maps a private anonymous copy of it. No fault
+/// around: `do_fault` takes this branch before `do_read_fault`'s.
+fn do_cow_fault(vmf: &VmFault<'_>) -> Result<Step, NeedMmapLock> {
+    vmf_anon_prepare(vmf.mm, vmf.vma, vmf.f, vmf.vma_locked)?;
+    __do_fault(vmf);
+    Ok(Step::Set {
+        new: frame() | pte::PRESENT | pte::WRITE,
+        outcome: FaultOutcome::CowBreak,
+        rss: Some((MM_ANONPAGES, None)),
+    })
+}
+
+/// `do_shared_fault`: a write to a shared mapping maps the cache page
+/// itself, writable.
+fn do_shared_fault(vmf: &VmFault<'_>) -> Step {
+    __do_fault(vmf);
+    let w = if vmf.f.vm_flags & VM_WRITE != 0 {
+        pte::WRITE
+    } else {
+        0
+    };
+    Step::Set {
+        new: frame() | pte::PRESENT | pte::FILE | w,
+        outcome: FaultOutcome::FilePage,
+        rss: Some((MM_FILEPAGES, None)),
+    }
+}
+
+/// `__do_fault` → `filemap_fault` / `shmem_fault`: the page is in the page
+/// cache from now on.
+fn __do_fault(vmf: &VmFault<'_>) {
+    vmf.mm.ctx.page_cache.add(vmf.f.vm_file, vmf.pgoff);
+}
+
+/// `do_fault_around`: the window of `FAULT_AROUND_PAGES` around the
+/// address, aligned down to its size but clamped to the VMA's start, then
+/// `FAULT_AROUND_PAGES` long, clamped to the VMA's end and to the PTE table
+/// (`from_pte`/`to_pte` in mm/memory.c). Returns whether the faulting page
+/// was among those mapped.
+fn do_fault_around(vmf: &VmFault<'_>) -> bool {
+    let f = vmf.f;
+    let pte_off = (vmf.address >> PAGE_SHIFT) & (PTRS_PER_PTE - 1);
+    let vma_off = (vmf.address - f.vm_start) >> PAGE_SHIFT;
+    let vma_pages = (f.vm_end - f.vm_start) >> PAGE_SHIFT;
+    let from_pte = (pte_off & !(FAULT_AROUND_PAGES - 1)).max(pte_off - pte_off.min(vma_off));
+    let to_pte = (from_pte + FAULT_AROUND_PAGES)
+        .min(PTRS_PER_PTE)
+        .min(pte_off + vma_pages - vma_off)
+        - 1;
+    filemap_map_pages(
+        vmf,
+        vmf.pgoff + from_pte - pte_off,
+        vmf.pgoff + to_pte - pte_off,
+    )
+}
+
+/// `filemap_map_pages`: map, read-only, every cached page of
+/// `[start_pgoff, end_pgoff]` whose PTE is still none (a present PTE, such
+/// as a private copy, is left alone). Returns whether the faulting page was
+/// mapped.
+fn filemap_map_pages(vmf: &VmFault<'_>, start_pgoff: u64, end_pgoff: u64) -> bool {
+    let (mm, f) = (vmf.mm, vmf.f);
+    let cache = &mm.ctx.page_cache;
+    let mut mapped_fault = false;
+    let mut rss = 0;
+    for pgoff in start_pgoff..=end_pgoff {
+        if !cache.contains(f.vm_file, pgoff) {
+            continue;
+        }
+        let addr = f.vm_start + ((pgoff - f.vm_pgoff) << PAGE_SHIFT);
+        // The window is inside the faulting page's table, which
+        // handle_mm_fault allocated: this finds it.
+        let Some(slot) = mm.pgd.pte(addr) else {
+            continue;
+        };
+        if map_if_none(slot, frame() | pte::PRESENT | pte::FILE) {
+            rss += 1;
+            mapped_fault |= addr == vmf.address;
+        }
+    }
+    if rss > 0 {
+        mm.rss.add(MM_FILEPAGES, rss);
+    }
+    mapped_fault
+}
+
+/// Install `new` where the PTE is none (`pte_none` in
+/// `filemap_map_order0_folio`); a racing fault that got there first wins.
+fn map_if_none(slot: &AtomicU64, new: u64) -> bool {
+    // AcqRel/Acquire as in handle_mm_fault: publish the frame, or see the
+    // winner's.
+    slot.compare_exchange(0, new, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+}
+
+/// `do_wp_page`: a write to a present, write-protected PTE.
+fn do_wp_page(vmf: &VmFault<'_>, old: u64) -> Result<Step, NeedMmapLock> {
+    let shared = vmf.f.vm_flags & (VM_SHARED | VM_MAYSHARE) != 0;
+    if shared {
+        // wp_page_shared: the page is the cache page; make it writable.
+        return Ok(Step::Set {
+            new: old | pte::WRITE,
+            outcome: FaultOutcome::AlreadyPresent,
+            rss: None,
+        });
+    }
+    if old & (pte::COW | pte::ZERO | pte::FILE) == 0 {
+        // Exclusive anonymous page whose write bit mprotect removed:
+        // wp_page_reuse.
+        return Ok(Step::Set {
+            new: old | pte::WRITE,
+            outcome: FaultOutcome::AlreadyPresent,
+            rss: None,
+        });
+    }
+    // wp_page_copy: a private copy (of the zero page, the file page or the
+    // page shared with a fork relative).
+    vmf_anon_prepare(vmf.mm, vmf.vma, vmf.f, vmf.vma_locked)?;
+    let new = frame() | pte::PRESENT | pte::WRITE;
+    Ok(if old & pte::ZERO != 0 {
+        Step::Set {
+            new,
+            outcome: FaultOutcome::AnonZeroFill,
+            rss: Some((MM_ANONPAGES, None)),
+        }
+    } else if old & pte::FILE != 0 {
+        Step::Set {
+            new,
+            outcome: FaultOutcome::CowBreak,
+            rss: Some((MM_ANONPAGES, Some(MM_FILEPAGES))),
+        }
+    } else {
+        Step::Set {
+            new,
+            outcome: FaultOutcome::CowBreak,
+            rss: None,
+        }
+    })
+}
+
+fn frame() -> u64 {
+    alloc_frame() << pte::FRAME_SHIFT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::mmap::{MmapArgs, map::*, prot::*};
+    use crate::mm::sim::{SimConfig, Simulator};
+
+    const P: u64 = PAGE_SIZE;
+    /// A 2 MiB-aligned address: PTE index 0 of its table.
+    const BASE: u64 = 0x7f00_0000_0000;
+
+    fn map_file(s: &Simulator, pid: u32, addr: u64, pages: u64, flags: u32, pgoff: u64) {
+        s.mmap(
+            pid,
+            MmapArgs {
+                addr,
+                len: pages * P,
+                prot: PROT_READ | PROT_WRITE,
+                flags: flags | MAP_FIXED,
+                file: 7,
+                offset: pgoff * P,
+            },
+        )
+        .unwrap();
+    }
+
+    fn rss(s: &Simulator, pid: u32) -> u64 {
+        s.maps(pid).unwrap().rss_pages
+    }
+
+    fn read(s: &Simulator, pid: u32, addr: u64) -> FaultOutcome {
+        s.fault(pid, addr, Access::Read).unwrap().outcome
+    }
+
+    /// do_read_fault → do_fault_around → filemap_map_pages: a read fault
+    /// maps the cached pages of its 16-page window, nothing outside it; a
+    /// fork child (no PTEs copied for a VMA without anon_vma,
+    /// vma_needs_copy) finds the parent's pages cached.
+    #[test]
+    fn read_fault_maps_cached_pages_of_its_window() {
+        let s = Simulator::new(SimConfig::default());
+        let parent = s.spawn().unwrap();
+        map_file(&s, parent, BASE, 32, MAP_SHARED, 0);
+        read(&s, parent, BASE + 3 * P);
+        read(&s, parent, BASE + 20 * P);
+        assert_eq!(rss(&s, parent), 2, "empty cache: one page a fault");
+        let child = s.fork(parent).unwrap();
+        assert_eq!(rss(&s, child), 0);
+        assert_eq!(read(&s, child, BASE + 5 * P), FaultOutcome::FilePage);
+        assert_eq!(rss(&s, child), 2, "page 3 faulted around, page 5 read in");
+        read(&s, child, BASE + 17 * P);
+        assert_eq!(rss(&s, child), 4, "window 16..31: page 20 and page 17");
+        // The faulting page itself cached: fault-around maps it
+        // (VM_FAULT_NOPAGE), __do_fault is not needed.
+        assert_eq!(read(&s, child, BASE + 3 * P), FaultOutcome::AlreadyPresent);
+        let grandchild = s.fork(child).unwrap();
+        assert_eq!(read(&s, grandchild, BASE + 20 * P), FaultOutcome::FilePage);
+        assert_eq!(rss(&s, grandchild), 2, "pages 17 and 20 of window 16..31");
+    }
+
+    /// do_fault_around's `from_pte` is clamped to the VMA start and the
+    /// window then runs FAULT_AROUND_PAGES from there, across the aligned
+    /// block's end; `to_pte` is clamped to the PTE table.
+    #[test]
+    fn window_clamps_to_the_vma_start_and_the_pte_table() {
+        let s = Simulator::new(SimConfig::default());
+        let a = s.spawn().unwrap();
+        // VMA from PTE index 5 (pgoff 0): pages at PTE 20 (pgoff 15) and 21.
+        map_file(&s, a, BASE + 5 * P, 40, MAP_SHARED, 0);
+        read(&s, a, BASE + 20 * P);
+        read(&s, a, BASE + 21 * P);
+        let b = s.fork(a).unwrap();
+        read(&s, b, BASE + 7 * P);
+        let m = s.maps(b).unwrap();
+        assert_eq!(m.rss_pages, 2, "window 5..20: PTE 20 yes, 21 no");
+        // Last 4 pages of a table, VMA running into the next table: the
+        // window is PTE 508..511 only, the next table's cached page stays.
+        let end = BASE + (2 << 20);
+        map_file(&s, a, end - 4 * P, 8, MAP_SHARED, 100);
+        read(&s, a, end - 4 * P);
+        read(&s, a, end);
+        let c = s.fork(a).unwrap();
+        read(&s, c, end - 2 * P);
+        assert_eq!(rss(&s, c), 2, "PTE 508 and 510, not 0 of the next table");
+    }
+
+    /// Write faults never fault around (do_cow_fault, do_shared_fault), but
+    /// they bring their page into the cache for the next read.
+    #[test]
+    fn write_faults_do_not_fault_around_but_fill_the_cache() {
+        let s = Simulator::new(SimConfig::default());
+        let a = s.spawn().unwrap();
+        map_file(&s, a, BASE, 16, MAP_SHARED, 0);
+        s.fault(a, BASE, Access::Write).unwrap();
+        s.fault(a, BASE + P, Access::Write).unwrap();
+        let b = s.fork(a).unwrap();
+        map_file(&s, b, BASE + (4 << 20), 16, MAP_PRIVATE, 0);
+        let r = s.fault(b, BASE + (4 << 20) + 2 * P, Access::Write).unwrap();
+        assert_eq!(r.outcome, FaultOutcome::CowBreak);
+        assert_eq!(rss(&s, b), 1, "the private copy only");
+        // A read of the private mapping maps pages 0 and 1 (cached by the
+        // parent's writes), page 2 is its private copy already.
+        read(&s, b, BASE + (4 << 20) + 3 * P);
+        assert_eq!(rss(&s, b), 4);
+        assert_eq!(s.context().page_cache.len(), 4);
+    }
+}
