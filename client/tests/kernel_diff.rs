@@ -1,19 +1,12 @@
 //! `vmasim kernel-diff` against the running kernel: a bounded random run
 //! (embedded server and `--server`), scripts, and the errors a user meets.
 //!
-//! The families left out with `--without` are the kernel rules the engine
-//! does not follow yet; each is listed, with a minimal script, in the
-//! README's Fidelity section. Leaving one out is not hiding it: the run
-//! would fail with that family in.
+//! Every family of operations is in: none is left out with `--without`.
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
 use assert_cmd::Command;
 use vmasim_client::embedded::{Cache, Embedded};
-
-/// Families whose kernel rules the engine does not implement yet (see the
-/// README's Fidelity section for each one's script).
-const NOT_YET: &str = "file,anon-shared,hugetlb";
 
 fn kernel_diff(args: &[&str]) -> std::process::Output {
     Command::cargo_bin("vmasim")
@@ -38,7 +31,8 @@ fn count(summary: &str, kind: &str) -> u64 {
 
 #[test]
 fn random_run_agrees_with_the_kernel() {
-    let out = kernel_diff(&["--ops", "20000", "--seed", "1", "--without", NOT_YET, "-q"]);
+    // Every family of operations: nothing is left out.
+    let out = kernel_diff(&["--ops", "20000", "--seed", "1", "-q"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -66,6 +60,10 @@ fn random_run_agrees_with_the_kernel() {
         "mmap:MAP_GROWSDOWN",
         "mmap:MAP_SHARED_VALIDATE",
         "mmap:0x200000",
+        "mmap:anon-shared",
+        "mmap:file-private",
+        "mmap:file-shared",
+        "mmap:MAP_HUGETLB",
         "touch:read",
         "touch:write",
         "mremap:shrink",
@@ -100,8 +98,6 @@ fn max_map_count_scenario_agrees_with_the_kernel() {
         "--limit-only",
         "--limit-ops",
         "100",
-        "--without",
-        NOT_YET,
         "-q",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -135,8 +131,6 @@ fn against_a_server_url() {
         "2000",
         "--seed",
         "9",
-        "--without",
-        NOT_YET,
         "-q",
     ]);
     assert!(

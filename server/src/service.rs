@@ -184,6 +184,7 @@ fn outcome_to_pb(o: mmfault::FaultOutcome) -> pb::FaultOutcome {
         O::AlreadyPresent => pb::FaultOutcome::AlreadyPresent,
         O::SegvMaperr => pb::FaultOutcome::SegvMaperr,
         O::SegvAccerr => pb::FaultOutcome::SegvAccerr,
+        O::Sigbus => pb::FaultOutcome::Sigbus,
         // Never on the wire: answered as RESOURCE_EXHAUSTED (`fault_oom`).
         O::Oom => pb::FaultOutcome::Unspecified,
     }
@@ -230,6 +231,7 @@ fn count(t: &mut pb::FaultTotals, r: &FaultResult) {
         O::AlreadyPresent => t.already_present += 1,
         O::SegvMaperr => t.segv_maperr += 1,
         O::SegvAccerr => t.segv_accerr += 1,
+        O::Sigbus => t.sigbus += 1,
         O::Oom => {}
     }
     match r.path {
@@ -738,6 +740,7 @@ impl AddressSpaceService {
                 already_present: f.by_outcome(O::AlreadyPresent),
                 segv_maperr: f.by_outcome(O::SegvMaperr),
                 segv_accerr: f.by_outcome(O::SegvAccerr),
+                sigbus: f.by_outcome(O::Sigbus),
                 per_vma_lock: f.by_path(P::PerVmaLock),
                 mmap_lock_fallback: f.by_path(P::MmapLockFallback),
                 mmap_lock: f.by_path(P::MmapLock),

@@ -200,7 +200,7 @@ pub fn code_name(code: Code) -> &'static str {
 struct EngineMetrics {
     vma_lock: [Counter; 4],
     mmap_lock_fallbacks: Counter,
-    faults: [[Counter; 3]; 7],
+    faults: [[Counter; FaultPath::ALL.len()]; FaultOutcome::ALL.len()],
     alloc_reused: Counter,
     alloc_fresh: Counter,
     reuse_before_gp: Counter,

@@ -36,7 +36,7 @@ use vmasim_server::mm::sim::{SimConfig, Simulator};
 use vmasim_server::server::{Server, ServerConfig};
 
 const PAGE: u64 = 4096;
-const TASK_SIZE: u64 = 1 << 47;
+use vmasim_server::mm::TASK_SIZE;
 /// `FaultBatch` limit of the servers under test: small, so that random
 /// batches cross it often without megabyte messages.
 const MAX_BATCH: usize = 512;

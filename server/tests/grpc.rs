@@ -21,7 +21,7 @@ const PRIVATE_ANON: u32 = 0x02 | 0x20;
 const MAP_FIXED: u32 = 0x10;
 const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
 const PAGE: u64 = 4096;
-const TASK_SIZE: u64 = 1 << 47;
+use vmasim_server::mm::TASK_SIZE;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

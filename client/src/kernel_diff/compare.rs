@@ -8,7 +8,8 @@
 //! name for the file id), so memfds are compared by index and
 //! `MAP_SHARED|MAP_ANONYMOUS` objects (`/dev/zero (deleted)`, one inode per
 //! mmap in the kernel: `shmem_zero_setup`) by a bijection between the two
-//! sides' inode numbers that must stay consistent for the whole run.
+//! sides' inode numbers that must stay consistent for the whole run; so
+//! are `MAP_HUGETLB` files (`/anon_hugepage (deleted)`).
 //! The text of a line is compared byte for byte when it names no file
 //! (anonymous and `[heap]`-like lines): that checks `show_map_vma`'s
 //! padding too.
@@ -24,6 +25,9 @@ pub enum Backing {
     File(u8),
     /// Shared anonymous memory (shmem), by inode on its own side.
     Shmem(u64),
+    /// An anonymous hugetlb file (`MAP_HUGETLB`), by inode on its own side
+    /// (its device is an anonymous one the kernel numbers at boot).
+    Hugetlb(u64),
     /// Any other file, by path.
     Other(String),
 }
@@ -55,6 +59,8 @@ pub struct Vma {
 const MEMFD_PREFIX: &str = "/memfd:kdiff-";
 /// How shared anonymous memory shows in maps.
 pub const SHMEM_PATH: &str = "/dev/zero (deleted)";
+/// How an anonymous hugetlb file shows in maps (`HUGETLB_ANON_FILE`).
+pub const HUGETLB_PATH: &str = "/anon_hugepage (deleted)";
 
 /// Parse a kernel maps line (with the executor's `Rss`/`Anonymous`).
 pub fn kernel_vma(line: &str, rss_kb: Option<u64>, anon_kb: Option<u64>) -> Option<Vma> {
@@ -72,6 +78,8 @@ pub fn kernel_vma(line: &str, rss_kb: Option<u64>, anon_kb: Option<u64>) -> Opti
     );
     let (backing, name) = if path == SHMEM_PATH {
         (Backing::Shmem(inode), String::new())
+    } else if path == HUGETLB_PATH {
+        (Backing::Hugetlb(inode), String::new())
     } else if let Some(n) = path
         .strip_prefix(MEMFD_PREFIX)
         .and_then(|r| r.strip_suffix(" (deleted)"))
@@ -133,7 +141,9 @@ pub fn diff_vma(k: &Vma, s: &Vma, pairs: &mut ShmemPairs, rss: bool) -> Option<S
         d.push(format!("offset {:#x} vs {:#x}", k.offset, s.offset));
     }
     let same_backing = match (&k.backing, &s.backing) {
-        (Backing::Shmem(a), Backing::Shmem(b)) => pairs.pair(*a, *b),
+        (Backing::Shmem(a), Backing::Shmem(b)) | (Backing::Hugetlb(a), Backing::Hugetlb(b)) => {
+            pairs.pair(*a, *b)
+        }
         (a, b) => a == b,
     };
     if !same_backing {

@@ -139,6 +139,7 @@ pub fn main(fds: &str) -> ! {
     if !threads_is_one() {
         die("the executor must be single-threaded");
     }
+    drop_cap_sys_rawio();
     // SAFETY: plain system calls on our own process.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -279,6 +280,51 @@ fn memfd(name: &str) -> i32 {
         die("memfd_create");
     }
     fd
+}
+
+/// The simulation's processes are unprivileged: `cap_mmap_addr` refuses
+/// them an address below `vm.mmap_min_addr` (EPERM). An executor run as
+/// root would be allowed it (and then fail later checks differently, or
+/// map page 0), so it gives up `CAP_SYS_RAWIO` (capabilities(7)) first.
+fn drop_cap_sys_rawio() {
+    /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_SYS_RAWIO: u32 = 17;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut hdr = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget/capset read and write exactly one header and the two
+    // data words of version 3; they act on this process only.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) != 0 {
+            die("capget");
+        }
+        let bit = !(1u32 << CAP_SYS_RAWIO);
+        data[0].effective &= bit;
+        data[0].permitted &= bit;
+        data[0].inheritable &= bit;
+        if libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) != 0 {
+            die("capset (dropping CAP_SYS_RAWIO)");
+        }
+    }
 }
 
 /// A maps line (`start-end perms ...`), not an smaps `Key: value` field?

@@ -5,7 +5,7 @@
 //! executor's own maps with its `start_brk` (see [`super`]); `fork` children
 //! take the same process numbers as on the kernel side.
 
-use super::compare::{Backing, SHMEM_PATH, Vma};
+use super::compare::{Backing, HUGETLB_PATH, SHMEM_PATH, Vma};
 use super::ops::Op;
 use super::{MAX_PROCS, NR_FILES, PAGE};
 use crate::connect::Client;
@@ -20,7 +20,8 @@ pub enum SResult {
     Ok(u64),
     /// An error status.
     Err(tonic::Code, String),
-    /// A touch was answered SEGV_MAPERR / SEGV_ACCERR.
+    /// A touch was answered SEGV_MAPERR / SEGV_ACCERR / SIGBUS (the
+    /// executor's probe sees EFAULT for each).
     Segv(FaultOutcome),
 }
 
@@ -191,7 +192,10 @@ impl Sim {
                     .await?
                     .into_inner();
                 let o = FaultOutcome::try_from(r.outcome).unwrap_or(FaultOutcome::Unspecified);
-                if matches!(o, FaultOutcome::SegvMaperr | FaultOutcome::SegvAccerr) {
+                if matches!(
+                    o,
+                    FaultOutcome::SegvMaperr | FaultOutcome::SegvAccerr | FaultOutcome::Sigbus
+                ) {
                     return Ok(SResult::Segv(o));
                 }
                 Ok(0)
@@ -261,6 +265,8 @@ impl Sim {
                 Backing::File(n as u8)
             } else if e.path == SHMEM_PATH {
                 Backing::Shmem(e.inode)
+            } else if e.path == HUGETLB_PATH {
+                Backing::Hugetlb(e.inode)
             } else if e.file_id != 0 {
                 Backing::Other(e.path.clone())
             } else {

@@ -44,7 +44,8 @@ const MAX_VMAS: usize = 96;
 /// Lowest address MAP_FIXED may use (vm.mmap_min_addr).
 const MMAP_MIN_ADDR: u64 = 0x10000;
 /// Top of user space.
-const TASK_SIZE: u64 = 1 << 47;
+/// x86-64 `TASK_SIZE_MAX`: `(1 << 47) - PAGE_SIZE`.
+const TASK_SIZE: u64 = (1 << 47) - PAGE;
 
 /// State shared by every worker of a run.
 #[derive(Debug)]

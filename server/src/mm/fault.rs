@@ -89,11 +89,14 @@ pub enum FaultOutcome {
     /// `VM_FAULT_OOM`: a page table was needed and the page-table budget is
     /// spent (`pte_alloc` failed). Nothing was mapped.
     Oom = 6,
+    /// `VM_FAULT_SIGBUS`: a hugetlb page was needed and the machine has
+    /// none (`alloc_hugetlb_folio` fails with `vm.nr_hugepages` 0).
+    Sigbus = 7,
 }
 
 impl FaultOutcome {
     /// All outcomes, in counter order.
-    pub const ALL: [FaultOutcome; 7] = [
+    pub const ALL: [FaultOutcome; 8] = [
         FaultOutcome::AnonZeroFill,
         FaultOutcome::FilePage,
         FaultOutcome::CowBreak,
@@ -101,6 +104,7 @@ impl FaultOutcome {
         FaultOutcome::SegvMaperr,
         FaultOutcome::SegvAccerr,
         FaultOutcome::Oom,
+        FaultOutcome::Sigbus,
     ];
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -112,6 +116,7 @@ impl FaultOutcome {
             FaultOutcome::SegvMaperr => "segv_maperr",
             FaultOutcome::SegvAccerr => "segv_accerr",
             FaultOutcome::Oom => "oom",
+            FaultOutcome::Sigbus => "sigbus",
         }
     }
 }

@@ -69,6 +69,9 @@ pub(crate) fn handle_mm_fault(
     vma_locked: bool,
 ) -> Result<FaultOutcome, NeedMmapLock> {
     let address = addr & !(PAGE_SIZE - 1);
+    if f.vm_flags & VM_HUGETLB != 0 {
+        return hugetlb_fault(mm, vma, f, vma_locked);
+    }
     let vmf = VmFault {
         mm,
         vma,
@@ -112,6 +115,22 @@ pub(crate) fn handle_mm_fault(
             return Ok(outcome);
         }
     }
+}
+
+/// `hugetlb_fault` → `hugetlb_no_page`: a private mapping first gets its
+/// `anon_vma` (`__vmf_anon_prepare`), then `alloc_hugetlb_folio` finds no
+/// huge page (the simulated machine has `vm.nr_hugepages` 0, and
+/// `MAP_NORESERVE` reserved none): `VM_FAULT_SIGBUS`. Nothing is mapped.
+fn hugetlb_fault(
+    mm: &MmStruct,
+    vma: &Vma,
+    f: &VmaFields,
+    vma_locked: bool,
+) -> Result<FaultOutcome, NeedMmapLock> {
+    if f.vm_flags & VM_MAYSHARE == 0 {
+        vmf_anon_prepare(mm, vma, f, vma_locked)?;
+    }
+    Ok(FaultOutcome::Sigbus)
 }
 
 /// `do_pte_missing`: anonymous memory or a file's (`vma_is_anonymous`).

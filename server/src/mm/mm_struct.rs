@@ -54,16 +54,61 @@ pub struct FileTable {
     by_name: DashMap<Arc<str>, u64>,
     next_import: AtomicU64,
     next_name: AtomicU64,
+    next_internal: AtomicU64,
 }
 
 /// First file id handed to imported files.
 pub const IMPORTED_FILE_ID_BASE: u64 = 1 << 63;
+
+/// The engine's own files, made per mmap and never registered, so that
+/// millions of them cost no memory: the id says what the file is.
+/// `shmem_zero_setup`'s file of a `MAP_SHARED|MAP_ANONYMOUS` mapping.
+const SHMEM_FILE_ID_BASE: u64 = 0xc << 60;
+/// `hugetlb_file_setup`'s file of a 2 MiB `MAP_HUGETLB` mapping.
+const HUGETLB_2M_FILE_ID_BASE: u64 = 0xd << 60;
+/// `hugetlb_file_setup`'s file of a 1 GiB `MAP_HUGETLB` mapping.
+const HUGETLB_1G_FILE_ID_BASE: u64 = 0xe << 60;
+/// Serial numbers of the engine's own files (their inode numbers).
+const INTERNAL_FILE_SERIAL: u64 = (1 << 60) - 1;
+
+/// How an anonymous hugetlb file appears in maps (`HUGETLB_ANON_FILE`).
+pub const HUGETLB_ANON_PATH: &str = "/anon_hugepage (deleted)";
+/// How a shared anonymous mapping's file appears in maps.
+pub const SHMEM_ANON_PATH: &str = "/dev/zero (deleted)";
+
+/// The huge-page shift of a hugetlb file id (21 or 30), `None` for any
+/// other file (`hstate_file`).
+pub const fn huge_page_shift(file: u64) -> Option<u32> {
+    match file & !INTERNAL_FILE_SERIAL {
+        HUGETLB_2M_FILE_ID_BASE => Some(21),
+        HUGETLB_1G_FILE_ID_BASE => Some(30),
+        _ => None,
+    }
+}
 
 impl FileTable {
     /// How file `id` appears in maps.
     pub fn file(&self, id: u64) -> Arc<FileInfo> {
         if let Some(f) = self.files.get(&id) {
             return f.clone();
+        }
+        let serial = id & INTERNAL_FILE_SERIAL;
+        // The devices are those of the kernel's internal shmem and
+        // hugetlbfs mounts on the reference machine (anonymous device
+        // numbers, given out at boot: other machines may differ).
+        let internal = |path: &str, dev_minor| {
+            Arc::new(FileInfo {
+                path: path.into(),
+                dev_major: 0,
+                dev_minor,
+                inode: serial,
+            })
+        };
+        match id & !INTERNAL_FILE_SERIAL {
+            SHMEM_FILE_ID_BASE => return internal(SHMEM_ANON_PATH, 1),
+            HUGETLB_2M_FILE_ID_BASE => return internal(HUGETLB_ANON_PATH, 0x11),
+            HUGETLB_1G_FILE_ID_BASE => return internal(HUGETLB_ANON_PATH, 0x12),
+            _ => {}
         }
         Arc::new(FileInfo {
             path: format!("/vmasim/file/{id}"),
@@ -84,6 +129,26 @@ impl FileTable {
             self.files.insert(id, Arc::new(info));
             id
         })
+    }
+
+    /// A new `shmem_zero_setup` file.
+    pub fn new_shmem_file(&self) -> u64 {
+        SHMEM_FILE_ID_BASE | self.new_serial()
+    }
+
+    /// A new anonymous hugetlb file of `1 << shift`-byte pages (21 or 30).
+    pub fn new_hugetlb_file(&self, shift: u32) -> u64 {
+        let base = if shift == 30 {
+            HUGETLB_1G_FILE_ID_BASE
+        } else {
+            HUGETLB_2M_FILE_ID_BASE
+        };
+        base | self.new_serial()
+    }
+
+    fn new_serial(&self) -> u64 {
+        // Relaxed: uniqueness only. 2^60 files before a serial repeats.
+        (self.next_internal.fetch_add(1, Ordering::Relaxed) + 1) & INTERNAL_FILE_SERIAL
     }
 
     /// The id of an anonymous-VMA name (`[stack]`, `[anon:foo]`).

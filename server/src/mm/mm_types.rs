@@ -52,6 +52,9 @@ pub mod vm_flags {
     pub const VM_ACCOUNT: u64 = 0x10_0000;
     /// No swap reservation (`MAP_NORESERVE`).
     pub const VM_NORESERVE: u64 = 0x20_0000;
+    /// A hugetlbfs mapping (`MAP_HUGETLB`): huge pages only, split only at
+    /// huge-page boundaries, never merged.
+    pub const VM_HUGETLB: u64 = 0x40_0000;
     /// The child gets zeroed memory (`MADV_WIPEONFORK`).
     pub const VM_WIPEONFORK: u64 = 0x200_0000;
     /// Left out of core dumps (`MADV_DONTDUMP`).

@@ -3,7 +3,7 @@
 //! what a `MAP_FIXED` mapping replaces, merging with the neighbours,
 //! splitting — is `mm/vma.c`'s, in [`crate::mm::vma`].
 
-use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct};
+use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct, huge_page_shift};
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
 use crate::mm::pgtable::pte;
 use crate::mm::sync::Ordering;
@@ -57,8 +57,15 @@ pub mod map {
     pub const MAP_NONBLOCK: u32 = 0x10000;
     /// Stack (`VM_NOHUGEPAGE` since 6.7, which blocks merges).
     pub const MAP_STACK: u32 = 0x20000;
-    /// Huge pages (accepted, mapped with base pages).
+    /// A hugetlb mapping: an anonymous hugetlbfs file of huge pages. The
+    /// simulated machine has none reserved (`vm.nr_hugepages` 0), so it
+    /// maps only with `MAP_NORESERVE`, and a touch is `SIGBUS`.
     pub const MAP_HUGETLB: u32 = 0x40000;
+    /// Shift of the huge page size's log2 in the flags (`MAP_HUGE_2MB` is
+    /// `21 << MAP_HUGE_SHIFT`).
+    pub const MAP_HUGE_SHIFT: u32 = 26;
+    /// Mask of the huge page size's log2 after the shift.
+    pub const MAP_HUGE_MASK: u32 = 0x3f;
     /// Like `MAP_FIXED` but fail with `EEXIST` instead of replacing.
     pub const MAP_FIXED_NOREPLACE: u32 = 0x100000;
     /// `MAP_32BIT` (x86-64): place below 2 GiB (not simulated).
@@ -195,8 +202,14 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
         ));
     }
     // ksys_mmap_pgoff: MAP_HUGETLB on a file that is not hugetlbfs is
-    // EINVAL; an anonymous one needs reserved huge pages, and
-    // vm.nr_hugepages is 0 here (hugetlb_reserve_pages fails: ENOMEM).
+    // EINVAL. MAP_ANONYMOUS|MAP_HUGETLB maps a new hugetlb file
+    // (hugetlb_file_setup) of the page size MAP_HUGE_* names
+    // (hstate_sizelog; 0 is the default 2 MiB), the length rounded up to
+    // it; from here on it is a file mapping. Without MAP_NORESERVE its
+    // pages must be reserved, which fails later (__mmap_new_vma).
+    let mut args = args;
+    let mut anon = anon;
+    let mut huge_shift = None;
     if args.flags & MAP_HUGETLB != 0 {
         if !anon {
             return Err(MmError::inval(
@@ -204,7 +217,22 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
                 "MAP_HUGETLB needs MAP_ANONYMOUS or a hugetlbfs file",
             ));
         }
-        return Err(MmError::NoHugePages);
+        let shift = match (args.flags >> MAP_HUGE_SHIFT) & MAP_HUGE_MASK {
+            0 | 21 => 21,
+            30 => 30,
+            n => {
+                return Err(MmError::inval(
+                    "flags",
+                    format!("MAP_HUGE_* names 2^{n}-byte pages: no such huge page size"),
+                ));
+            }
+        };
+        let h = 1u64 << shift;
+        // ALIGN() may wrap to 0, which do_mmap then refuses as EINVAL.
+        args.len = args.len.wrapping_add(h - 1) & !(h - 1);
+        args.file = mm.ctx.files.new_hugetlb_file(shift);
+        anon = false;
+        huge_shift = Some(shift);
     }
     // do_mmap
     if args.len == 0 {
@@ -244,6 +272,19 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
         // ENOMEM, unaligned is EINVAL, below mmap_min_addr is
         // security_mmap_addr's EPERM (cap_mmap_addr: a process without
         // CAP_SYS_RAWIO, as the simulation's processes are).
+        // hugetlb_get_unmapped_area: a MAP_FIXED address off the huge
+        // page size is EINVAL, before __get_unmapped_area's checks.
+        if let Some(shift) = huge_shift
+            && hint & ((1 << shift) - 1) != 0
+        {
+            return Err(MmError::inval(
+                "addr",
+                format!(
+                    "{hint:#x} is not aligned to the huge page size ({:#x})",
+                    1u64 << shift
+                ),
+            ));
+        }
         if hint > TASK_SIZE - len {
             return Err(MmError::NoSpace { len });
         }
@@ -290,6 +331,8 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
     }
     let addr = if fixed {
         hint
+    } else if let Some(shift) = huge_shift {
+        hugetlb_get_unmapped_area(&w, hint, len, 1 << shift)?
     } else {
         get_unmapped_area_vmflags(&w, hint, len, anon && !shared)?
     };
@@ -317,11 +360,16 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
         args.offset >> PAGE_SHIFT
     };
     let file = if anon { 0 } else { args.file };
-    mmap_region(&mut w, addr, len, vm_flags, pgoff, file)?;
     // do_mmap: "(flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE",
     // or VM_LOCKED.
     let populate =
         args.flags & (MAP_POPULATE | MAP_NONBLOCK) == MAP_POPULATE || vm_flags & VM_LOCKED != 0;
+    if huge_shift.is_some() {
+        // hugetlbfs_file_mmap sets VM_HUGETLB | VM_DONTEXPAND;
+        // __mmap_complete clears VM_LOCKED on hugetlb VMAs (never mlocked).
+        vm_flags = (vm_flags | VM_HUGETLB | VM_DONTEXPAND) & !VM_LOCKED;
+    }
+    mmap_region(&mut w, addr, len, vm_flags, pgoff, file)?;
     drop(w);
     if populate {
         // vm_mmap_pgoff: mm_populate after mmap_write_unlock.
@@ -443,12 +491,27 @@ fn __mmap_new_vma(
 ) -> Result<(), MmError> {
     let mm = w.mm;
     if file == 0 && vm_flags & VM_SHARED != 0 {
-        file = mm.ctx.files.import(crate::mm::mm_struct::FileInfo {
-            path: "/dev/zero (deleted)".into(),
-            dev_major: 0,
-            dev_minor: 1,
-            inode: mm.ctx.new_anon_vma(),
-        });
+        file = mm.ctx.files.new_shmem_file();
+    }
+    if let Some(shift) = huge_page_shift(file) {
+        // hugetlbfs_file_mmap, after the replaced VMAs were gathered (so a
+        // failed MAP_FIXED leaves a gap, as on the kernel): the offset must
+        // be huge-page aligned, and without VM_NORESERVE the pages must be
+        // reserved (hugetlb_reserve_pages), which a machine with
+        // vm.nr_hugepages 0 cannot.
+        if pgoff & ((1 << (shift - PAGE_SHIFT)) - 1) != 0 {
+            return Err(MmError::inval(
+                "offset",
+                format!(
+                    "{:#x} is not aligned to the huge page size ({:#x})",
+                    pgoff << PAGE_SHIFT,
+                    1u64 << shift
+                ),
+            ));
+        }
+        if vm_flags & VM_NORESERVE == 0 {
+            return Err(MmError::NoHugePages);
+        }
     }
     vm_area_alloc_new(
         w,
@@ -494,6 +557,32 @@ pub(crate) fn get_unmapped_area_vmflags(
         return Ok(a);
     }
     get_unmapped_area(w, hint, len)
+}
+
+/// `hugetlb_get_unmapped_area` (fs/hugetlbfs/inode.c): the hint is
+/// rounded up to the huge page size and used if free; else the top-down
+/// search with `align_mask` set to the huge page size, which searches for
+/// a gap of `len + align - PAGE_SIZE` and takes its highest aligned part.
+fn hugetlb_get_unmapped_area(
+    w: &Writer<'_>,
+    hint: u64,
+    len: u64,
+    align: u64,
+) -> Result<u64, MmError> {
+    if hint != 0 {
+        let aligned = hint.checked_add(align - 1).map(|a| a & !(align - 1));
+        if let Some(a) = aligned
+            && let Ok(got) = get_unmapped_area(w, a, len)
+            && got == a
+        {
+            return Ok(a);
+        }
+    }
+    let padded = len
+        .checked_add(align - PAGE_SIZE)
+        .ok_or(MmError::NoSpace { len })?;
+    let low = get_unmapped_area(w, 0, padded)?;
+    Ok((low + padded - len) & !(align - 1))
 }
 
 /// `__thp_get_unmapped_area` (mm/huge_memory.c) for offset 0: search

@@ -97,8 +97,11 @@ pub use error::{Errno, MmError};
 pub const PAGE_SIZE: u64 = 4096;
 /// log2 of [`PAGE_SIZE`].
 pub const PAGE_SHIFT: u32 = 12;
-/// End of user space: 47-bit addresses, as on x86-64 with 4-level paging.
-pub const TASK_SIZE: u64 = 1 << 47;
+/// End of user space: `TASK_SIZE_MAX` of x86-64 with 4-level paging,
+/// `(1 << 47) - PAGE_SIZE` (arch/x86/include/asm/page_64_types.h): the
+/// last page below the canonical hole is never mapped, so a `syscall` at
+/// the very top cannot return to a non-canonical address.
+pub const TASK_SIZE: u64 = (1 << 47) - PAGE_SIZE;
 /// Lowest address `mmap` may place anything (`vm.mmap_min_addr`).
 pub const MMAP_MIN_ADDR: u64 = 0x10000;
 /// Top of the top-down mmap area (where it sits with ASLR off).

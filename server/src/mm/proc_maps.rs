@@ -243,6 +243,7 @@ const VMFLAG_MNEMONICS: &[(&str, u64)] = &[
     ("lf", VM_LOCKONFAULT),
     ("ac", VM_ACCOUNT),
     ("nr", VM_NORESERVE),
+    ("ht", VM_HUGETLB),
     ("wf", VM_WIPEONFORK),
     ("dd", VM_DONTDUMP),
     ("hg", VM_HUGEPAGE),

@@ -209,6 +209,20 @@ pub(crate) fn __split_vma(
 ) -> Result<VmaIdx, MmError> {
     let f = w.fields(idx);
     debug_assert!(f.vm_start < addr && addr < f.vm_end);
+    // ->may_split (hugetlb_vm_op_split): a hugetlb VMA splits only at a
+    // huge page boundary.
+    if f.vm_flags & crate::mm::mm_types::vm_flags::VM_HUGETLB != 0
+        && let Some(shift) = crate::mm::mm_struct::huge_page_shift(f.vm_file)
+        && addr & ((1 << shift) - 1) != 0
+    {
+        return Err(MmError::inval(
+            "addr",
+            format!(
+                "{addr:#x} splits a hugetlb mapping off its {:#x}-byte pages",
+                1u64 << shift
+            ),
+        ));
+    }
     // vm_area_dup: a copy of every field but the lock; anon_vma_clone
     // gives the new VMA the same anon_vma chain.
     let mut nf = f;
