@@ -45,6 +45,7 @@ pub fn fields(s: &StatsResponse) -> Vec<(String, u64, Kind)> {
         ("faults_already_present", f.already_present, Counter),
         ("faults_segv_maperr", f.segv_maperr, Counter),
         ("faults_segv_accerr", f.segv_accerr, Counter),
+        ("faults_sigbus", f.sigbus, Counter),
         ("faults_per_vma_lock", f.per_vma_lock, Counter),
         ("faults_mmap_lock_fallback", f.mmap_lock_fallback, Counter),
         ("faults_mmap_lock", f.mmap_lock, Counter),
@@ -256,6 +257,7 @@ pub fn add_totals(a: &mut FaultTotals, b: &FaultTotals) {
     a.already_present += b.already_present;
     a.segv_maperr += b.segv_maperr;
     a.segv_accerr += b.segv_accerr;
+    a.sigbus += b.sigbus;
     a.per_vma_lock += b.per_vma_lock;
     a.mmap_lock_fallback += b.mmap_lock_fallback;
     a.mmap_lock += b.mmap_lock;

@@ -94,12 +94,7 @@ fn max_map_count_scenario_agrees_with_the_kernel() {
     // Filled to the kernel's vm.max_map_count, then operations at the
     // limit: do_mmap's `map_count > max`, split_vma's `>= max`, munmap's
     // exempt first split (vms_gather_munmap_vmas).
-    let out = kernel_diff(&[
-        "--limit-only",
-        "--limit-ops",
-        "100",
-        "-q",
-    ]);
+    let out = kernel_diff(&["--limit-only", "--limit-ops", "100", "-q"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -124,15 +119,7 @@ fn against_a_server_url() {
     let srv = rt
         .block_on(Embedded::start(Cache::Typesafe, false))
         .unwrap();
-    let out = kernel_diff(&[
-        "--server",
-        &srv.url,
-        "--ops",
-        "2000",
-        "--seed",
-        "9",
-        "-q",
-    ]);
+    let out = kernel_diff(&["--server", &srv.url, "--ops", "2000", "--seed", "9", "-q"]);
     assert!(
         out.status.success(),
         "{}\n{}",

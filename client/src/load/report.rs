@@ -222,6 +222,7 @@ pub fn totals_rows(t: &FaultTotals) -> Vec<(String, u64)> {
         ("already_present", t.already_present),
         ("segv_maperr", t.segv_maperr),
         ("segv_accerr", t.segv_accerr),
+        ("sigbus", t.sigbus),
         ("per_vma_lock", t.per_vma_lock),
         ("mmap_lock_fallback", t.mmap_lock_fallback),
         ("mmap_lock", t.mmap_lock),

@@ -1242,6 +1242,7 @@ pub(crate) fn single_totals(f: &vmasim_proto::v1::FaultResponse) -> FaultTotals 
         Ok(O::AlreadyPresent) => t.already_present = 1,
         Ok(O::SegvMaperr) => t.segv_maperr = 1,
         Ok(O::SegvAccerr) => t.segv_accerr = 1,
+        Ok(O::Sigbus) => t.sigbus = 1,
         _ => {}
     }
     match P::try_from(f.path) {
