@@ -162,6 +162,10 @@ pub fn parse_mremap_flags(s: &str) -> Result<u32, String> {
             "fixed" => MremapFlag::MremapFixed as u32,
             "dontunmap" => MremapFlag::MremapDontunmap as u32,
             "" => 0,
+            // A bit without a name, as format_mremap_flags prints it.
+            other if parse_addr(other).is_ok_and(|n| n <= u64::from(u32::MAX)) => {
+                parse_addr(other).map_or(0, |n| n as u32)
+            }
             other => {
                 return Err(format!(
                     "unknown mremap flag `{other}` (maymove, fixed, dontunmap)"

@@ -167,17 +167,23 @@ mod imp {
         }
     }
 
+    /// Without a terminal for the progress bar, a line every this many
+    /// operations says how far a long run is.
+    const PROGRESS_EVERY: u64 = 10_000;
+
     /// Totals of every sequence run.
     #[derive(Default)]
     struct Totals {
         ops: u64,
         counts: BTreeMap<String, u64>,
         outcomes: BTreeMap<String, u64>,
+        fault_around_skips: u64,
     }
 
     impl Totals {
         fn add(&mut self, r: &Runner, ops: u64) {
             self.ops += ops;
+            self.fault_around_skips += r.fault_around_skips();
             for (k, v) in &r.counts {
                 *self.counts.entry(k.clone()).or_default() += v;
             }
@@ -292,6 +298,13 @@ mod imp {
                     return report(a, ctx, &done, d, smaps).await.map(Some);
                 }
                 pb.inc(1);
+                if pb.is_hidden() && !a.quiet && (i + 1) % PROGRESS_EVERY == 0 {
+                    eprintln!(
+                        "kernel-diff: {} of {} operations, 0 divergences so far",
+                        i + 1,
+                        a.ops
+                    );
+                }
             }
             pb.finish_and_clear();
             totals.add(&r, a.ops);
@@ -450,6 +463,10 @@ mod imp {
         for (k, v) in &t.outcomes {
             s.push_str(&format!("    {k:<32} {v:>9}\n"));
         }
+        s.push_str(&format!(
+            "  comparisons where the kernel mapped fewer cached file pages (fault-around skipped a busy folio): {}\n",
+            t.fault_around_skips
+        ));
         s
     }
 }

@@ -150,6 +150,12 @@ fn diff_result(op: &Op, k: &KResult, s: &SResult) -> Option<String> {
 }
 
 impl Runner {
+    /// Comparisons where the kernel mapped fewer cached file pages than the
+    /// simulation (fault-around skipping busy folios; see `diff_vma`).
+    pub fn fault_around_skips(&self) -> u64 {
+        self.pairs.fault_around_skips
+    }
+
     /// A fresh executor (`exe __kernel-diff-executor`) and its twin.
     pub async fn start(exe: &Path, client: Client, file_base: u64) -> Result<Runner, CliError> {
         let kernel = tokio::task::block_in_place(|| Kernel::spawn(exe))?;

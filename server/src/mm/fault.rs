@@ -265,7 +265,7 @@ pub fn do_user_addr_fault(mm: &MmStruct, addr: u64, access: Access) -> FaultResu
 
 fn account(mm: &MmStruct, r: FaultResult) -> FaultResult {
     let ev = &mm.ctx.events;
-    ev.inc(ev::FAULT_BASE + r.outcome as usize * 3 + r.path as usize);
+    ev.inc(ev::FAULT_BASE + r.outcome as usize * FaultPath::ALL.len() + r.path as usize);
     if r.retries > 0 {
         ev.add(ev::FAULT_RETRIES, u64::from(r.retries));
     }
@@ -584,7 +584,7 @@ pub struct FaultStats {
     /// `VMA_LOCK_SUCCESS`, `_ABORT`, `_RETRY`, `_MISS`.
     pub vma_lock: [u64; 4],
     /// Faults by `[outcome][path]`.
-    pub faults: [[u64; 3]; 7],
+    pub faults: [[u64; FaultPath::ALL.len()]; FaultOutcome::ALL.len()],
     /// Sum of retries.
     pub retries: u64,
     /// Reuses caught, by [`ReuseCheck`].
@@ -599,10 +599,10 @@ impl FaultStats {
     /// Read the counters of a context.
     pub fn read(ctx: &crate::mm::mm_struct::MmContext) -> Self {
         let s = ctx.events.snapshot();
-        let mut faults = [[0; 3]; 7];
+        let mut faults = [[0; FaultPath::ALL.len()]; FaultOutcome::ALL.len()];
         for (o, row) in faults.iter_mut().enumerate() {
             for (p, c) in row.iter_mut().enumerate() {
-                *c = s[ev::FAULT_BASE + o * 3 + p];
+                *c = s[ev::FAULT_BASE + o * FaultPath::ALL.len() + p];
             }
         }
         Self {

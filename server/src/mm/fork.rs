@@ -156,6 +156,9 @@ fn copy_page_range(
         if !shared && v & pte::ZERO == 0 && v & pte::FILE == 0 {
             v = (v & !pte::WRITE) | pte::COW;
             p.store(v, Ordering::Relaxed);
+            // copy_present_pte: folio_dup_file_rmap / the anon page's
+            // mapcount goes up (folio_try_dup_anon_rmap_pte).
+            parent.ctx.anon_refs.dup(v >> pte::FRAME_SHIFT);
         } else if !shared && v & pte::FILE != 0 {
             v &= !pte::WRITE;
         }

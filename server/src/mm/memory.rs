@@ -106,6 +106,11 @@ pub(crate) fn handle_mm_fault(
             .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            // wp_page_copy replaced a fork-shared page: one mapper fewer
+            // (folio_remove_rmap_pte), which may leave the other exclusive.
+            if old & pte::COW != 0 && new & pte::COW == 0 && (old ^ new) >> pte::FRAME_SHIFT != 0 {
+                mm.ctx.anon_refs.put(old >> pte::FRAME_SHIFT);
+            }
             if let Some((ctr, minus)) = rss {
                 mm.rss.inc(ctr);
                 if let Some(m) = minus {
@@ -176,6 +181,16 @@ fn do_anonymous_page(vmf: &VmFault<'_>) -> Result<Step, NeedMmapLock> {
 
 /// `do_fault`: a file or shmem page (`->fault`, after `->map_pages`).
 fn do_fault(vmf: &VmFault<'_>) -> Result<Step, NeedMmapLock> {
+    if beyond_eof(vmf.f.vm_file, vmf.pgoff) {
+        // shmem_fault -> shmem_get_folio_gfp: an index at or past i_size
+        // is -EINVAL, VM_FAULT_SIGBUS (a shared anonymous mapping grown by
+        // mremap past its file). A read faults around first: the cached
+        // pages of the window inside the file are still mapped.
+        if !vmf.write {
+            do_fault_around(vmf);
+        }
+        return Ok(Step::Done(FaultOutcome::Sigbus));
+    }
     if !vmf.write {
         Ok(do_read_fault(vmf))
     } else if vmf.f.vm_flags & VM_SHARED == 0 {
@@ -258,6 +273,12 @@ fn do_fault_around(vmf: &VmFault<'_>) -> bool {
     )
 }
 
+/// Is page `pgoff` past the end of `file`, where the simulation knows the
+/// size (the engine's own shmem files)?
+fn beyond_eof(file: u64, pgoff: u64) -> bool {
+    crate::mm::mm_struct::shmem_file_pages(file).is_some_and(|n| pgoff >= n)
+}
+
 /// `filemap_map_pages`: map, read-only, every cached page of
 /// `[start_pgoff, end_pgoff]` whose PTE is still none (a present PTE, such
 /// as a private copy, is left alone). Returns whether the faulting page was
@@ -268,7 +289,8 @@ fn filemap_map_pages(vmf: &VmFault<'_>, start_pgoff: u64, end_pgoff: u64) -> boo
     let mut mapped_fault = false;
     let mut rss = 0;
     for pgoff in start_pgoff..=end_pgoff {
-        if !cache.contains(f.vm_file, pgoff) {
+        // `end_pgoff = min(end_pgoff, file_end)`: nothing past i_size.
+        if beyond_eof(f.vm_file, pgoff) || !cache.contains(f.vm_file, pgoff) {
             continue;
         }
         let addr = f.vm_start + ((pgoff - f.vm_pgoff) << PAGE_SHIFT);
@@ -308,11 +330,14 @@ fn do_wp_page(vmf: &VmFault<'_>, old: u64) -> Result<Step, NeedMmapLock> {
             rss: None,
         });
     }
-    if old & (pte::COW | pte::ZERO | pte::FILE) == 0 {
-        // Exclusive anonymous page whose write bit mprotect removed:
-        // wp_page_reuse.
+    let anon = old & (pte::ZERO | pte::FILE) == 0;
+    if anon && (old & pte::COW == 0 || vmf.mm.ctx.anon_refs.exclusive(old >> pte::FRAME_SHIFT)) {
+        // wp_page_reuse: an exclusive anonymous page (PageAnonExclusive,
+        // e.g. its write bit was removed by mprotect), or one fork shared
+        // whose other mappers are gone (wp_can_reuse_anon_folio: they broke
+        // COW, unmapped it or exited). Reused in place: no copy.
         return Ok(Step::Set {
-            new: old | pte::WRITE,
+            new: (old | pte::WRITE) & !pte::COW,
             outcome: FaultOutcome::AlreadyPresent,
             rss: None,
         });
@@ -429,6 +454,47 @@ mod tests {
         let c = s.fork(a).unwrap();
         read(&s, c, end - 2 * P);
         assert_eq!(rss(&s, c), 2, "PTE 508 and 510, not 0 of the next table");
+    }
+
+    /// do_wp_page -> wp_can_reuse_anon_folio: after fork the first writer
+    /// copies; whoever is left alone with the page reuses it in place, be
+    /// it because the others copied, unmapped it or exited.
+    #[test]
+    fn cow_reuses_a_page_nobody_else_maps() {
+        use crate::mm::fault::follow_pte;
+        let s = Simulator::new(SimConfig::default());
+        let p0 = s.spawn().unwrap();
+        let a = s
+            .mmap(
+                p0,
+                MmapArgs {
+                    len: 2 * P,
+                    prot: PROT_READ | PROT_WRITE,
+                    flags: MAP_PRIVATE | MAP_ANONYMOUS,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let write = |pid, addr| s.fault(pid, addr, Access::Write).unwrap().outcome;
+        let frame = |pid, addr| follow_pte(&s.mm(pid).unwrap(), addr).unwrap() >> 12;
+        write(p0, a);
+        write(p0, a + P);
+        let (p1, p2) = (s.fork(p0).unwrap(), s.fork(p0).unwrap());
+        let f = frame(p0, a);
+        // Three mappers: the first two writers copy, the last reuses.
+        assert_eq!(write(p1, a), FaultOutcome::CowBreak);
+        assert_eq!(write(p0, a), FaultOutcome::CowBreak);
+        assert_eq!(write(p2, a), FaultOutcome::AlreadyPresent);
+        assert_eq!(frame(p2, a), f, "reused in place");
+        assert_ne!(frame(p1, a), f);
+        // The second page: its other mappers exit or unmap it.
+        s.exit(p1).unwrap();
+        s.munmap(p2, a, 2 * P).unwrap();
+        let g = frame(p0, a + P);
+        assert_eq!(write(p0, a + P), FaultOutcome::AlreadyPresent);
+        assert_eq!(frame(p0, a + P), g);
+        assert!(s.context().anon_refs.is_empty(), "nothing shared is left");
+        assert_eq!(s.maps(p0).unwrap().rss_pages, 2);
     }
 
     /// Write faults never fault around (do_cow_fault, do_shared_fault), but

@@ -70,11 +70,25 @@ const HUGETLB_2M_FILE_ID_BASE: u64 = 0xd << 60;
 const HUGETLB_1G_FILE_ID_BASE: u64 = 0xe << 60;
 /// Serial numbers of the engine's own files (their inode numbers).
 const INTERNAL_FILE_SERIAL: u64 = (1 << 60) - 1;
+/// A shmem file id carries its size (`i_size`, fixed at mmap time:
+/// mremap does not resize the file) in pages above a 24-bit serial, so a
+/// fault past the end can be refused without a table of sizes.
+const SHMEM_SERIAL_BITS: u32 = 24;
 
 /// How an anonymous hugetlb file appears in maps (`HUGETLB_ANON_FILE`).
 pub const HUGETLB_ANON_PATH: &str = "/anon_hugepage (deleted)";
 /// How a shared anonymous mapping's file appears in maps.
 pub const SHMEM_ANON_PATH: &str = "/dev/zero (deleted)";
+
+/// The size in pages of one of the engine's own shmem files, `None` for
+/// other files (whose size the simulation does not know).
+pub const fn shmem_file_pages(file: u64) -> Option<u64> {
+    if file & !INTERNAL_FILE_SERIAL == SHMEM_FILE_ID_BASE {
+        Some((file & INTERNAL_FILE_SERIAL) >> SHMEM_SERIAL_BITS)
+    } else {
+        None
+    }
+}
 
 /// The huge-page shift of a hugetlb file id (21 or 30), `None` for any
 /// other file (`hstate_file`).
@@ -92,7 +106,10 @@ impl FileTable {
         if let Some(f) = self.files.get(&id) {
             return f.clone();
         }
-        let serial = id & INTERNAL_FILE_SERIAL;
+        let serial = match id & !INTERNAL_FILE_SERIAL {
+            SHMEM_FILE_ID_BASE => id & ((1 << SHMEM_SERIAL_BITS) - 1),
+            _ => id & INTERNAL_FILE_SERIAL,
+        };
         // The devices are those of the kernel's internal shmem and
         // hugetlbfs mounts on the reference machine (anonymous device
         // numbers, given out at boot: other machines may differ).
@@ -131,9 +148,13 @@ impl FileTable {
         })
     }
 
-    /// A new `shmem_zero_setup` file.
-    pub fn new_shmem_file(&self) -> u64 {
-        SHMEM_FILE_ID_BASE | self.new_serial()
+    /// A new `shmem_zero_setup` file of `bytes` (the mapping's length).
+    /// Its serial repeats after 2^24 files; a file is told apart from an
+    /// earlier one with the same serial by its size only.
+    pub fn new_shmem_file(&self, bytes: u64) -> u64 {
+        let pages = (bytes >> 12) & (INTERNAL_FILE_SERIAL >> SHMEM_SERIAL_BITS);
+        let serial = self.new_serial() & ((1 << SHMEM_SERIAL_BITS) - 1);
+        SHMEM_FILE_ID_BASE | pages << SHMEM_SERIAL_BITS | serial
     }
 
     /// A new anonymous hugetlb file of `1 << shift`-byte pages (21 or 30).
@@ -211,6 +232,8 @@ pub struct MmContext {
     pub maps_events: Counters<NR_MAPS_EVENTS>,
     /// The page cache of every file (what fault-around maps).
     pub page_cache: crate::mm::filemap::PageCache,
+    /// Mappers of fork-shared anonymous pages (see [`crate::mm::rmap`]).
+    pub anon_refs: crate::mm::rmap::AnonRefs,
     next_anon_vma: AtomicU64,
 }
 
@@ -227,6 +250,7 @@ impl MmContext {
             maps_reader: MapsReader::default(),
             maps_events: Counters::new(),
             page_cache: Default::default(),
+            anon_refs: Default::default(),
             next_anon_vma: AtomicU64::new(1),
         }
     }

@@ -138,6 +138,10 @@ pub(crate) fn zap_page_range(mm: &MmStruct, start: u64, end: u64) -> u64 {
             mm.rss.sub(ctr, 1);
             freed += 1;
         }
+        // zap_present_ptes -> folio_remove_rmap_ptes: one mapper fewer.
+        if v & pte::COW != 0 {
+            mm.ctx.anon_refs.put(v >> pte::FRAME_SHIFT);
+        }
     });
     freed
 }
@@ -491,7 +495,7 @@ fn __mmap_new_vma(
 ) -> Result<(), MmError> {
     let mm = w.mm;
     if file == 0 && vm_flags & VM_SHARED != 0 {
-        file = mm.ctx.files.new_shmem_file();
+        file = mm.ctx.files.new_shmem_file(end - start);
     }
     if let Some(shift) = huge_page_shift(file) {
         // hugetlbfs_file_mmap, after the replaced VMAs were gathered (so a

@@ -26,6 +26,7 @@
 //! * [`fault`]: `do_user_addr_fault`, `lock_vma_under_rcu`.
 //! * `memory`: `handle_mm_fault` and its `do_*` steps, fault-around.
 //! * [`filemap`]: the page cache fault-around maps from.
+//! * [`rmap`]: mappers of fork-shared anonymous pages (COW reuse).
 //! * `mmap_lock`: `lock_next_vma`, the maps reader's per-VMA lock step.
 //! * [`fork`]: `dup_mmap`, `vm_area_dup`, `vm_area_init_from`.
 //! * [`exit`]: tearing an address space down, `exit_mmap`.
@@ -79,6 +80,8 @@ pub mod proc_maps;
 pub mod race;
 #[cfg(not(vmasim_loom))]
 pub mod race_lab;
+#[cfg(not(vmasim_loom))]
+pub mod rmap;
 #[cfg(not(vmasim_loom))]
 pub mod sim;
 #[cfg(not(vmasim_loom))]

@@ -114,6 +114,32 @@ pub fn do_mremap(
     Ok(res)
 }
 
+/// `align_hugetlb`: on a hugetlb VMA the lengths are rounded up to the
+/// huge page size, both addresses must be aligned to it, and it cannot
+/// grow ("the underlying hugetlb reservation is not yet capable to handle
+/// split reservation").
+fn align_hugetlb(vrm: &mut Vrm, file: u64) -> Result<(), MmError> {
+    let Some(shift) = crate::mm::mm_struct::huge_page_shift(file) else {
+        return Ok(());
+    };
+    let h = 1u64 << shift;
+    vrm.old_len = vrm.old_len.wrapping_add(h - 1) & !(h - 1);
+    vrm.new_len = vrm.new_len.wrapping_add(h - 1) & !(h - 1);
+    if vrm.addr & (h - 1) != 0 || vrm.new_addr & (h - 1) != 0 {
+        return Err(MmError::inval(
+            "addr",
+            format!("hugetlb addresses must be aligned to {h:#x}"),
+        ));
+    }
+    if vrm.new_len > vrm.old_len {
+        return Err(MmError::inval(
+            "new_length",
+            "a hugetlb mapping cannot grow",
+        ));
+    }
+    Ok(())
+}
+
 /// `check_mremap_params`: the checks that need no VMA.
 fn check_mremap_params(vrm: &Vrm) -> Result<(), MmError> {
     if vrm.flags & !(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 {
@@ -189,6 +215,9 @@ fn vrm_move_only(vrm: &Vrm) -> bool {
 /// `check_prep_vma`: what the VMA at `vrm.addr` allows.
 fn check_prep_vma(w: &Writer<'_>, vrm: &mut Vrm, idx: VmaIdx) -> Result<(), MmError> {
     let f = w.fields(idx);
+    if f.vm_flags & VM_HUGETLB != 0 {
+        align_hugetlb(vrm, f.vm_file)?;
+    }
     if !vrm.implies_new_addr() {
         // "For convenience, we set new_addr even if VMA won't move."
         vrm.new_addr = vrm.addr;
