@@ -77,7 +77,11 @@ pub(crate) fn handle_mm_fault(
         vma,
         f,
         address,
-        pgoff: f.vm_pgoff + ((address - f.vm_start) >> PAGE_SHIFT),
+        // Wrapping: the race lab's buggy variants fault through a VMA that
+        // was reused for another range; nothing may panic on that.
+        pgoff: f
+            .vm_pgoff
+            .wrapping_add(address.wrapping_sub(f.vm_start) >> PAGE_SHIFT),
         write: access == Access::Write,
         vma_locked,
     };
@@ -258,6 +262,10 @@ fn __do_fault(vmf: &VmFault<'_>) {
 /// was among those mapped.
 fn do_fault_around(vmf: &VmFault<'_>) -> bool {
     let f = vmf.f;
+    // Only the race lab's buggy variants fault outside the VMA's range.
+    if vmf.address < f.vm_start || vmf.address >= f.vm_end {
+        return false;
+    }
     let pte_off = (vmf.address >> PAGE_SHIFT) & (PTRS_PER_PTE - 1);
     let vma_off = (vmf.address - f.vm_start) >> PAGE_SHIFT;
     let vma_pages = (f.vm_end - f.vm_start) >> PAGE_SHIFT;
