@@ -8,7 +8,7 @@
 
 use crate::mm::mm_struct::MmStruct;
 use crate::mm::mmap::zap_page_range;
-use crate::mm::pgtable::free_pgtables;
+use crate::mm::pgtable::{USER_PGTABLES_CEILING, free_pgtables};
 use crate::mm::race::InjectPoint;
 use crate::mm::vma::Writer;
 use crate::mm::{MmError, TASK_SIZE};
@@ -39,7 +39,7 @@ pub fn exit_mmap(mm: &MmStruct) -> Result<ExitStats, MmError> {
     }
     // free_pgtables over the whole (now empty) address space: the budget
     // gets every table back even while other calls still hold the mm.
-    free_pgtables(mm, 0, TASK_SIZE, &w.guard);
+    free_pgtables(mm, 0, USER_PGTABLES_CEILING, &w.guard);
     for e in &entries {
         let vma = pool.get(e.idx);
         if let Some(r) = race {

@@ -442,13 +442,22 @@ pub(crate) fn free_pgtables(mm: &MmStruct, start: u64, end: u64, guard: &RcuRead
     }
     for (gs, ge) in gaps {
         let floor = mm.mm_mt.prev(gs, guard).map_or(0, |p| p.end.min(gs));
-        let ceiling = mm.mm_mt.next(ge, guard).map_or(TASK_SIZE, |n| n.start);
+        let ceiling = mm
+            .mm_mt
+            .next(ge, guard)
+            .map_or(USER_PGTABLES_CEILING, |n| n.start);
         // SAFETY: `[floor, ceiling)` has no VMA (floor is the end of the
         // VMA before the gap, ceiling the start of the one after it), and
         // the caller holds mmap_lock for write with the range zapped.
         unsafe { mm.pgd.free_pgd_range(gs, ge, floor, ceiling) };
     }
 }
+
+/// `USER_PGTABLES_CEILING`: with no VMA above, page tables may be freed up
+/// to the end of the user half of the address space, `1 << 47` -- not
+/// `TASK_SIZE`, which stops a page short of it and would keep the top
+/// table alive.
+pub(crate) const USER_PGTABLES_CEILING: u64 = 1 << 47;
 
 fn next_boundary(addr: u64, span: u64) -> u64 {
     (addr & !(span - 1)).saturating_add(span)
