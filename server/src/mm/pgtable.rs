@@ -520,13 +520,13 @@ mod tests {
         // Unmapped [0x2000, 0x60_0000) with a VMA ending at 0x2000 and
         // none after: the first PTE table is shared with the neighbour.
         // SAFETY: single-threaded test; no reference into the range.
-        unsafe { pt.free_pgd_range(0x2000, 0x60_0000, 0x2000, TASK_SIZE) };
+        unsafe { pt.free_pgd_range(0x2000, 0x60_0000, 0x2000, USER_PGTABLES_CEILING) };
         assert!(pt.pte(0x1000).is_some());
         assert!(pt.pte(0x20_0000).is_none() && pt.pte(0x40_0000).is_none());
         assert_eq!(pt.pgtables_bytes(), 3 * TABLE_BYTES);
         // Everything, as at exit: the PMD and PUD tables go too.
         // SAFETY: as above.
-        unsafe { pt.free_pgd_range(0, TASK_SIZE, 0, TASK_SIZE) };
+        unsafe { pt.free_pgd_range(0, USER_PGTABLES_CEILING, 0, USER_PGTABLES_CEILING) };
         assert_eq!((pt.pgtables_bytes(), budget.used()), (0, 0));
     }
 
