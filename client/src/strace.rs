@@ -72,84 +72,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-/// `PROT_*` (Linux, x86-64).
-pub const PROT_NONE: u32 = 0;
-pub const PROT_READ: u32 = 0x1;
-pub const PROT_WRITE: u32 = 0x2;
-pub const PROT_EXEC: u32 = 0x4;
-pub const PROT_SEM: u32 = 0x8;
-pub const PROT_GROWSDOWN: u32 = 0x0100_0000;
-pub const PROT_GROWSUP: u32 = 0x0200_0000;
-
-/// `MAP_*` (Linux, x86-64).
-pub const MAP_FILE: u32 = 0;
-pub const MAP_SHARED: u32 = 0x01;
-pub const MAP_PRIVATE: u32 = 0x02;
-pub const MAP_SHARED_VALIDATE: u32 = 0x03;
-pub const MAP_TYPE: u32 = 0x0f;
-pub const MAP_DROPPABLE: u32 = 0x08;
-pub const MAP_FIXED: u32 = 0x10;
-pub const MAP_ANONYMOUS: u32 = 0x20;
-pub const MAP_32BIT: u32 = 0x40;
-pub const MAP_GROWSDOWN: u32 = 0x0100;
-pub const MAP_DENYWRITE: u32 = 0x0800;
-pub const MAP_EXECUTABLE: u32 = 0x1000;
-pub const MAP_LOCKED: u32 = 0x2000;
-pub const MAP_NORESERVE: u32 = 0x4000;
-pub const MAP_POPULATE: u32 = 0x8000;
-pub const MAP_NONBLOCK: u32 = 0x1_0000;
-pub const MAP_STACK: u32 = 0x2_0000;
-pub const MAP_HUGETLB: u32 = 0x4_0000;
-pub const MAP_SYNC: u32 = 0x8_0000;
-pub const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
-pub const MAP_UNINITIALIZED: u32 = 0x400_0000;
-/// `N<<MAP_HUGE_SHIFT` encodes a huge page size of 2^N bytes.
-pub const MAP_HUGE_SHIFT: u32 = 26;
-
-/// `MREMAP_*`.
-pub const MREMAP_MAYMOVE: u32 = 1;
-pub const MREMAP_FIXED: u32 = 2;
-pub const MREMAP_DONTUNMAP: u32 = 4;
-
-const PROT_NAMES: &[(&str, u32)] = &[
-    ("PROT_NONE", PROT_NONE),
-    ("PROT_READ", PROT_READ),
-    ("PROT_WRITE", PROT_WRITE),
-    ("PROT_EXEC", PROT_EXEC),
-    ("PROT_SEM", PROT_SEM),
-    ("PROT_GROWSDOWN", PROT_GROWSDOWN),
-    ("PROT_GROWSUP", PROT_GROWSUP),
-];
-
-const MAP_NAMES: &[(&str, u32)] = &[
-    ("MAP_FILE", MAP_FILE),
-    ("MAP_SHARED", MAP_SHARED),
-    ("MAP_PRIVATE", MAP_PRIVATE),
-    ("MAP_SHARED_VALIDATE", MAP_SHARED_VALIDATE),
-    ("MAP_DROPPABLE", MAP_DROPPABLE),
-    ("MAP_FIXED", MAP_FIXED),
-    ("MAP_ANONYMOUS", MAP_ANONYMOUS),
-    ("MAP_ANON", MAP_ANONYMOUS),
-    ("MAP_32BIT", MAP_32BIT),
-    ("MAP_GROWSDOWN", MAP_GROWSDOWN),
-    ("MAP_DENYWRITE", MAP_DENYWRITE),
-    ("MAP_EXECUTABLE", MAP_EXECUTABLE),
-    ("MAP_LOCKED", MAP_LOCKED),
-    ("MAP_NORESERVE", MAP_NORESERVE),
-    ("MAP_POPULATE", MAP_POPULATE),
-    ("MAP_NONBLOCK", MAP_NONBLOCK),
-    ("MAP_STACK", MAP_STACK),
-    ("MAP_HUGETLB", MAP_HUGETLB),
-    ("MAP_SYNC", MAP_SYNC),
-    ("MAP_FIXED_NOREPLACE", MAP_FIXED_NOREPLACE),
-    ("MAP_UNINITIALIZED", MAP_UNINITIALIZED),
-];
-
-const MREMAP_NAMES: &[(&str, u32)] = &[
-    ("MREMAP_MAYMOVE", MREMAP_MAYMOVE),
-    ("MREMAP_FIXED", MREMAP_FIXED),
-    ("MREMAP_DONTUNMAP", MREMAP_DONTUNMAP),
-];
+use vmasim_proto::linux::{MAP_NAMES, MREMAP_NAMES, PROT_NAMES};
+/// `PROT_*`, `MAP_*`, `MREMAP_*` (Linux, x86-64) and the names strace
+/// prints for them: the proto crate owns them.
+pub use vmasim_proto::linux::{map::*, mremap::*, prot::*};
 
 /// Signal numbers (x86-64) for `+++ killed by SIGxxx +++`.
 const SIGNALS: &[(&str, i64)] = &[

@@ -5,8 +5,8 @@
 //! prost and tonic. The server and the client both depend on it, so they
 //! cannot drift apart, and neither carries generated code of its own. As in
 //! tokio-rs/mini-redis, the shared protocol lives in one small library and
-//! everything with behaviour lives elsewhere: there is no logic here, only
-//! types.
+//! everything with behaviour lives elsewhere: there are only types here,
+//! and the few facts (names, bits) both sides must spell alike.
 //!
 //! The `.proto` files are the reference documentation: every field says its
 //! unit, its valid range, what happens at the edges and which gRPC status an
@@ -28,6 +28,14 @@
 //! * server: [`v1::address_space_server::AddressSpace`] (the trait to
 //!   implement) and [`v1::address_space_server::AddressSpaceServer`];
 //! * oneofs: [`v1::session_request::Op`] and [`v1::session_reply::Result`].
+//!
+//! Beside the generated code, the facts both sides share, defined once:
+//!
+//! * [`METHODS`]: the RPCs of the service (checked against the descriptor),
+//!   [`v1::session_request::Op::method`] and [`for_each_session_op!`];
+//! * [`status::code_name`]: gRPC status names (`NOT_FOUND`);
+//! * [`linux`]: `PROT_*`, `MAP_*`, `MREMAP_*` bits and their names, and the
+//!   maps paths of the engine's own files.
 //!
 //! # Why it is built this way
 //!
@@ -88,30 +96,16 @@ pub mod v1 {
 /// (`Builder::configure().register_encoded_file_descriptor_set(..)`).
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vmasim_descriptor");
 
+pub mod linux;
+mod methods;
+pub mod status;
+
+pub use methods::METHODS;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
-
-    /// Every RPC the server and client are written against.
-    const RPCS: &[&str] = &[
-        "Spawn",
-        "Mmap",
-        "Munmap",
-        "Mprotect",
-        "Brk",
-        "Mremap",
-        "Madvise",
-        "Fault",
-        "FaultBatch",
-        "Fork",
-        "Exit",
-        "Maps",
-        "Stats",
-        "ListRaceScenarios",
-        "RaceScenario",
-        "Session",
-    ];
 
     #[test]
     fn descriptor_set_has_every_rpc() {
@@ -125,10 +119,10 @@ mod tests {
             .find(|s| s.name() == "AddressSpace")
             .expect("service vmasim.v1.AddressSpace");
         let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
-        for rpc in RPCS {
+        for rpc in METHODS {
             assert!(methods.contains(rpc), "missing rpc {rpc}: {methods:?}");
         }
-        assert_eq!(methods.len(), RPCS.len(), "unexpected rpcs: {methods:?}");
+        assert_eq!(methods.len(), METHODS.len(), "unexpected rpcs: {methods:?}");
 
         let session = service
             .method

@@ -1166,22 +1166,9 @@ impl AddressSpace for AddressSpaceService {
 /// The method name of a `Session` operation (for the abandoned-call
 /// counters).
 fn session_op_name(req: &pb::SessionRequest) -> &'static str {
-    use session_request::Op;
-    match &req.op {
-        None => "Session",
-        Some(Op::Spawn(_)) => "Spawn",
-        Some(Op::Mmap(_)) => "Mmap",
-        Some(Op::Munmap(_)) => "Munmap",
-        Some(Op::Mprotect(_)) => "Mprotect",
-        Some(Op::Brk(_)) => "Brk",
-        Some(Op::Fault(_)) => "Fault",
-        Some(Op::FaultBatch(_)) => "FaultBatch",
-        Some(Op::Fork(_)) => "Fork",
-        Some(Op::Exit(_)) => "Exit",
-        Some(Op::Maps(_)) => "Maps",
-        Some(Op::Mremap(_)) => "Mremap",
-        Some(Op::Madvise(_)) => "Madvise",
-    }
+    req.op
+        .as_ref()
+        .map_or("Session", session_request::Op::method)
 }
 
 impl AddressSpaceService {

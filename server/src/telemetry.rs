@@ -151,50 +151,10 @@ const FAULT_BUCKETS: &[f64] = &[
     0.1,
 ];
 
-/// The methods of `vmasim.v1.AddressSpace`, the `method` label values that
-/// are registered at start-up.
-pub const METHODS: &[&str] = &[
-    "Spawn",
-    "Mmap",
-    "Munmap",
-    "Mprotect",
-    "Brk",
-    "Mremap",
-    "Madvise",
-    "Fault",
-    "FaultBatch",
-    "Fork",
-    "Exit",
-    "Maps",
-    "Stats",
-    "ListRaceScenarios",
-    "RaceScenario",
-    "Session",
-];
-
-/// The gRPC status name used as the `code` label (the canonical
-/// upper-snake spelling of the gRPC spec).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+/// The methods of `vmasim.v1.AddressSpace` (the `method` label values
+/// registered at start-up) and the gRPC status names (the `code` label):
+/// the proto crate owns both.
+pub use vmasim_proto::{METHODS, status::code_name};
 
 /// Handles of the metrics refreshed from [`SimStats`] at render time.
 struct EngineMetrics {

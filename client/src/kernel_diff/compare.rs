@@ -57,10 +57,9 @@ pub struct Vma {
 
 /// The memfd name prefix the executor uses (`memfd_create("kdiff-N")`).
 const MEMFD_PREFIX: &str = "/memfd:kdiff-";
-/// How shared anonymous memory shows in maps.
-pub const SHMEM_PATH: &str = "/dev/zero (deleted)";
-/// How an anonymous hugetlb file shows in maps (`HUGETLB_ANON_FILE`).
-pub const HUGETLB_PATH: &str = "/anon_hugepage (deleted)";
+/// How shared anonymous memory and an anonymous hugetlb file show in
+/// maps (the proto crate owns the names; the engine uses the same).
+pub use vmasim_proto::linux::{HUGETLB_ANON_PATH as HUGETLB_PATH, SHMEM_ANON_PATH as SHMEM_PATH};
 
 /// Parse a kernel maps line (with the executor's `Rss`/`Anonymous`).
 pub fn kernel_vma(line: &str, rss_kb: Option<u64>, anon_kb: Option<u64>) -> Option<Vma> {

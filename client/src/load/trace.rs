@@ -43,6 +43,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Status;
+use vmasim_proto::linux::{map, mremap};
 use vmasim_proto::v1::session_reply::Result as Reply;
 use vmasim_proto::v1::session_request::Op;
 use vmasim_proto::v1::{
@@ -51,11 +52,12 @@ use vmasim_proto::v1::{
 };
 
 const PAGE: u64 = 4096;
-const MAP_FIXED: u64 = 0x10;
-const MAP_ANONYMOUS: u64 = 0x20;
-const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
-const MREMAP_MAYMOVE: u64 = 1;
-const MREMAP_FIXED: u64 = 2;
+// Recorded syscall arguments are u64 registers.
+const MAP_FIXED: u64 = map::MAP_FIXED as u64;
+const MAP_ANONYMOUS: u64 = map::MAP_ANONYMOUS as u64;
+const MAP_FIXED_NOREPLACE: u64 = map::MAP_FIXED_NOREPLACE as u64;
+const MREMAP_MAYMOVE: u64 = mremap::MREMAP_MAYMOVE as u64;
+const MREMAP_FIXED: u64 = mremap::MREMAP_FIXED as u64;
 
 /// One replayable operation.
 #[derive(Debug, Clone)]

@@ -75,10 +75,8 @@ const INTERNAL_FILE_SERIAL: u64 = (1 << 60) - 1;
 /// fault past the end can be refused without a table of sizes.
 const SHMEM_SERIAL_BITS: u32 = 24;
 
-/// How an anonymous hugetlb file appears in maps (`HUGETLB_ANON_FILE`).
-pub const HUGETLB_ANON_PATH: &str = "/anon_hugepage (deleted)";
-/// How a shared anonymous mapping's file appears in maps.
-pub const SHMEM_ANON_PATH: &str = "/dev/zero (deleted)";
+/// How the engine's own files appear in maps (shared with kernel-diff).
+pub use vmasim_proto::linux::{HUGETLB_ANON_PATH, SHMEM_ANON_PATH};
 
 /// The size in pages of one of the engine's own shmem files, `None` for
 /// other files (whose size the simulation does not know).

@@ -15,65 +15,18 @@ use crate::mm::{
     MMAP_BASE, MMAP_MIN_ADDR, MmError, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, page_align, page_aligned,
 };
 
-/// `prot` bits (`PROT_*`).
+/// `prot` bits (`PROT_*`; the proto crate owns the bits).
 pub mod prot {
-    /// No access.
-    pub const PROT_NONE: u32 = 0x0;
-    /// Readable.
-    pub const PROT_READ: u32 = 0x1;
-    /// Writable.
-    pub const PROT_WRITE: u32 = 0x2;
-    /// Executable.
-    pub const PROT_EXEC: u32 = 0x4;
-    /// All known bits.
-    pub const PROT_MASK: u32 = 0x7;
+    pub use vmasim_proto::linux::prot::*;
+    /// All the bits `mmap` maps (`PROT_SEM` and the mprotect-only
+    /// `PROT_GROWS*` aside).
+    pub const PROT_MASK: u32 = PROT_READ | PROT_WRITE | PROT_EXEC;
 }
 
-/// `mmap` flag bits (`MAP_*`, x86-64 values).
+/// `mmap` flag bits (`MAP_*`, x86-64 values; the proto crate owns the
+/// bits) and the masks `do_mmap` checks them with.
 pub mod map {
-    /// Shared mapping.
-    pub const MAP_SHARED: u32 = 0x01;
-    /// Private (copy-on-write) mapping.
-    pub const MAP_PRIVATE: u32 = 0x02;
-    /// `MAP_SHARED_VALIDATE`: shared, unknown flags refused.
-    pub const MAP_SHARED_VALIDATE: u32 = 0x03;
-    /// Map exactly at `addr`, replacing what is there.
-    pub const MAP_FIXED: u32 = 0x10;
-    /// Not backed by a file.
-    pub const MAP_ANONYMOUS: u32 = 0x20;
-    /// Stack-like (accepted, sets `VM_GROWSDOWN`-free behaviour: ignored).
-    pub const MAP_GROWSDOWN: u32 = 0x100;
-    /// Ignored by the kernel.
-    pub const MAP_DENYWRITE: u32 = 0x800;
-    /// Ignored by the kernel.
-    pub const MAP_EXECUTABLE: u32 = 0x1000;
-    /// Lock pages (accepted, not simulated).
-    pub const MAP_LOCKED: u32 = 0x2000;
-    /// No swap reservation (`VM_NORESERVE`, which blocks merges).
-    pub const MAP_NORESERVE: u32 = 0x4000;
-    /// Prefault (accepted, not simulated).
-    pub const MAP_POPULATE: u32 = 0x8000;
-    /// Don't block on I/O (ignored).
-    pub const MAP_NONBLOCK: u32 = 0x10000;
-    /// Stack (`VM_NOHUGEPAGE` since 6.7, which blocks merges).
-    pub const MAP_STACK: u32 = 0x20000;
-    /// A hugetlb mapping: an anonymous hugetlbfs file of huge pages. The
-    /// simulated machine has none reserved (`vm.nr_hugepages` 0), so it
-    /// maps only with `MAP_NORESERVE`, and a touch is `SIGBUS`.
-    pub const MAP_HUGETLB: u32 = 0x40000;
-    /// Shift of the huge page size's log2 in the flags (`MAP_HUGE_2MB` is
-    /// `21 << MAP_HUGE_SHIFT`).
-    pub const MAP_HUGE_SHIFT: u32 = 26;
-    /// Mask of the huge page size's log2 after the shift.
-    pub const MAP_HUGE_MASK: u32 = 0x3f;
-    /// Like `MAP_FIXED` but fail with `EEXIST` instead of replacing.
-    pub const MAP_FIXED_NOREPLACE: u32 = 0x100000;
-    /// `MAP_32BIT` (x86-64): place below 2 GiB (not simulated).
-    pub const MAP_32BIT: u32 = 0x40;
-    /// `MAP_ABOVE4G` (x86-64, 6.7+): place above 4 GiB (not simulated).
-    pub const MAP_ABOVE4G: u32 = 0x80;
-    /// `MAP_TYPE`: the bits holding the map type.
-    pub const MAP_TYPE: u32 = 0x0f;
+    pub use vmasim_proto::linux::map::*;
     /// `LEGACY_MAP_MASK` (include/linux/mman.h): the flags before
     /// MAP_SHARED_VALIDATE existed; `MAP_SHARED` keeps only these.
     pub const LEGACY_MAP_MASK: u32 = MAP_SHARED
@@ -89,7 +42,7 @@ pub mod map {
         | MAP_NONBLOCK
         | MAP_STACK
         | MAP_HUGETLB
-        | 0x400_0000; // MAP_UNINITIALIZED
+        | MAP_UNINITIALIZED;
     /// Every bit `mmap` has a name for (others are ignored).
     pub const MAP_KNOWN: u32 = MAP_SHARED
         | MAP_PRIVATE
