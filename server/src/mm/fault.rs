@@ -548,6 +548,15 @@ pub(crate) fn populate_range(mm: &MmStruct, start: u64, end: u64) {
     if state.dead {
         return;
     }
+    populate_vma_page_range(mm, start, end);
+    drop(state);
+}
+
+/// The faulting loop of [`populate_range`], for a caller that already holds
+/// `mmap_lock` (for read or write): `mprotect_fixup` populates each VMA it
+/// made writable before it moves on to the next one, so the `anon_vma` this
+/// gives the VMA decides whether the next VMA merges with it.
+pub(crate) fn populate_vma_page_range(mm: &MmStruct, start: u64, end: u64) {
     let g = rcu_read_lock();
     for e in mm.mm_mt.overlapping(start, end, &g) {
         let vma = mm.ctx.pool.get(e.idx);
@@ -567,7 +576,6 @@ pub(crate) fn populate_range(mm: &MmStruct, start: u64, end: u64) {
             addr += 1 << PAGE_SHIFT;
         }
     }
-    drop(state);
 }
 
 /// Frame and bits of the PTE for `addr`, for tests and tools.
