@@ -117,6 +117,10 @@ impl CallCtx {
     }
 }
 
+/// The message of a call refused because every concurrency slot is taken
+/// (unary calls in the RPC layer, `Session` operations in the service).
+pub const CONCURRENCY_LIMIT_MESSAGE: &str = "server concurrency limit reached; retry later";
+
 /// Replies up to this size are not charged: the small answers of the
 /// mutating calls (an address, a count) must never fail for want of
 /// budget after their work is done. The count of such replies is bounded

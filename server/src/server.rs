@@ -55,6 +55,12 @@ pub const SERVICE_NAME: &str = "vmasim.v1.AddressSpace";
 /// How long in-flight calls may take to finish once shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// During the drain, a connection on which nothing has been read or
+/// written for this long is closed: its peer is not taking the replies
+/// or closing (a client that stopped reading, a half-open connection),
+/// and waiting for it would hold the shutdown to [`DRAIN_TIMEOUT`].
+pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
 /// Largest health-check request (a service name), bytes.
 const HEALTH_MAX_MESSAGE: usize = 4096;
 
@@ -89,9 +95,10 @@ pub struct ServerConfig {
     pub sim: SimConfig,
     /// Maximum addresses in one `FaultBatch` (default 65536).
     pub max_batch: usize,
-    /// Maximum calls in flight over all connections; a `Session` stream
-    /// counts as one call for its whole life (default 1024). Calls beyond
-    /// it get RESOURCE_EXHAUSTED at once.
+    /// Maximum calls in flight over all connections (default 1024): a
+    /// unary call holds a slot while it and its engine work run, a
+    /// `Session` operation while its work runs (an idle stream holds
+    /// none). Calls beyond it get RESOURCE_EXHAUSTED at once.
     pub concurrency_limit: usize,
     /// Server-side limit on the time to answer a call (default 30 s); the
     /// client's `grpc-timeout`, when shorter, wins.
@@ -221,8 +228,9 @@ impl Server {
 
     /// Serve gRPC on `grpc` and, if given, `GET /metrics` on `metrics`,
     /// until `shutdown` completes. Then: health goes NOT_SERVING, both
-    /// listeners close, `Session` streams end with UNAVAILABLE, in-flight
-    /// calls finish (for at most [`DRAIN_TIMEOUT`]), and this returns.
+    /// listeners close, streams end with UNAVAILABLE, in-flight calls
+    /// finish (for at most [`DRAIN_TIMEOUT`]; a connection with no I/O for
+    /// [`DRAIN_IDLE`] is closed meanwhile), and this returns.
     pub async fn serve(
         self,
         grpc: tokio::net::TcpListener,
@@ -261,7 +269,8 @@ impl Server {
             },
             stop_rx.clone(),
         )
-        .with_reply_budget(reply_budget.clone());
+        .with_reply_budget(reply_budget.clone())
+        .with_slots(slots.clone());
         let auth = BearerAuth::new(cfg.auth_token.as_deref());
         let api = InterceptedService::new(
             AddressSpaceServer::new(service)
@@ -311,6 +320,7 @@ impl Server {
             cfg.max_connections.max(1),
             cfg.handshake_timeout,
             telemetry.clone(),
+            stop_rx.clone(),
         );
         let mut grpc_task =
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
@@ -682,15 +692,14 @@ where
         };
         // Health checks are never refused: a loaded server is not a dead
         // one. Watch streams live long, so they have a cap of their own.
+        // A `Session` takes a slot per operation, in the service, so that
+        // an idle stream holds none.
         let sem = if method == "grpc.health.v1.Health/Watch" {
             Some((&self.layer.watch_limit, "health Watch stream limit reached"))
-        } else if is_health(path) {
+        } else if is_health(path) || method == "Session" {
             None
         } else {
-            Some((
-                &self.layer.limit,
-                "server concurrency limit reached; retry later",
-            ))
+            Some((&self.layer.limit, crate::call::CONCURRENCY_LIMIT_MESSAGE))
         };
         let permit = match sem {
             None => None,
@@ -728,7 +737,8 @@ where
                     let mut resp = resp.map(|inner| RpcBody::new(inner, Some(call)));
                     let body = resp.body_mut();
                     if streaming {
-                        // A stream holds its slot for its whole life.
+                        // A Watch or reflection stream holds its slot for
+                        // its whole life (a Session's ctx holds none).
                         body.ctx = Some(ctx);
                         if method != "Session" {
                             body.stop = Some(Box::pin(stopped(stop)));

@@ -25,6 +25,13 @@
 //!   entries. When the client stops reading, the channel fills, the task
 //!   stops reading requests, and HTTP/2 flow control pushes back on the
 //!   client: nothing is buffered without bound.
+//! * **A Session holds a concurrency slot only while it works.** Each
+//!   operation on the stream takes a slot of `--concurrency-limit` for as
+//!   long as its engine work runs, exactly like a unary call, and gets
+//!   RESOURCE_EXHAUSTED when none is free. An idle stream (a load
+//!   generator between requests, or one that never sends) holds no slot,
+//!   so idle streams cannot lock other clients out; what an idle stream
+//!   costs is bounded by the connection and per-connection stream caps.
 
 use crate::call::{CallCtx, Charge, ReplyBudget, ReplyHold};
 use crate::mm::MmError;
@@ -106,6 +113,10 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     /// Bytes of replies not yet handed to HTTP/2, server-wide.
     replies: Arc<ReplyBudget>,
+    /// The server's concurrency slots, taken by each `Session` operation
+    /// while it runs (unary calls take theirs in the RPC layer). `None`:
+    /// no limit (the service used alone).
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl std::fmt::Debug for AddressSpaceService {
@@ -392,6 +403,7 @@ impl AddressSpaceService {
                 limits,
                 shutdown,
                 replies: Arc::new(ReplyBudget::new(usize::MAX)),
+                slots: None,
             }),
         }
     }
@@ -401,6 +413,15 @@ impl AddressSpaceService {
     pub fn with_reply_budget(mut self, budget: Arc<ReplyBudget>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.replies = budget;
+        }
+        self
+    }
+
+    /// Take `Session` operations' concurrency slots from `slots` (the
+    /// semaphore the RPC layer takes unary calls' slots from).
+    pub fn with_slots(mut self, slots: Arc<tokio::sync::Semaphore>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.slots = Some(slots);
         }
         self
     }
@@ -1041,23 +1062,21 @@ impl AddressSpace for AddressSpaceService {
         let (tx, rx) = mpsc::channel::<Queued>(self.inner.limits.stream_buffer.max(1));
         let this = self.clone();
         let mut shutdown = self.inner.shutdown.clone();
-        // The stream's concurrency slot: the task holds it until it ends,
-        // so the slot is taken exactly while work can still run for this
-        // stream (not until hyper drops a body nobody reads).
-        let stream_ctx = CallCtx::current();
         let hold = ReplyHold::default();
         let task_hold = hold.clone();
         let patience = self.inner.limits.request_timeout;
         let buffer = self.inner.limits.stream_buffer.max(1);
+        let push_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _slot = stream_ctx;
             let mut sent = SentLog::new();
             let stop = async move {
                 let _ = shutdown.wait_for(|&s| s).await;
             };
             tokio::pin!(stop);
             // Queue one reply; false when the stream is over (client gone,
-            // or not reading for longer than `patience`).
+            // not reading for longer than `patience`, or, while it waits
+            // for room, the server shutting down: a client that does not
+            // read must not hold the drain up).
             let push = |tx: &mpsc::Sender<Queued>,
                         sent: &mut std::collections::VecDeque<_>,
                         item: Result<pb::SessionReply, Status>,
@@ -1068,14 +1087,28 @@ impl AddressSpace for AddressSpaceService {
                 }
                 sent.push_back((Arc::downgrade(&q), tokio::time::Instant::now()));
                 let tx = tx.clone();
-                async move { matches!(tokio::time::timeout(patience, tx.send(q)).await, Ok(Ok(()))) }
+                let mut shutdown = push_shutdown.clone();
+                async move {
+                    tokio::select! {
+                        // Room first: the last reply (UNAVAILABLE at
+                        // shutdown) still goes out if it fits.
+                        biased;
+                        r = tokio::time::timeout(patience, tx.send(q)) => matches!(r, Ok(Ok(()))),
+                        _ = shutdown.wait_for(|&s| s) => false,
+                    }
+                }
             };
             let expire = |sent: &mut SentLog| {
                 drain(sent);
-                task_hold.expire(Status::deadline_exceeded(format!(
-                    "Session: replies not read for {}; stream closed",
-                    humantime::format_duration(patience)
-                )));
+                let status = if *push_shutdown.borrow() {
+                    Status::unavailable("server is shutting down")
+                } else {
+                    Status::deadline_exceeded(format!(
+                        "Session: replies not read for {}; stream closed",
+                        humantime::format_duration(patience)
+                    ))
+                };
+                task_hold.expire(status);
             };
             loop {
                 // Replies the client has taken are gone from the front.
@@ -1112,9 +1145,20 @@ impl AddressSpace for AddressSpaceService {
                         }
                         let op = session_op_name(&req);
                         // Each operation is a call of its own inside the
-                        // stream: no deadline, abandoned with the stream.
-                        let op_ctx = CallCtx::new(None, None);
-                        let (reply, charge) = op_ctx.clone().scope(this.session_op(req)).await;
+                        // stream: it holds a concurrency slot while its
+                        // work runs (and only then), no deadline.
+                        let (reply, charge) = match this.session_slot() {
+                            Ok(slot) => CallCtx::new(slot, None).scope(this.session_op(req)).await,
+                            Err(status) => (
+                                pb::SessionReply {
+                                    id: req.id,
+                                    code: status.code() as i32,
+                                    message: status.message().to_string(),
+                                    result: None,
+                                },
+                                None,
+                            ),
+                        };
                         if tx.is_closed() {
                             // Nobody will read this reply: undo what would
                             // be lost for good, count what stands.
@@ -1172,6 +1216,19 @@ fn session_op_name(req: &pb::SessionRequest) -> &'static str {
 }
 
 impl AddressSpaceService {
+    /// A concurrency slot for one `Session` operation, or the
+    /// RESOURCE_EXHAUSTED a unary call would get.
+    fn session_slot(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
+        match &self.inner.slots {
+            None => Ok(None),
+            Some(sem) => sem
+                .clone()
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| Status::resource_exhausted(crate::call::CONCURRENCY_LIMIT_MESSAGE)),
+        }
+    }
+
     /// A `Session` operation finished after its stream's client had gone:
     /// exit a process nobody received the pid of, count what stands.
     fn session_abandoned(&self, op: &'static str, reply: &pb::SessionReply) {

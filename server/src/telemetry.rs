@@ -115,6 +115,9 @@ pub const REPLY_BUFFER_LIMIT_BYTES: &str = "vmasim_reply_buffer_limit_bytes";
 pub const CALLS_IN_FLIGHT: &str = "vmasim_calls_in_flight";
 /// `vmasim_connections_refused_total{reason=limit|handshake_timeout}`.
 pub const CONNECTIONS_REFUSED: &str = "vmasim_connections_refused_total";
+/// `accept` failures (EMFILE at the fd limit, ENFILE, ENOMEM), each
+/// followed by a pause.
+pub const ACCEPT_ERRORS: &str = "vmasim_accept_errors_total";
 /// `vmasim_rpc_applied_after_abandon_total{method}`: calls whose engine
 /// work completed after the client had gone (cancelled or past its
 /// deadline), so their effect stands although nobody saw the answer.
@@ -205,6 +208,7 @@ pub struct Telemetry {
     connections: Gauge,
     refused_limit: Counter,
     refused_handshake: Counter,
+    accept_errors: Counter,
     /// What the server layer lets the metrics read at render time: the
     /// reply budget and the concurrency semaphore.
     server_state: std::sync::OnceLock<ServerState>,
@@ -347,6 +351,7 @@ impl Telemetry {
         connections.set(0.0);
         let refused_limit = counter(CONNECTIONS_REFUSED, &[("reason", "limit")]);
         let refused_handshake = counter(CONNECTIONS_REFUSED, &[("reason", "handshake_timeout")]);
+        let accept_errors = counter(ACCEPT_ERRORS, &[]);
         for m in METHODS {
             counter(RPC_APPLIED_AFTER_ABANDON, &[("method", m)]).absolute(0);
         }
@@ -363,6 +368,7 @@ impl Telemetry {
             connections,
             refused_limit,
             refused_handshake,
+            accept_errors,
             server_state: std::sync::OnceLock::new(),
             process,
         }
@@ -444,6 +450,11 @@ impl Telemetry {
             "limit" => self.refused_limit.increment(1),
             _ => self.refused_handshake.increment(1),
         }
+    }
+
+    /// `accept` failed (the server pauses before the next one).
+    pub fn accept_error(&self) {
+        self.accept_errors.increment(1);
     }
 
     /// `method`'s work took effect after its caller had gone.
@@ -701,7 +712,12 @@ fn describe(r: &PrometheusRecorder) {
     c(
         CONNECTIONS_REFUSED,
         Unit::Count,
-        "Connections closed by the server: reason=limit (over --max-connections, closed on accept), reason=handshake_timeout (no HTTP/2 preface in time).",
+        "Connections closed by the server: reason=limit (over --max-connections, closed on accept), reason=handshake_timeout (no HTTP/2 preface and SETTINGS frame within --handshake-timeout).",
+    );
+    c(
+        ACCEPT_ERRORS,
+        Unit::Count,
+        "accept() failures (EMFILE at the open-file limit, ENFILE, ENOMEM); each is followed by a 100 ms pause instead of a retry at once.",
     );
     c(
         RPC_APPLIED_AFTER_ABANDON,

@@ -8,6 +8,8 @@
 mod common;
 
 use common::*;
+use prost::Message;
+use std::time::{Duration, Instant};
 use tonic::Code;
 use vmasim_proto::v1 as pb;
 use vmasim_server::mm::pgtable::TABLE_BYTES;
@@ -211,8 +213,8 @@ async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: im
 /// the unary calls keep no slot once their work is done, and the raw
 /// connections are dropped when they stop answering PINGs, giving their
 /// bytes back. (A Session whose queued replies stay unread for the request
-/// timeout is ended and its queue dropped; one that has nothing queued
-/// keeps its slot until its client hangs up.)
+/// timeout is ended and its queue dropped; an idle one holds no slot:
+/// `idle_sessions_hold_no_concurrency_slot`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_replies_are_bounded_by_the_reply_budget() {
     const BUDGET: usize = 16 << 20;
@@ -587,4 +589,394 @@ async fn abandoned_calls_are_counted_as_cancelled() {
     assert!(by("CANCELLED") + by("DEADLINE_EXCEEDED") >= 5.0, "{text}");
     assert!(by("DEADLINE_EXCEEDED") >= 1.0, "{text}");
     srv.shutdown().await;
+}
+
+/// "No connection can pin a slot past a timeout": a `Session` holds a
+/// concurrency slot only while one of its operations is being worked on.
+/// Five idle Sessions at a limit of 2 leave both slots free (before, the
+/// third Session was refused and two idle ones locked every unary caller
+/// out for as long as their clients answered PINGs). When every slot is
+/// taken (two unary calls whose request never arrives, which hold theirs
+/// until --request-timeout), a Session operation is refused exactly like a
+/// unary call, and works again once the slots come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_hold_no_concurrency_slot() {
+    let srv = TestServer::start(ServerConfig {
+        concurrency_limit: 2,
+        request_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut c = srv.client().await;
+    let (mut txs, mut sessions) = (Vec::new(), Vec::new());
+    for i in 0..5u64 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SessionRequest>(4);
+        let mut out = c
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        // One operation each, answered; then the stream idles.
+        tx.send(pb::SessionRequest {
+            id: i,
+            op: Some(pb::session_request::Op::Spawn(pb::SpawnRequest::default())),
+        })
+        .await
+        .unwrap();
+        let r = out.message().await.unwrap().unwrap();
+        assert_eq!(r.code, Code::Ok as i32, "{r:?}");
+        txs.push(tx);
+        sessions.push(out);
+    }
+    let text = srv.metrics_text().await;
+    assert_eq!(metric(&text, "vmasim_calls_in_flight", &[]), 0.0, "{text}");
+    // Unary calls are not locked out by the five idle streams.
+    for _ in 0..4 {
+        spawn(&mut c).await;
+    }
+    // Take both slots with calls whose request body never comes.
+    let mut slow = raw::connect(srv.grpc).await;
+    raw::open(&mut slow, 1, "/vmasim.v1.AddressSpace/Stats").await;
+    raw::open(&mut slow, 3, "/vmasim.v1.AddressSpace/Stats").await;
+    wait_until("two slots taken", || async {
+        metric(&srv.metrics_text().await, "vmasim_calls_in_flight", &[]) == 2.0
+    })
+    .await;
+    txs[0]
+        .send(pb::SessionRequest {
+            id: 99,
+            op: Some(pb::session_request::Op::Spawn(pb::SpawnRequest::default())),
+        })
+        .await
+        .unwrap();
+    let r = sessions[0].message().await.unwrap().unwrap();
+    assert_eq!(r.id, 99);
+    assert_eq!(r.code, Code::ResourceExhausted as i32, "{r:?}");
+    assert!(r.message.contains("concurrency limit"), "{r:?}");
+    // The slow calls give their slots back at --request-timeout; the
+    // stream, still open, works again.
+    wait_until("the slow calls to time out", || async {
+        metric(&srv.metrics_text().await, "vmasim_calls_in_flight", &[]) == 0.0
+    })
+    .await;
+    txs[0]
+        .send(pb::SessionRequest {
+            id: 100,
+            op: Some(pb::session_request::Op::Spawn(pb::SpawnRequest::default())),
+        })
+        .await
+        .unwrap();
+    let r = sessions[0].message().await.unwrap().unwrap();
+    assert_eq!((r.id, r.code), (100, Code::Ok as i32), "{r:?}");
+    drop(txs);
+    srv.shutdown().await;
+}
+
+/// Item 5 at the issue's scale: 1000 half-open HTTP/2 connections (a
+/// third send nothing, a third part of the preface's magic, a third the
+/// whole magic but no SETTINGS frame) against a server whose open-file
+/// limit is 128, so it runs out of descriptors with most of them still in
+/// the listen backlog. Before: they stayed open for good, and at the fd
+/// limit the server spun in `accept` at 120% CPU while new clients got
+/// DEADLINE_EXCEEDED. Now: every one is closed by --handshake-timeout
+/// (1 s here), the server pauses 100 ms after each failed `accept`
+/// instead of spinning (asserted: at most one failure per pause), and a
+/// well-behaved client queued behind them is served once they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_at_the_fd_limit() {
+    const HALF_OPEN: usize = 1000;
+    const NOFILE: u64 = 128;
+    assert!(
+        raise_own_fd_limit(HALF_OPEN as u64 + 256) >= HALF_OPEN as u64 + 64,
+        "this test needs {} open files",
+        HALF_OPEN + 64
+    );
+    let srv = BinServer::start(
+        &["--max-connections", "4096", "--handshake-timeout", "1s"],
+        Some(NOFILE),
+    )
+    .await;
+    assert!(
+        srv.log().contains("open-file limit (128) is below"),
+        "no warning about the fd limit:\n{}",
+        srv.log()
+    );
+    let cpu0 = srv.cpu_seconds();
+    let t0 = Instant::now();
+    let mut half = Vec::with_capacity(HALF_OPEN);
+    for i in 0..HALF_OPEN {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(srv.grpc).await.unwrap();
+        match i % 3 {
+            0 => {}
+            1 => s.write_all(&raw::PREFACE[..10]).await.unwrap(),
+            _ => s.write_all(raw::PREFACE).await.unwrap(),
+        }
+        half.push(s);
+    }
+    // The server is at its limit now (fds numbered past the limit are
+    // inherited, e.g. cargo's jobserver pipe).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fds = srv.open_fds();
+    // A well-behaved client, queued behind them, is served.
+    let served = tokio::time::timeout(HANG, async {
+        let mut c = srv.client().await;
+        spawn(&mut c).await
+    })
+    .await
+    .expect("the well-behaved client was not served");
+    assert!(served > 0);
+    // Every half-open connection is closed by the server.
+    let closed = futures_join(half.into_iter().map(|mut s| async move {
+        tokio::time::timeout(HANG, raw::closed_by_server(&mut s))
+            .await
+            .unwrap_or(false)
+    }))
+    .await;
+    assert_eq!(closed.iter().filter(|&&c| c).count(), HALF_OPEN);
+    let elapsed = t0.elapsed();
+    let cpu = srv.cpu_seconds() - cpu0;
+    let text = srv.metrics_text().await;
+    let timed_out = metric(
+        &text,
+        "vmasim_connections_refused_total",
+        &[("reason", "handshake_timeout")],
+    );
+    let accept_errors = metric(&text, "vmasim_accept_errors_total", &[]);
+    println!(
+        "fd limit {NOFILE}: {HALF_OPEN} half-open connections closed by the handshake timeout \
+         ({timed_out} counted) in {elapsed:.1?}; {accept_errors} accept failures (EMFILE); \
+         server CPU {cpu:.2} s; max open fds {fds}"
+    );
+    assert!(timed_out >= HALF_OPEN as f64, "{text}");
+    // The limit was really reached, and each failure was followed by the
+    // 100 ms pause: a spinning accept fails hundreds of thousands of times
+    // a second.
+    assert!(accept_errors >= 1.0, "the fd limit was never reached");
+    let pauses = elapsed.as_millis() as f64 / 100.0;
+    assert!(
+        accept_errors <= pauses + 10.0,
+        "{accept_errors} accept failures in {elapsed:?}: accept is not backing off"
+    );
+    let (status, _, log) = srv.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
+}
+
+/// Await every future, in parallel.
+async fn futures_join<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+/// An empty `grpc.health.v1.HealthCheckRequest` (service ""): zero bytes.
+const HEALTH_REQUEST: &[u8] = &[];
+
+/// Item 5: 30,000 unauthenticated health `Watch` streams opened on one
+/// connection that never reads (before: +248 MiB). The connection may have
+/// 64 streams open (--max-streams-per-connection: HTTP/2 refuses the rest),
+/// the server 64 Watch streams (--max-watch-streams), so the server's
+/// resident memory grows by less than 16 MiB (asserted). While the
+/// attacker holds its streams, health checks still answer and other Watch
+/// calls are RESOURCE_EXHAUSTED; once it goes, Watch works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_on_one_connection_are_bounded() {
+    const STREAMS: u32 = 30_000;
+    let srv = BinServer::start(
+        &[
+            "--max-watch-streams",
+            "64",
+            "--max-streams-per-connection",
+            "64",
+        ],
+        None,
+    )
+    .await;
+    let ch = srv.endpoint().connect().await.unwrap();
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let req = || tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    // Warm up: one Watch, one check, a metrics scrape.
+    {
+        let mut w = h.watch(req()).await.unwrap().into_inner();
+        w.message().await.unwrap().unwrap();
+    }
+    h.check(req()).await.unwrap();
+    let _ = srv.metrics_text().await;
+    let rss0 = srv.rss_bytes();
+    let mut peak = rss0;
+    let mut s = raw::connect(srv.grpc).await;
+    let mut sent = 0u32;
+    for i in 0..STREAMS {
+        if raw::try_call(
+            &mut s,
+            2 * i + 1,
+            "/grpc.health.v1.Health/Watch",
+            HEALTH_REQUEST,
+        )
+        .await
+        .is_err()
+        {
+            // HTTP/2 answered the flood of refused streams with GOAWAY
+            // (ENHANCE_YOUR_CALM) and closed the connection.
+            break;
+        }
+        sent += 1;
+        if i % 1000 == 0 {
+            peak = peak.max(srv.rss_bytes());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    peak = peak.max(srv.rss_bytes());
+    // Health still answers; Watch is capped while the attacker's streams
+    // are open (if HTTP/2 has not closed its connection already).
+    assert_eq!(
+        h.check(req()).await.unwrap().into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    if sent == STREAMS {
+        // The attacker's connection is up and holds all 64 Watch slots.
+        let e = match h.watch(req()).await {
+            Ok(r) => r.into_inner().message().await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    }
+    let text = srv.metrics_text().await;
+    let watch_refused = opt_metric(
+        &text,
+        "vmasim_rpc_requests_total",
+        &[
+            ("method", "grpc.health.v1.Health/Watch"),
+            ("code", "RESOURCE_EXHAUSTED"),
+        ],
+    );
+    peak = peak.max(srv.rss_bytes());
+    let growth = peak.saturating_sub(rss0);
+    println!(
+        "{sent} of {STREAMS} Watch stream requests sent on one connection; \
+         {watch_refused} refused by --max-watch-streams; server RSS {} -> peak {} MiB (+{:.1} MiB)",
+        rss0 / MIB,
+        peak / MIB,
+        growth as f64 / MIB as f64
+    );
+    assert!(sent >= 64, "the connection closed after {sent} streams");
+    assert!(growth < 16 * MIB, "server RSS grew by {} MiB", growth / MIB);
+    drop(s);
+    // The attacker's Watch slots come back with its connection.
+    wait_until("the attacker's Watch streams to be freed", || {
+        let mut h = h.clone();
+        async move {
+            match h.watch(req()).await {
+                Ok(r) => r.into_inner().message().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let (status, _, log) = srv.terminate().await;
+    assert!(status.success(), "{status}\n{log}");
+}
+
+/// Item 5: shutdown does not wait the drain out (10 s) for peers that
+/// never read or never finish: Watch streams on a connection that grants
+/// no window, a 1.5 MiB `Maps` reply nobody reads, a `Session` that sends
+/// and never reads, a unary call whose request never arrives, half-open
+/// connections, an idle `Session`. Before: one such peer made every
+/// shutdown wait the full 10 s. Now: every connection is closed (asserted
+/// by reading each to its end), the server exits 0, and its log says the
+/// drain did not run out (the warning it prints when it does is absent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_peers_that_never_read() {
+    let srv = BinServer::start(&["--request-timeout", "60s"], None).await;
+    let mut c = srv.client().await;
+    let pid = c
+        .spawn(pb::SpawnRequest {
+            maps_text: many_vmas(20_000),
+            start_brk: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pid;
+    let mut peers = Vec::new();
+    // Watch streams, never read, no window.
+    let mut w = raw::connect(srv.grpc).await;
+    for i in 0..8 {
+        raw::call(
+            &mut w,
+            2 * i + 1,
+            "/grpc.health.v1.Health/Watch",
+            HEALTH_REQUEST,
+        )
+        .await;
+    }
+    peers.push(w);
+    // A large unary reply, never read.
+    let mut m = raw::connect(srv.grpc).await;
+    raw::call(
+        &mut m,
+        1,
+        "/vmasim.v1.AddressSpace/Maps",
+        &pb::MapsRequest { pid }.encode_to_vec(),
+    )
+    .await;
+    peers.push(m);
+    // A Session that sends Maps requests and never reads.
+    let mut sess = raw::connect(srv.grpc).await;
+    raw::open(&mut sess, 1, "/vmasim.v1.AddressSpace/Session").await;
+    for id in 0..4 {
+        let r = pb::SessionRequest {
+            id,
+            op: Some(pb::session_request::Op::Maps(pb::MapsRequest { pid })),
+        };
+        raw::send(&mut sess, 1, &r.encode_to_vec()).await;
+    }
+    peers.push(sess);
+    // A unary call whose request never comes.
+    let mut slow = raw::connect(srv.grpc).await;
+    raw::open(&mut slow, 1, "/vmasim.v1.AddressSpace/Stats").await;
+    peers.push(slow);
+    // Half-open connections.
+    for bytes in [&[][..], &raw::PREFACE[..]] {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(srv.grpc).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        peers.push(s);
+    }
+    // An idle Session from a real client.
+    let (_idle_tx, rx) = tokio::sync::mpsc::channel::<pb::SessionRequest>(1);
+    let _idle = c
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+    wait_until("the calls to be under way", || async {
+        let text = srv.metrics_text().await;
+        metric(&text, "vmasim_calls_in_flight", &[]) >= 1.0
+            && metric(&text, "vmasim_reply_buffer_bytes", &[]) > 0.0
+    })
+    .await;
+    let (status, took, log) = srv.terminate().await;
+    println!(
+        "shutdown with {} misbehaving peers took {took:.2?}",
+        peers.len()
+    );
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        !log.contains("still running after"),
+        "the drain ran out:\n{log}"
+    );
+    assert!(log.contains("server stopped"), "{log}");
+    for (i, mut p) in peers.into_iter().enumerate() {
+        let closed = tokio::time::timeout(HANG, raw::closed_by_server(&mut p)).await;
+        assert_eq!(closed.ok(), Some(true), "peer {i} still open");
+    }
 }

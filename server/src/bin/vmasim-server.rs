@@ -77,7 +77,7 @@ mod imp {
         #[arg(long, env = "VMASIM_MAX_BATCH", default_value_t = 65536)]
         max_batch: usize,
 
-        /// Maximum calls in flight (a Session stream counts as one); more get RESOURCE_EXHAUSTED at once.
+        /// Maximum calls in flight: a unary call holds a slot while it runs, a Session operation while its work runs (an idle Session holds none); more get RESOURCE_EXHAUSTED at once.
         #[arg(long, env = "VMASIM_CONCURRENCY_LIMIT", default_value_t = 1024)]
         concurrency_limit: usize,
 
@@ -93,7 +93,7 @@ mod imp {
         #[arg(long, env = "VMASIM_MAX_REPLY_BUFFER_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
         max_reply_buffer_bytes: u64,
 
-        /// Open gRPC connections; more are closed on accept.
+        /// Open gRPC connections; more are closed on accept. Each takes a file descriptor: at start the soft RLIMIT_NOFILE is raised to the hard one, and a warning says so if it is still below this plus a reserve.
         #[arg(long, env = "VMASIM_MAX_CONNECTIONS", default_value_t = 512)]
         max_connections: usize,
 
@@ -105,7 +105,7 @@ mod imp {
         #[arg(long, env = "VMASIM_MAX_WATCH_STREAMS", default_value_t = 64)]
         max_watch_streams: usize,
 
-        /// Time a new connection has to send the HTTP/2 preface.
+        /// Time a new connection has to send the HTTP/2 preface (the magic and its SETTINGS frame); a connection that has not is closed.
         #[arg(long, env = "VMASIM_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
         handshake_timeout: Duration,
 
@@ -295,6 +295,34 @@ mod imp {
         1000 + (h.finish() % ((1 << 30) - 1000)) as u32
     }
 
+    /// File descriptors the server needs besides its connections: the
+    /// runtime, both listeners, /metrics scrapes, logs.
+    const FD_RESERVE: u64 = 64;
+
+    /// Raise the soft open-file limit to the hard one (what a server with
+    /// hundreds of connections needs; 1024 is a common default soft
+    /// limit), and warn when it still cannot hold `max_connections`: past
+    /// it `accept` fails with EMFILE, the server pauses and retries
+    /// (`vmasim_accept_errors_total`), and new clients wait in the backlog.
+    fn raise_fd_limit(max_connections: usize) {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+            return;
+        };
+        let mut limit = soft;
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            limit = hard;
+        }
+        let needed = max_connections as u64 + FD_RESERVE;
+        if limit < needed {
+            tracing::warn!(
+                fd_limit = limit,
+                max_connections,
+                "the open-file limit ({limit}) is below --max-connections {max_connections} +                  {FD_RESERVE}: at the limit new connections wait in the listen backlog until                  others close; raise `ulimit -n` or lower --max-connections"
+            );
+        }
+    }
+
     /// SIGINT or SIGTERM.
     async fn shutdown_signal() {
         use tokio::signal::unix::{SignalKind, signal};
@@ -333,6 +361,7 @@ mod imp {
                 return ExitCode::from(2);
             }
         };
+        raise_fd_limit(cfg.max_connections);
         let rt = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -203,6 +203,41 @@ pub mod raw {
 
     /// Send one unary gRPC request on `stream` (odd, increasing).
     pub async fn call(s: &mut TcpStream, stream: u32, path: &str, message: &[u8]) {
+        try_call(s, stream, path, message).await.unwrap();
+    }
+
+    /// [`call`], failing instead of panicking when the server has closed
+    /// the connection.
+    pub async fn try_call(
+        s: &mut TcpStream,
+        stream: u32,
+        path: &str,
+        message: &[u8],
+    ) -> std::io::Result<()> {
+        let mut out = headers(stream, path, false);
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        out.extend(frame(0x0, 0x1, stream, &body)); // DATA, END_STREAM
+        s.write_all(&out).await
+    }
+
+    /// Open `stream` with its HEADERS and nothing else: the request never
+    /// arrives (a slow client, or an idle streaming call).
+    pub async fn open(s: &mut TcpStream, stream: u32, path: &str) {
+        s.write_all(&headers(stream, path, false)).await.unwrap();
+    }
+
+    /// Send one more gRPC message on an open `stream` (no END_STREAM).
+    pub async fn send(s: &mut TcpStream, stream: u32, message: &[u8]) {
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        s.write_all(&frame(0x0, 0x0, stream, &body)).await.unwrap();
+    }
+
+    /// A HEADERS frame for a gRPC request on `stream`.
+    fn headers(stream: u32, path: &str, end_stream: bool) -> Vec<u8> {
         let mut block = Vec::new();
         for (n, v) in [
             (":method", "POST"),
@@ -214,12 +249,9 @@ pub mod raw {
         ] {
             header(&mut block, n, v);
         }
-        let mut out = frame(0x1, 0x4, stream, &block); // HEADERS, END_HEADERS
-        let mut body = vec![0u8];
-        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        body.extend_from_slice(message);
-        out.extend(frame(0x0, 0x1, stream, &body)); // DATA, END_STREAM
-        s.write_all(&out).await.unwrap();
+        // END_HEADERS, and END_STREAM if asked.
+        let flags = 0x4 | if end_stream { 0x1 } else { 0 };
+        frame(0x1, flags, stream, &block)
     }
 
     /// Read frames until the server's first SETTINGS frame and return its
@@ -262,4 +294,209 @@ pub async fn get_metrics(addr: SocketAddr) -> String {
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8(buf).unwrap();
     text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+/// The `vmasim-server` binary as a child process, for what needs the real
+/// process: its own resident memory and CPU time, an open-file limit of
+/// its own, SIGTERM. `VMASIM_SERVER_BIN` runs another build of it (the
+/// README's release figures: `target/release/vmasim-server`).
+pub struct BinServer {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub pid: u32,
+    child: Option<std::process::Child>,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl BinServer {
+    /// Start it on free loopback ports with `args`, and, if given, an
+    /// open-file limit (soft and hard) of `nofile`.
+    pub async fn start(args: &[&str], nofile: Option<u64>) -> Self {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let bin = std::env::var("VMASIM_SERVER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_vmasim-server").to_string());
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("VMASIM_AUTH_TOKEN")
+        .env_remove("VMASIM_AUTH_TOKEN_FILE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        if let Some(n) = nofile {
+            // SAFETY: setrlimit is a plain system call, async-signal-safe,
+            // and touches no memory of the parent: allowed between fork and
+            // exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    use nix::sys::resource::{Resource, setrlimit};
+                    setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(std::io::Error::from)
+                });
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+        let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                match line {
+                    Ok(l) => sink.lock().unwrap().push(l),
+                    Err(_) => return,
+                }
+            }
+        });
+        let find = |what: &str, field: &str| -> Option<SocketAddr> {
+            log.lock().unwrap().iter().find_map(|l| {
+                if !l.contains(what) {
+                    return None;
+                }
+                let rest = l.split(&format!("\"{field}\":\"")).nth(1)?;
+                rest.split('"').next()?.parse().ok()
+            })
+        };
+        let start = std::time::Instant::now();
+        let (grpc, metrics) = loop {
+            if let (Some(g), Some(m)) = (
+                find("serving gRPC", "grpc_addr"),
+                find("serving metrics", "addr"),
+            ) {
+                break (g, m);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "{bin} exited at start ({status}):\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            assert!(start.elapsed() < HANG, "{bin}: no `serving` lines");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Self {
+            grpc,
+            metrics,
+            pid: child.id(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn status_field(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/{}/status", self.pid))
+    }
+
+    /// The server's resident set size, bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        self.status_field("VmRSS:") * 1024
+    }
+
+    /// The server's threads.
+    pub fn threads(&self) -> u64 {
+        self.status_field("Threads:")
+    }
+
+    /// The server's open file descriptors.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// CPU time the server has used (user + system), seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap();
+        // After the command name's closing parenthesis: field 3 onwards;
+        // utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        ticks as f64 / hz
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Channel::from_shared(format!("http://{}", self.grpc)).unwrap()
+    }
+
+    /// A client on a new connection, accepting replies of any size.
+    pub async fn client(&self) -> AddressSpaceClient<Channel> {
+        AddressSpaceClient::new(self.endpoint().connect().await.unwrap())
+            .max_decoding_message_size(usize::MAX)
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        get_metrics(self.metrics).await
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then wait (bounded by [`HANG`]) for the exit: its status,
+    /// how long it took, and the log.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, Duration, String) {
+        use nix::sys::signal::{Signal, kill};
+        let mut child = self.child.take().unwrap();
+        let start = std::time::Instant::now();
+        kill(nix::unistd::Pid::from_raw(self.pid as i32), Signal::SIGTERM).unwrap();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > HANG {
+                let _ = child.kill();
+                panic!(
+                    "server did not exit within {HANG:?} of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let took = start.elapsed();
+        // Let the log reader catch the last lines.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (status, took, self.log())
+    }
+}
+
+impl Drop for BinServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Raise this process's soft open-file limit to at least `n` (up to the
+/// hard limit); the limit now.
+pub fn raise_own_fd_limit(n: u64) -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft >= n {
+        return soft;
+    }
+    let want = n.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard).unwrap();
+    want
 }
