@@ -946,7 +946,7 @@ async fn shutdown_does_not_wait_for_peers_that_never_read() {
     raw::open(&mut slow, 1, "/vmasim.v1.AddressSpace/Stats").await;
     peers.push(slow);
     // Half-open connections.
-    for bytes in [&[][..], &raw::PREFACE[..]] {
+    for bytes in [&[][..], raw::PREFACE] {
         use tokio::io::AsyncWriteExt;
         let mut s = tokio::net::TcpStream::connect(srv.grpc).await.unwrap();
         s.write_all(bytes).await.unwrap();
