@@ -1142,10 +1142,14 @@ async fn concurrency_limit_refuses_excess_but_not_health() {
     .await;
     let ch = srv.channel().await;
     let mut c = AddressSpaceClient::new(ch.clone());
-    // One open Session stream holds the only slot.
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::SessionRequest>(1);
-    let _replies = c
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+    // One open reflection stream holds the only slot (a Session would
+    // not: it takes a slot per operation).
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<ServerReflectionRequest>(1);
+    let _replies = ServerReflectionClient::new(ch.clone())
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .unwrap();
     let e = c.spawn(pb::SpawnRequest::default()).await.unwrap_err();

@@ -272,7 +272,7 @@ async fn unread_replies_are_bounded_by_the_reply_budget() {
     }
     // Let the server get through the work: every unary call has been
     // answered (its reply charged, or refused at the budget or the
-    // concurrency limit) and only the Session holds a slot.
+    // concurrency limit) and no finished call holds a slot.
     wait_until("the unary Maps to finish", || async {
         let t = srv.metrics_text().await;
         metric(&t, "vmasim_calls_in_flight", &[]) <= 1.0
@@ -311,7 +311,7 @@ async fn unread_replies_are_bounded_by_the_reply_budget() {
             && metric(&t, "vmasim_calls_in_flight", &[]) <= 1.0
     })
     .await;
-    // The idle Session keeps its slot until its client hangs up.
+    // An idle Session holds no slot; its stream ends with its client.
     drop(session);
     drop(tx);
     wait_until("the Session's slot to be freed", || async {

@@ -23,6 +23,8 @@
 //!
 //! Timeouts here only catch hangs; nothing asserts how fast anything is.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,7 +35,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
-use vmasim_proto::v1::{self as pb, session_reply, session_request::Op};
+use vmasim_proto::v1::{self as pb, session_request::Op};
 use vmasim_server::mm::sim::{SimConfig, Simulator};
 use vmasim_server::server::{SERVICE_NAME, Server, ServerConfig};
 
@@ -55,6 +57,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 struct TestServer {
     addr: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
     sim: Arc<Simulator>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), BoxError>>>,
@@ -63,15 +66,18 @@ struct TestServer {
 impl TestServer {
     async fn start(cfg: ServerConfig) -> Self {
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = grpc.local_addr().unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
         let server = Server::new(cfg);
         let sim = server.simulator().clone();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(grpc, None, async move {
+        let task = tokio::spawn(server.serve(grpc, Some(metrics), async move {
             let _ = rx.await;
         }));
         Self {
             addr,
+            metrics: metrics_addr,
             sim,
             stop: Some(tx),
             task: Some(task),
@@ -89,6 +95,11 @@ impl TestServer {
 
     async fn client(&self) -> AddressSpaceClient<Channel> {
         AddressSpaceClient::new(self.channel().await)
+    }
+
+    /// One sample of `name` from `/metrics`.
+    async fn metric(&self, name: &str) -> f64 {
+        common::metric(&common::get_metrics(self.metrics).await, name, &[])
     }
 
     async fn shutdown(mut self) {
@@ -264,29 +275,29 @@ async fn excess_calls_are_refused_at_once_and_accepted_calls_complete() {
         v
     };
 
-    // Phase 1: every slot held by an open Session stream (each proven open
-    // by a round trip), then 10x the limit in concurrent calls.
+    // Phase 1: every slot held by an open reflection stream (a stream
+    // other than Session holds its slot for its life; each proven open by
+    // a round trip), then 10x the limit in concurrent calls.
     let mut sessions = Vec::new();
-    for i in 0..LIMIT {
+    for _ in 0..LIMIT {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest,
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let mut replies = conns[i % conns.len()]
-            .clone()
-            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        let ch = srv.channel().await;
+        let mut replies = ServerReflectionClient::new(ch)
+            .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .unwrap()
             .into_inner();
-        tx.send(pb::SessionRequest {
-            id: 0,
-            op: Some(Op::Fault(pb::FaultRequest {
-                pid,
-                addr: base,
-                access: 0,
-            })),
+        tx.send(ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
         })
         .await
         .unwrap();
-        let r = replies.message().await.unwrap().unwrap();
-        assert_eq!(r.code, 0, "{r:?}");
+        replies.message().await.unwrap().unwrap();
         sessions.push((tx, replies));
     }
     let faults_before = srv.sim.stats().faults.total();
@@ -304,8 +315,16 @@ async fn excess_calls_are_refused_at_once_and_accepted_calls_complete() {
     // The refused calls did nothing.
     assert_eq!(srv.sim.stats().faults.total(), faults_before);
     assert_eq!(srv.sim.maps(pid).unwrap().entries.len(), mapped_before);
-    // The calls holding the slots still work.
-    for (i, (tx, replies)) in sessions.iter_mut().enumerate() {
+    // A Session opens (an idle stream takes no slot), but its operations
+    // are refused like unary calls, and change nothing.
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut replies = conns[0]
+            .clone()
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
         tx.send(pb::SessionRequest {
             id: 1,
             op: Some(Op::FaultBatch(pb::FaultBatchRequest {
@@ -322,20 +341,33 @@ async fn excess_calls_are_refused_at_once_and_accepted_calls_complete() {
             .expect("session hung")
             .unwrap()
             .unwrap();
-        assert_eq!(r.code, 0, "session {i}: {r:?}");
-        match r.result {
-            Some(session_reply::Result::FaultBatch(b)) => {
-                assert_eq!(b.totals.unwrap().faults, 100)
-            }
-            r => panic!("{r:?}"),
-        }
+        assert_eq!(r.code, Code::ResourceExhausted as i32, "{r:?}");
+        assert!(r.result.is_none());
+        assert_eq!(srv.sim.stats().faults.total(), faults_before);
+    }
+    // The calls holding the slots still work.
+    for (i, (tx, replies)) in sessions.iter_mut().enumerate() {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_request::MessageRequest,
+        };
+        tx.send(ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        })
+        .await
+        .unwrap();
+        tokio::time::timeout(HANG, replies.message())
+            .await
+            .expect("reflection stream hung")
+            .unwrap()
+            .unwrap_or_else(|| panic!("stream {i} ended"));
     }
     // Closing our side ends each stream with OK and frees its slot.
     for (tx, mut replies) in sessions {
         drop(tx);
         let end = tokio::time::timeout(HANG, replies.message())
             .await
-            .expect("session end hung")
+            .expect("stream end hung")
             .unwrap();
         assert!(end.is_none(), "unexpected reply {end:?}");
     }
@@ -627,44 +659,40 @@ async fn stalled_session_is_bounded_and_freed_on_drop() {
     assert_eq!(h.status(), ServingStatus::Serving);
     check_rss("with a stalled stream");
 
+    // The stalled stream holds no concurrency slot (its operations are
+    // done; it waits for the client to read), only its queued replies.
+    assert_eq!(srv.metric("vmasim_calls_in_flight").await, 0.0);
+    assert!(srv.metric("vmasim_reply_buffer_bytes").await > 0.0);
+
     // The stalled client goes away (its runtime, and with it its
     // connection, is torn down): the server drops the stream, its task
-    // ends, and both slots are free again (two concurrent streams work).
-    // Freeing is asynchronous, so retry a refused attempt until the guard.
+    // ends, and its queued replies' bytes are given back. Freeing is
+    // asynchronous, so wait for it until the guard.
     client_rt.shutdown_background();
     tokio::time::timeout(HANG, async {
-        loop {
-            let mut opened = Vec::new();
-            for _ in 0..2 {
-                let (tx, rx) = tokio::sync::mpsc::channel(1);
-                match other
-                    .clone()
-                    .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await
-                {
-                    Ok(r) => opened.push((tx, r.into_inner())),
-                    Err(s) if is_concurrency_refusal(&s) => break,
-                    Err(s) => panic!("{s:?}"),
-                }
-            }
-            if opened.len() < 2 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-            for (tx, replies) in &mut opened {
-                tx.send(pb::SessionRequest {
-                    id: 1,
-                    op: Some(Op::Maps(pb::MapsRequest { pid })),
-                })
-                .await
-                .unwrap();
-                let r = replies.message().await.unwrap().unwrap();
-                assert_eq!(r.code, 0, "{r:?}");
-            }
-            return;
+        while srv.metric("vmasim_reply_buffer_bytes").await > 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("the stalled stream's slot was never released");
+    .expect("the stalled stream's replies were never released");
+    // Two concurrent streams work (both slots are free).
+    for _ in 0..2 {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut replies = other
+            .clone()
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(pb::SessionRequest {
+            id: 1,
+            op: Some(Op::Maps(pb::MapsRequest { pid })),
+        })
+        .await
+        .unwrap();
+        let r = replies.message().await.unwrap().unwrap();
+        assert_eq!(r.code, 0, "{r:?}");
+    }
     srv.shutdown().await;
 }
