@@ -43,7 +43,7 @@
 
 use crate::connect::{Client, Health, Target};
 use crate::demo::human;
-use crate::embedded::{Cache, Embedded};
+use crate::embedded::Cache;
 use crate::error::CliError;
 use crate::load::mix::OpKind;
 use crate::load::recorder::Recorder;
@@ -425,13 +425,16 @@ pub async fn run(o: &BenchOptions, server: Option<&Target>) -> Result<BenchRepor
     }
     match server {
         Some(t) => run_on(o, t, t.url.clone()).await,
+        #[cfg(feature = "embedded")]
         None => {
-            let srv = Embedded::start(o.cache, false).await?;
+            let srv = crate::embedded::Embedded::start(o.cache, false).await?;
             let name = format!("embedded {} server on {}", o.cache.name(), srv.url);
             let r = run_on(o, &Target::plain(srv.url.clone()), name).await;
             srv.stop().await;
             r
         }
+        #[cfg(not(feature = "embedded"))]
+        None => Err(CliError::NeedsEmbedded("bench")),
     }
 }
 

@@ -20,6 +20,7 @@
 //! slots are reused at once and memory stays flat.
 
 use crate::connect::Target;
+#[cfg(feature = "embedded")]
 use crate::embedded::{Cache, Embedded};
 use crate::error::CliError;
 use crate::load::report::Summary;
@@ -128,6 +129,9 @@ pub async fn run(o: &DemoOptions, server: Option<&Target>) -> Result<String, Cli
                 .map_or_else(|| t.url.clone(), |d| d.vma_cache.clone());
             runs.push((name, s));
         }
+        #[cfg(not(feature = "embedded"))]
+        None => return Err(CliError::NeedsEmbedded("demo")),
+        #[cfg(feature = "embedded")]
         None => {
             for cache in [Cache::Typesafe, Cache::Rcu] {
                 let srv = Embedded::start(cache, false).await?;
@@ -148,6 +152,7 @@ pub async fn run(o: &DemoOptions, server: Option<&Target>) -> Result<String, Cli
         out.push('\n');
         out.push_str(&throughput_verdict(&runs[0], &runs[1]));
     }
+    #[cfg(feature = "embedded")]
     if server.is_none() && !o.slow_reader.is_zero() {
         let mut slow = Vec::new();
         for cache in [Cache::Typesafe, Cache::Rcu] {
@@ -160,6 +165,7 @@ pub async fn run(o: &DemoOptions, server: Option<&Target>) -> Result<String, Cli
 }
 
 /// One mode's slow-reader phase on a fresh embedded server.
+#[cfg(feature = "embedded")]
 async fn run_slow_reader(o: &DemoOptions, cache: Cache) -> Result<SlowReaderRun, CliError> {
     let srv = Embedded::start(cache, false).await?;
     eprintln!(
@@ -185,12 +191,14 @@ async fn run_slow_reader(o: &DemoOptions, cache: Cache) -> Result<SlowReaderRun,
 }
 
 /// Bytes of one slab of VMA slots.
+#[cfg(feature = "embedded")]
 fn slab_bytes() -> u64 {
     u64::from(vmasim_server::mm::slab::SLAB_SIZE)
         * std::mem::size_of::<vmasim_server::mm::mm_types::Vma>() as u64
 }
 
 /// The slow-reader phase, side by side.
+#[cfg(feature = "embedded")]
 pub fn slow_reader_table(runs: &[SlowReaderRun]) -> String {
     type Row = (&'static str, Box<dyn Fn(&SlowReaderRun) -> String>);
     let rows: Vec<Row> = vec![

@@ -1,15 +1,23 @@
-//! An in-process server on an ephemeral loopback port, for `vmasim demo`
-//! and the integration tests.
+//! An in-process server on an ephemeral loopback port, for `vmasim demo`,
+//! `bench` and `kernel-diff` without `--server`, and the integration tests.
 //!
-//! This is the only place the client uses the server crate: everything
-//! else talks to the returned URL through the proto, exactly as it would
-//! to a remote server.
+//! This is the only place the client uses the server crate, and only with
+//! the default cargo feature `embedded`: everything else talks to the
+//! returned URL through the proto, exactly as it would to a remote
+//! server. [`Cache`] is here without the feature too: `bench --cache`
+//! parses the same in both builds.
 
+#[cfg(feature = "embedded")]
 use crate::error::CliError;
+#[cfg(feature = "embedded")]
 use tokio::sync::oneshot;
+#[cfg(feature = "embedded")]
 use tokio::task::JoinHandle;
+#[cfg(feature = "embedded")]
 use vmasim_server::mm::fault::FaultLockMode;
+#[cfg(feature = "embedded")]
 use vmasim_server::mm::slab::CachePolicy;
+#[cfg(feature = "embedded")]
 use vmasim_server::server::{Server, ServerConfig};
 
 /// The VMA cache policy of an embedded server.
@@ -31,6 +39,7 @@ impl Cache {
     }
 }
 
+#[cfg(feature = "embedded")]
 /// A running in-process server; stopped when dropped or by [`stop`].
 ///
 /// [`stop`]: Embedded::stop
@@ -41,6 +50,7 @@ pub struct Embedded {
     task: Option<JoinHandle<()>>,
 }
 
+#[cfg(feature = "embedded")]
 impl Embedded {
     /// Starts a fresh server with the given VMA cache and fault locking
     /// (`mmap_lock_only`: every fault takes mmap_lock) on 127.0.0.1:0.
@@ -92,6 +102,7 @@ impl Embedded {
     }
 }
 
+#[cfg(feature = "embedded")]
 impl Drop for Embedded {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -100,6 +111,7 @@ impl Drop for Embedded {
     }
 }
 
+#[cfg(feature = "embedded")]
 /// A thread of this process inside one RCU read-side critical section
 /// (`rcu_read_lock` held) until dropped: the slow reader of `vmasim demo`.
 /// The embedded servers' RCU is the process's crossbeam-epoch collector,
@@ -109,6 +121,7 @@ pub struct SlowReader {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+#[cfg(feature = "embedded")]
 impl SlowReader {
     /// Enter the read section on a new thread; returns once it is held.
     pub fn hold() -> Self {
@@ -129,6 +142,7 @@ impl SlowReader {
     }
 }
 
+#[cfg(feature = "embedded")]
 impl Drop for SlowReader {
     fn drop(&mut self) {
         drop(self.release.take());

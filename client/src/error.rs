@@ -1,4 +1,4 @@
-//! The CLI's error type and its exit codes.
+//! The CLI's error type (thiserror) and its exit codes.
 //!
 //! Every command returns `Result<(), CliError>`; `main` prints the error as
 //! `error: ...` on stderr and exits with [`CliError::exit_code`]. Exit codes
@@ -6,7 +6,7 @@
 //! tell a refused request from a server that is down. The table is
 //! [`EXIT_CODES`], printed at the end of `vmasim --help`.
 
-use std::fmt;
+use std::path::{Path, PathBuf};
 use tonic::{Code, Status};
 
 /// The exit codes, as `vmasim --help` prints them (one place: the
@@ -29,21 +29,47 @@ Exit codes:
   12  `load` stopped early: more unexpected errors than --max-errors";
 
 /// A failed command.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The server answered with an error status.
-    Rpc(Status),
+    #[error("{}", rpc_message(.0))]
+    Rpc(#[from] Status),
     /// No connection could be made to the server.
+    #[error("{0}")]
     Connect(String),
     /// Bad command-line input that clap could not catch.
+    #[error("{0}")]
     Usage(String),
+    /// The command needs a server URL in a build without the server
+    /// library (`--no-default-features`).
+    #[error(
+        "`{0}` without --server starts an in-process server, which this build of vmasim \
+         leaves out (built without the `embedded` cargo feature); give --server URL \
+         (or VMASIM_SERVER), or rebuild with the default features"
+    )]
+    NeedsEmbedded(&'static str),
     /// A check failed (`load --verify`, `replay`).
+    #[error("{0}")]
     Check(String),
     /// `health` got an answer other than `SERVING`.
+    #[error("{0}")]
     NotServing(String),
     /// `load` stopped early: `--max-errors` was exceeded.
+    #[error("{0}")]
     TooManyErrors(String),
-    /// Anything else (files, I/O).
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Any other I/O failure.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Anything else.
+    #[error("{0}")]
     Other(String),
 }
 
@@ -51,8 +77,8 @@ impl CliError {
     /// The process exit code for this error (see the module docs).
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Other(_) => 1,
-            CliError::Usage(_) => 2,
+            CliError::Other(_) | CliError::Read { .. } | CliError::Io(_) => 1,
+            CliError::Usage(_) | CliError::NeedsEmbedded(_) => 2,
             CliError::Connect(_) => 3,
             CliError::Check(_) => 10,
             CliError::NotServing(_) => 11,
@@ -74,45 +100,29 @@ impl CliError {
 /// from the proto crate (the server's `code` label is the same string).
 pub use vmasim_proto::status::code_name;
 
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CliError::Rpc(s) => {
-                // A connection failure surfaces as UNAVAILABLE with a terse
-                // message; keep the transport's source chain for it.
-                let mut msg = s.message().to_string();
-                let mut src = std::error::Error::source(s);
-                while let Some(e) = src {
-                    let t = e.to_string();
-                    if !msg.contains(&t) {
-                        msg = format!("{msg}: {t}");
-                    }
-                    src = e.source();
-                }
-                write!(f, "{}: {}", code_name(s.code()), msg)
-            }
-            CliError::Connect(m)
-            | CliError::Usage(m)
-            | CliError::Check(m)
-            | CliError::NotServing(m)
-            | CliError::TooManyErrors(m)
-            | CliError::Other(m) => f.write_str(m),
+impl CliError {
+    /// `cannot read PATH: why`.
+    pub fn read(path: &Path, source: std::io::Error) -> Self {
+        CliError::Read {
+            path: path.to_path_buf(),
+            source,
         }
     }
 }
 
-impl std::error::Error for CliError {}
-
-impl From<Status> for CliError {
-    fn from(s: Status) -> Self {
-        CliError::Rpc(s)
+/// `CODE: message`, with the transport's source chain: a connection
+/// failure surfaces as UNAVAILABLE with a terse message of its own.
+fn rpc_message(s: &Status) -> String {
+    let mut msg = s.message().to_string();
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        let t = e.to_string();
+        if !msg.contains(&t) {
+            msg = format!("{msg}: {t}");
+        }
+        src = e.source();
     }
-}
-
-impl From<std::io::Error> for CliError {
-    fn from(e: std::io::Error) -> Self {
-        CliError::Other(e.to_string())
-    }
+    format!("{}: {}", code_name(s.code()), msg)
 }
 
 #[cfg(test)]
@@ -134,6 +144,7 @@ mod tests {
         let cases = [
             (CliError::Other(String::new()), "1"),
             (CliError::Usage(String::new()), "2"),
+            (CliError::NeedsEmbedded("demo"), "2"),
             (CliError::Connect(String::new()), "3"),
             (CliError::Rpc(Status::out_of_range("")), "4"),
             (CliError::Rpc(Status::not_found("")), "5"),

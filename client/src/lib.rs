@@ -30,7 +30,6 @@
 pub mod bench;
 pub mod cli;
 pub mod cmd;
-pub mod commands;
 pub mod connect;
 pub mod demo;
 pub mod embedded;

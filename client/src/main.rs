@@ -9,8 +9,8 @@ fn main() {
     // kernel-diff's executor must stay single-threaded with an address
     // space nothing else touches: no tokio runtime for it.
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    if let Command::KernelDiffExecutor { fds } = &cli.cmd {
-        vmasim_client::kernel_diff::executor::main(fds);
+    if let Command::KernelDiffExecutor(a) = &cli.cmd {
+        vmasim_client::kernel_diff::executor::main(&a.fds);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

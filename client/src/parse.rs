@@ -1,12 +1,13 @@
 //! Parsing of command-line values: addresses, sizes, protections, mmap
-//! flags, durations and operation mixes.
+//! flags, durations and operation mixes; and the short names the client
+//! prints for fault outcomes and paths.
 //!
 //! Every function returns `Result<_, String>` so it can be used directly as
 //! a clap `value_parser`; the message is what the user sees after
 //! `error: invalid value ...`.
 
 use std::time::Duration;
-use vmasim_proto::v1::{MapFlag, Prot};
+use vmasim_proto::v1::{FaultOutcome, FaultPath, MapFlag, Prot};
 
 /// Parses an address: hex with a `0x` prefix (`0x7f00_0000`) or decimal.
 /// Underscores are allowed as digit separators.
@@ -128,7 +129,7 @@ pub fn parse_map_flags(s: &str) -> Result<u32, String> {
 }
 
 /// `mmap --flags` as given: named flags are added to the defaults, a
-/// number is sent exactly (see `commands::mmap_flags`).
+/// number is sent exactly (see `cmd::mmap::mmap_flags`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapFlagsArg {
     /// The `MAP_*` bits named or written.
@@ -208,6 +209,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs_f64(secs));
     }
     humantime::parse_duration(t).map_err(|e| format!("`{s}` is not a duration (e.g. 30s, 2m): {e}"))
+}
+
+/// Short name of a fault outcome (`ANON_ZERO_FILL`).
+pub fn outcome_name(o: i32) -> String {
+    FaultOutcome::try_from(o)
+        .map(|v| {
+            v.as_str_name()
+                .trim_start_matches("FAULT_OUTCOME_")
+                .to_string()
+        })
+        .unwrap_or_else(|_| format!("outcome {o}"))
+}
+
+/// Short name of a fault path (`PER_VMA_LOCK`).
+pub fn path_name(p: i32) -> String {
+    FaultPath::try_from(p)
+        .map(|v| {
+            v.as_str_name()
+                .trim_start_matches("FAULT_PATH_")
+                .to_string()
+        })
+        .unwrap_or_else(|_| format!("path {p}"))
 }
 
 #[cfg(test)]

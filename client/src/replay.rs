@@ -48,7 +48,6 @@
 //! A call that succeeded in the log but fails in the simulation is a
 //! divergence: it is listed and the command exits with code 10.
 
-use crate::cli::ReplayArgs;
 use crate::connect::Client;
 use crate::error::{CliError, code_name};
 use crate::strace::{self, MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, Syscall, TraceLine};
@@ -200,51 +199,6 @@ struct Replayer<'a> {
 
 fn status_text(s: &Status) -> String {
     format!("{}: {}", code_name(s.code()), s.message())
-}
-
-/// Runs `vmasim replay`.
-pub async fn run(c: &mut Client, a: &ReplayArgs) -> Result<String, CliError> {
-    let text = std::fs::read_to_string(&a.file)
-        .map_err(|e| CliError::Other(format!("cannot read {}: {e}", a.file.display())))?;
-    if crate::record::format::is_recording(&text) {
-        return run_recording(c, a, &text).await;
-    }
-    if a.check {
-        return Err(CliError::Usage(format!(
-            "--check needs a recording made by `vmasim record`; {} is not one (an strace log has no maps to compare with)",
-            a.file.display()
-        )));
-    }
-    let report = replay_with(c, &text, a.into, a.from_line, a.to_line, a.keep).await?;
-    let out = report.text(a.verbose);
-    if report.diverged.is_empty() {
-        Ok(out)
-    } else {
-        print!("{out}");
-        Err(CliError::Check(format!(
-            "replay diverged on {} calls",
-            report.diverged.len()
-        )))
-    }
-}
-
-/// `replay` of a recording (see [`crate::record::check`]).
-async fn run_recording(c: &mut Client, a: &ReplayArgs, text: &str) -> Result<String, CliError> {
-    if a.into.is_some() || a.from_line.is_some() || a.to_line.is_some() {
-        return Err(CliError::Usage(
-            "--into, --from-line and --to-line take strace logs; a recording builds its own processes from its snapshots".into(),
-        ));
-    }
-    let o = crate::record::check::CheckOptions { keep: a.keep };
-    let r = crate::record::check::check_text(c, text, o).await?;
-    let out = r.text(a.verbose);
-    if a.check && r.failed() {
-        print!("{out}");
-        return Err(CliError::Check(
-            "the simulated maps differ from the recorded ones (see above)".into(),
-        ));
-    }
-    Ok(out)
 }
 
 /// Replays the calls of `text` that start on lines `[from, to)`.

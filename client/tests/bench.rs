@@ -4,7 +4,10 @@
 //! depend on the machine, and a timing threshold would make the test flaky.
 
 use assert_cmd::Command;
-use vmasim_client::embedded::{Cache, Embedded};
+use common::TestServer;
+use vmasim_client::embedded::Cache;
+
+mod common;
 
 /// Short phases: the whole run is about a second.
 const QUICK: &[&str] = &[
@@ -20,11 +23,7 @@ const QUICK: &[&str] = &[
 ];
 
 fn vmasim() -> Command {
-    let mut c = Command::cargo_bin("vmasim").unwrap();
-    c.env_remove("VMASIM_SERVER")
-        .env_remove("VMASIM_TOKEN")
-        .env_remove("VMASIM_TLS_CA");
-    c
+    common::vmasim()
 }
 
 fn check_output(stdout: &str) {
@@ -98,12 +97,7 @@ fn bench_on_embedded_server_prints_sections_and_json() {
 
 #[test]
 fn bench_against_a_server_url() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let srv = rt.block_on(Embedded::start(Cache::Rcu, false)).unwrap();
+    let srv = TestServer::start(Cache::Rcu);
     let stdout = run_ok(vmasim().args(["--server", &srv.url]).args(QUICK));
     assert!(stdout.contains(&srv.url), "{stdout}");
     // With h2load installed (Debian nghttp2-client), the same unary call is

@@ -2,36 +2,18 @@
 //! on 127.0.0.1:0 (started by the test, stopped when it ends).
 
 use assert_cmd::Command;
+use common::TestServer;
 use std::path::Path;
-use vmasim_client::embedded::{Cache, Embedded};
+use vmasim_client::embedded::Cache;
 
-/// A server running on its own runtime for the duration of a test.
-struct TestServer {
-    url: String,
-    _srv: Embedded,
-    _rt: tokio::runtime::Runtime,
-}
+mod common;
 
 fn server(cache: Cache) -> TestServer {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let srv = rt.block_on(Embedded::start(cache, false)).unwrap();
-    TestServer {
-        url: srv.url.clone(),
-        _srv: srv,
-        _rt: rt,
-    }
+    TestServer::start(cache)
 }
 
 fn vmasim(s: &TestServer) -> Command {
-    let mut c = Command::cargo_bin("vmasim").unwrap();
-    c.env_remove("VMASIM_TOKEN")
-        .env_remove("VMASIM_TLS_CA")
-        .env("VMASIM_SERVER", &s.url);
-    c
+    common::vmasim_at(&s.url)
 }
 
 /// Runs a command that must succeed; returns its stdout.

@@ -5,14 +5,13 @@
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
-use assert_cmd::Command;
-use vmasim_client::embedded::{Cache, Embedded};
+use common::TestServer;
+use vmasim_client::embedded::Cache;
+
+mod common;
 
 fn kernel_diff(args: &[&str]) -> std::process::Output {
-    Command::cargo_bin("vmasim")
-        .unwrap()
-        .env_remove("VMASIM_SERVER")
-        .env_remove("VMASIM_TOKEN")
+    common::vmasim()
         .arg("kernel-diff")
         .args(args)
         .output()
@@ -111,14 +110,7 @@ fn max_map_count_scenario_agrees_with_the_kernel() {
 
 #[test]
 fn against_a_server_url() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let srv = rt
-        .block_on(Embedded::start(Cache::Typesafe, false))
-        .unwrap();
+    let srv = TestServer::start(Cache::Typesafe);
     let out = kernel_diff(&["--server", &srv.url, "--ops", "2000", "--seed", "9", "-q"]);
     assert!(
         out.status.success(),

@@ -3,49 +3,12 @@
 //! CSV and the offered-vs-achieved rate. The binary runs against an
 //! in-process server on 127.0.0.1:0 that the test can take away.
 
+use common::TestServer;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use vmasim_client::embedded::Embedded;
 use vmasim_server::server::ServerConfig;
 
-/// A server on its own runtime; `kill` takes it away at once (the runtime
-/// is shut down without waiting: connections drop, the port closes).
-struct TestServer {
-    url: String,
-    srv: Option<Embedded>,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl TestServer {
-    fn start(cfg: ServerConfig) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let srv = rt.block_on(Embedded::start_with(cfg)).unwrap();
-        TestServer {
-            url: srv.url.clone(),
-            srv: Some(srv),
-            rt: Some(rt),
-        }
-    }
-
-    fn kill(&mut self) {
-        // Forget the handle so its Drop does not ask for a graceful
-        // shutdown; the runtime's tasks (listener, connections) are dropped.
-        std::mem::forget(self.srv.take());
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+mod common;
 
 fn vmasim(url: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vmasim"));
@@ -95,7 +58,7 @@ fn stats(url: &str) -> serde_json::Value {
 /// 3, says so, and counts none of the failed calls as requests.
 #[test]
 fn load_stops_and_exits_3_when_the_server_goes_away() {
-    let mut s = TestServer::start(ServerConfig::default());
+    let mut s = TestServer::start_with(ServerConfig::default());
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("r.json");
     // -z 0: until Ctrl-C. Only the server going away can end this run.
@@ -170,7 +133,7 @@ fn load_stops_and_exits_3_when_the_server_goes_away() {
 fn max_errors_stops_the_run_and_errors_are_distributed() {
     let mut cfg = ServerConfig::default();
     cfg.sim.max_pgtables_bytes = 0;
-    let s = TestServer::start(cfg);
+    let s = TestServer::start_with(cfg);
     let out = run(
         &s.url,
         &[
@@ -250,7 +213,7 @@ fn max_errors_stops_the_run_and_errors_are_distributed() {
 /// (`-z 0`) if the paths were only checked after them.
 #[test]
 fn output_paths_are_checked_before_the_run() {
-    let s = TestServer::start(ServerConfig::default());
+    let s = TestServer::start_with(ServerConfig::default());
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-dir").join("r.json");
     let out = run(
@@ -293,7 +256,7 @@ fn output_paths_are_checked_before_the_run() {
 /// can do: the offered rate beside the achieved one, and a warning.
 #[test]
 fn per_request_csv_and_an_unmet_offered_rate() {
-    let s = TestServer::start(ServerConfig::default());
+    let s = TestServer::start_with(ServerConfig::default());
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("r.csv");
     let json = dir.path().join("r.json");

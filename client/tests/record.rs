@@ -6,36 +6,19 @@
 //! The recorder needs ptrace (root, or `kernel.yama.ptrace_scope` 0) and
 //! gcc; both are in CI's Debian image (`.ci/run` installs gcc).
 
-use assert_cmd::Command;
+use common::TestServer;
 use std::path::{Path, PathBuf};
-use vmasim_client::embedded::{Cache, Embedded};
+use vmasim_client::embedded::Cache;
 
-struct TestServer {
-    url: String,
-    _srv: Embedded,
-    _rt: tokio::runtime::Runtime,
-}
+mod common;
 
 fn server() -> TestServer {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let srv = rt
-        .block_on(Embedded::start(Cache::Typesafe, false))
-        .unwrap();
-    TestServer {
-        url: srv.url.clone(),
-        _srv: srv,
-        _rt: rt,
-    }
+    TestServer::start(Cache::Typesafe)
 }
 
 /// Runs vmasim; returns (exit code, stdout, stderr).
 fn vmasim(s: Option<&TestServer>, args: &[&str]) -> (i32, String, String) {
-    let mut c = Command::cargo_bin("vmasim").unwrap();
-    c.env_remove("VMASIM_TOKEN");
+    let mut c = common::vmasim();
     if let Some(s) = s {
         c.env("VMASIM_SERVER", &s.url);
     }

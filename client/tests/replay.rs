@@ -10,30 +10,14 @@
 //! (`MAP_NORESERVE` -> `VM_NORESERVE`, `MAP_STACK` -> `VM_NOHUGEPAGE`),
 //! which the replay passes through.
 
-use assert_cmd::Command;
+use common::TestServer;
 use std::path::PathBuf;
-use vmasim_client::embedded::{Cache, Embedded};
+use vmasim_client::embedded::Cache;
 
-struct TestServer {
-    url: String,
-    _srv: Embedded,
-    _rt: tokio::runtime::Runtime,
-}
+mod common;
 
 fn server() -> TestServer {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let srv = rt
-        .block_on(Embedded::start(Cache::Typesafe, false))
-        .unwrap();
-    TestServer {
-        url: srv.url.clone(),
-        _srv: srv,
-        _rt: rt,
-    }
+    TestServer::start(Cache::Typesafe)
 }
 
 fn data(name: &str) -> PathBuf {
@@ -44,13 +28,7 @@ fn data(name: &str) -> PathBuf {
 
 /// Runs vmasim; returns (success, stdout, stderr).
 fn vmasim(s: &TestServer, args: &[&str]) -> (bool, String, String) {
-    let out = Command::cargo_bin("vmasim")
-        .unwrap()
-        .env_remove("VMASIM_TOKEN")
-        .env("VMASIM_SERVER", &s.url)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = common::vmasim_at(&s.url).args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8(out.stdout).unwrap(),
@@ -257,9 +235,7 @@ fn a_file_with_no_parsable_line_fails() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("notes.txt");
     std::fs::write(&f, "hello\nthis is not strace output\n").unwrap();
-    let out = Command::cargo_bin("vmasim")
-        .unwrap()
-        .env("VMASIM_SERVER", &s.url)
+    let out = common::vmasim_at(&s.url)
         .args(["replay", f.to_str().unwrap()])
         .output()
         .unwrap();

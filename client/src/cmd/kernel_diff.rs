@@ -45,10 +45,13 @@ for other bits. Example:
 
 Linux on x86-64 only.";
 
-/// `kernel-diff` arguments.
+/// `--json` does not apply.
+pub const JSON: bool = false;
+
+/// Arguments of `vmasim kernel-diff`.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = AFTER_HELP)]
-pub struct KernelDiffArgs {
+pub struct Args {
     /// Random operations to run (with --seed).
     #[arg(long, default_value_t = 10_000)]
     pub ops: u64,
@@ -93,24 +96,27 @@ pub struct KernelDiffArgs {
     pub executor: Option<PathBuf>,
 }
 
-/// Run `kernel-diff`: against `server`, or an embedded server.
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-pub async fn run(_a: &KernelDiffArgs, _server: Option<&Target>) -> Result<(), CliError> {
-    Err(CliError::Usage(
-        "kernel-diff compares the simulation with the running kernel, which must be \
-         Linux on x86-64 (the simulation models x86-64's address space); this is a \
-         different platform"
-            .into(),
-    ))
+/// Runs it: against `--server`, or an embedded server (Linux x86-64).
+pub async fn run(a: &Args, ctx: &super::Ctx) -> Result<(), CliError> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        imp::run(a, ctx.server()).await
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        let _ = (a, ctx);
+        Err(CliError::Usage(
+            "kernel-diff compares the simulation with the running kernel, which must be \
+             Linux on x86-64 (the simulation models x86-64's address space); this is a \
+             different platform"
+                .into(),
+        ))
+    }
 }
-
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub use imp::run;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod imp {
     use super::*;
-    use crate::embedded::Embedded;
     use crate::kernel_diff::ops::{Generator, Step, parse_script};
     use crate::kernel_diff::runner::{Divergence, Runner};
     use crate::kernel_diff::shrink::ddmin;
@@ -215,27 +221,31 @@ mod imp {
     }
 
     /// Run `kernel-diff`: against `server`, or an embedded server.
-    pub async fn run(a: &KernelDiffArgs, server: Option<&Target>) -> Result<(), CliError> {
+    pub async fn run(a: &Args, server: Option<&Target>) -> Result<(), CliError> {
         let exe = match &a.executor {
             Some(p) => p.clone(),
             None => std::env::current_exe()?,
         };
-        let max_map_count: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(vmasim_server::mm::DEFAULT_MAX_MAP_COUNT);
+        #[cfg(feature = "embedded")]
         let mut embedded = None;
         let target = match server {
             Some(t) => t.clone(),
+            #[cfg(feature = "embedded")]
             None => {
+                let max_map_count: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(vmasim_server::mm::DEFAULT_MAX_MAP_COUNT);
                 let mut cfg = vmasim_server::server::ServerConfig::default();
                 // The simulation gets the running kernel's vm.max_map_count.
                 cfg.sim.max_map_count = max_map_count;
-                let e = Embedded::start_with(cfg).await?;
+                let e = crate::embedded::Embedded::start_with(cfg).await?;
                 let t = Target::plain(e.url.clone());
                 embedded = Some(e);
                 t
             }
+            #[cfg(not(feature = "embedded"))]
+            None => return Err(CliError::NeedsEmbedded("kernel-diff")),
         };
         let ctx = Ctx {
             exe,
@@ -248,6 +258,7 @@ mod imp {
         let started = Instant::now();
         let mut totals = Totals::default();
         let res = drive(a, &ctx, &mut totals).await;
+        #[cfg(feature = "embedded")]
         if let Some(e) = embedded {
             e.stop().await;
         }
@@ -262,14 +273,14 @@ mod imp {
 
     /// Every sequence of the run; `Some(message)` after a reported divergence.
     async fn drive(
-        a: &KernelDiffArgs,
+        a: &Args,
         ctx: &Ctx,
         totals: &mut Totals,
     ) -> Result<Option<String>, CliError> {
         let smaps = !a.no_rss;
         if let Some(path) = &a.script {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))?;
+                .map_err(|e| CliError::read(path, e))?;
             let steps = parse_script(&text).map_err(CliError::Usage)?;
             let mut r = ctx.runner(smaps).await?;
             for (i, s) in steps.iter().enumerate() {
@@ -322,7 +333,7 @@ mod imp {
     /// mappings must fail as the kernel's do), then random operations at
     /// the limit. Maps only (smaps of 65530 VMAs is ~90 MB per read).
     async fn limit_scenario(
-        a: &KernelDiffArgs,
+        a: &Args,
         ctx: &Ctx,
         totals: &mut Totals,
     ) -> Result<Option<String>, CliError> {
@@ -360,7 +371,7 @@ mod imp {
 
     /// Shrink, print the minimal script and both maps; the error message.
     async fn report(
-        a: &KernelDiffArgs,
+        a: &Args,
         ctx: &Ctx,
         seq: &[Step],
         first: Divergence,
@@ -438,7 +449,7 @@ mod imp {
             .map_err(|e| CliError::Other(format!("cannot write {}: {e}", p.display())))
     }
 
-    fn summary(a: &KernelDiffArgs, t: &Totals, elapsed: Duration, clean: bool) -> String {
+    fn summary(a: &Args, t: &Totals, elapsed: Duration, clean: bool) -> String {
         let mut s = String::new();
         let mode = match (&a.script, a.limit_only, a.limit) {
             (Some(p), _, _) => format!("script {}", p.display()),

@@ -1,9 +1,12 @@
 //! `vmasim madvise`: madvise(2) in a simulated process.
 
-use crate::connect::Client;
+use super::Ctx;
 use crate::error::CliError;
 use crate::parse::{parse_addr, parse_advice, parse_size};
 use vmasim_proto::v1::MadviseRequest;
+
+/// `--json` applies.
+pub const JSON: bool = true;
 
 /// Arguments of `vmasim madvise`.
 #[derive(Debug, clap::Args)]
@@ -22,8 +25,10 @@ pub struct Args {
 }
 
 /// Runs it; prints the VMA count.
-pub async fn run(c: &mut Client, a: &Args) -> Result<crate::commands::Printed, CliError> {
-    let r = c
+pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
+    let r = ctx
+        .connect()
+        .await?
         .madvise(MadviseRequest {
             pid: a.pid,
             addr: a.addr,
@@ -32,5 +37,6 @@ pub async fn run(c: &mut Client, a: &Args) -> Result<crate::commands::Printed, C
         })
         .await?
         .into_inner();
-    Ok(crate::commands::vma_count(r.vma_count))
+    ctx.print(&super::vma_count(r.vma_count));
+    Ok(())
 }

@@ -1,9 +1,12 @@
 //! `vmasim mremap`: mremap(2) in a simulated process.
 
-use crate::connect::Client;
+use super::{Ctx, Printed};
 use crate::error::CliError;
 use crate::parse::{parse_addr, parse_mremap_flags, parse_size};
 use vmasim_proto::v1::MremapRequest;
+
+/// `--json` applies.
+pub const JSON: bool = true;
 
 /// Arguments of `vmasim mremap`.
 #[derive(Debug, clap::Args)]
@@ -28,8 +31,10 @@ pub struct Args {
 }
 
 /// Runs it; prints the new address and the VMA count.
-pub async fn run(c: &mut Client, a: &Args) -> Result<crate::commands::Printed, CliError> {
-    let r = c
+pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
+    let r = ctx
+        .connect()
+        .await?
         .mremap(MremapRequest {
             pid: a.pid,
             addr: a.addr,
@@ -40,8 +45,9 @@ pub async fn run(c: &mut Client, a: &Args) -> Result<crate::commands::Printed, C
         })
         .await?
         .into_inner();
-    Ok(crate::commands::Printed::new(
+    ctx.print(&Printed::new(
         format!("{:#x}\nvmas {}\n", r.addr, r.vma_count),
         serde_json::json!({ "addr": r.addr, "vma_count": r.vma_count }),
-    ))
+    ));
+    Ok(())
 }

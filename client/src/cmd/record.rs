@@ -3,15 +3,14 @@
 
 use crate::error::CliError;
 use crate::record::tracer::{self, RecordOptions};
-use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 /// The default recording file.
 pub const DEFAULT_OUTPUT: &str = "vmasim-record.jsonl";
 
-/// `record` arguments.
-#[derive(Debug, Clone, Args)]
+/// Arguments of `vmasim record`.
+#[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "\
 Runs CMD under ptrace (following every thread and child process) and writes, \
 per address space: its /proc/PID/maps (with smaps VmFlags) right after execve, \
@@ -23,7 +22,7 @@ and kept in the file's last line).
 
 Check it:   vmasim replay FILE --check
 Replay it:  vmasim load --trace FILE")]
-pub struct RecordArgs {
+pub struct Args {
     /// Recording file to write (JSON lines; see `vmasim replay --help`).
     #[arg(short = 'o', long, value_name = "FILE", default_value = DEFAULT_OUTPUT)]
     pub output: PathBuf,
@@ -35,9 +34,20 @@ pub struct RecordArgs {
     pub command: Vec<String>,
 }
 
-/// Runs `vmasim record` (blocking: call it on a thread of its own, see
-/// [`tracer`]'s docs).
-pub fn run(a: &RecordArgs) -> Result<String, CliError> {
+/// `--json` does not apply.
+pub const JSON: bool = false;
+
+/// Runs it: ptrace requests must all come from one thread (the tracer),
+/// so the recording runs on a blocking thread of its own.
+pub async fn run(a: &Args, _ctx: &super::Ctx) -> Result<(), CliError> {
+    let a = a.clone();
+    tokio::task::spawn_blocking(move || record(&a))
+        .await
+        .map_err(|e| CliError::Other(format!("record: {e}")))?
+}
+
+/// The recording itself (blocking, see [`tracer`]'s docs).
+fn record(a: &Args) -> Result<(), CliError> {
     let file = std::fs::File::create(&a.output)
         .map_err(|e| CliError::Other(format!("cannot write {}: {e}", a.output.display())))?;
     let o = RecordOptions {
@@ -61,5 +71,5 @@ pub fn run(a: &RecordArgs) -> Result<String, CliError> {
         s.lines,
         a.output.display()
     );
-    Ok(String::new())
+    Ok(())
 }

@@ -153,8 +153,7 @@ pub async fn load(
     use crate::error::CliError;
     let mut out = Vec::new();
     for p in paths {
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| CliError::Other(format!("cannot read {}: {e}", p.display())))?;
+        let text = std::fs::read_to_string(p).map_err(|e| CliError::read(p, e))?;
         if !format::is_recording(&text) {
             return Err(CliError::Usage(format!(
                 "{} is not a `vmasim record` recording (--trace replays recordings; strace logs go to `vmasim replay`)",

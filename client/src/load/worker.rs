@@ -684,7 +684,7 @@ impl Worker {
                 add_totals(&mut self.rec.fault_totals, &single_totals(&f));
                 if self.cfg.verify {
                     let o = f.outcome;
-                    self.note_reply(|| crate::commands::outcome_name(o));
+                    self.note_reply(|| crate::parse::outcome_name(o));
                     self.check_fault(i, addrs[0], access, o)?;
                 }
             }
