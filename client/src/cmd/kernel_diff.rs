@@ -184,12 +184,14 @@ mod imp {
         counts: BTreeMap<String, u64>,
         outcomes: BTreeMap<String, u64>,
         fault_around_skips: u64,
+        fault_around_skip_events: u64,
     }
 
     impl Totals {
         fn add(&mut self, r: &Runner, ops: u64) {
             self.ops += ops;
             self.fault_around_skips += r.fault_around_skips();
+            self.fault_around_skip_events += r.fault_around_skip_events();
             for (k, v) in &r.counts {
                 *self.counts.entry(k.clone()).or_default() += v;
             }
@@ -475,8 +477,8 @@ mod imp {
             s.push_str(&format!("    {k:<32} {v:>9}\n"));
         }
         s.push_str(&format!(
-            "  comparisons where the kernel mapped fewer cached file pages (fault-around skipped a busy folio): {}\n",
-            t.fault_around_skips
+            "  comparisons where the kernel mapped fewer cached file pages (fault-around skipped a busy folio): {} ({} distinct)\n",
+            t.fault_around_skips, t.fault_around_skip_events
         ));
         s
     }

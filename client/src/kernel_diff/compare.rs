@@ -112,9 +112,18 @@ pub struct ShmemPairs {
     /// Comparisons of a file-backed VMA whose kernel `Rss` was below the
     /// simulation's with the same `Anonymous`.
     pub fault_around_skips: u64,
+    /// The distinct shortfalls among them (VMA range, both `Rss`): one
+    /// skipped page stays visible in every later comparison of its VMA
+    /// until the VMA changes, so this counts events, not comparisons.
+    skip_events: std::collections::HashSet<(u64, u64, u64, u64)>,
 }
 
 impl ShmemPairs {
+    /// Distinct fault-around shortfalls (see `skip_events`).
+    pub fn fault_around_skip_events(&self) -> u64 {
+        self.skip_events.len() as u64
+    }
+
     fn pair(&mut self, k: u64, s: u64) -> bool {
         match (self.k2s.get(&k), self.s2k.get(&s)) {
             (None, None) => {
@@ -168,6 +177,7 @@ pub fn diff_vma(k: &Vma, s: &Vma, pairs: &mut ShmemPairs, rss: bool) -> Option<S
         let file_backed = k.backing != Backing::Anon;
         if a < b && file_backed && k.anon_kb == s.anon_kb {
             pairs.fault_around_skips += 1;
+            pairs.skip_events.insert((k.start, k.end, a, b));
         } else if a != b {
             d.push(format!("Rss {a} kB vs {b} kB"));
         }

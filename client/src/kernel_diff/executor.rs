@@ -81,6 +81,10 @@ struct Exec {
     lo: u64,
     hi: u64,
     smaps: bool,
+    /// Rss/Anonymous from `PAGEMAP_SCAN` (see [`Exec::snapshot`]); smaps
+    /// text where the kernel lacks it or swap is on.
+    pagemap_scan: bool,
+    regions: &'static mut [PageRegion],
     rd: &'static mut [u8],
     out: Out,
     cmd: &'static mut [u8],
@@ -185,6 +189,8 @@ pub fn main(fds: &str) -> ! {
         lo: start_brk,
         hi: WINDOW_END,
         smaps: true,
+        pagemap_scan: swap_is_off(),
+        regions: map_regions(),
         rd,
         out,
         cmd,
@@ -752,6 +758,9 @@ impl Exec {
 
     /// Append the `V` lines of every VMA overlapping the compared region.
     fn snapshot(&mut self) {
+        if self.smaps && self.pagemap_scan && self.snapshot_pagemap_scan() {
+            return;
+        }
         let smaps = self.smaps;
         let n = self.read_proc(if smaps {
             c"/proc/self/smaps"
@@ -796,6 +805,176 @@ impl Exec {
         }
         if let Some(h) = header {
             emit(h, rss, anon);
+        }
+    }
+
+    /// The `V` lines from `/proc/self/maps` plus one `PAGEMAP_SCAN` ioctl
+    /// (fs/proc/task_mmu.c, 6.7+) over the compared region, instead of the
+    /// `/proc/self/smaps` text: rendering smaps' two dozen fields for every
+    /// VMA was most of a step's time. The counts are smaps' own
+    /// (`smaps_pte_entry`): `Rss` counts each mapped page that
+    /// `vm_normal_page` finds -- not the shared zero page
+    /// (`PAGE_IS_PFNZERO`) -- and each migration entry (with swap off, the
+    /// only swap-type PTEs there can be: `PAGE_IS_SWAPPED`); `Anonymous`
+    /// those of them whose folio is anonymous (`!PAGE_IS_FILE`). Returns
+    /// false if the kernel refuses the ioctl (then smaps is read).
+    fn snapshot_pagemap_scan(&mut self) -> bool {
+        let (lo, hi) = (self.lo, self.hi);
+        let out_mark = self.out.len;
+        let n = self.read_proc(c"/proc/self/maps");
+        // SAFETY: open/close of our own pagemap; it must be opened by the
+        // process it describes (a forked child's inherited fd would
+        // describe the parent's mm), so it is opened for each snapshot.
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/pagemap".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            self.pagemap_scan = false;
+            return false;
+        }
+        let rd: &[u8] = &self.rd[..n];
+        let regions = &mut *self.regions;
+        let out = &mut self.out;
+        // Regions come sorted by address and may span adjacent VMAs: each
+        // VMA takes its part of the regions that overlap it; one that runs
+        // on is kept for the next. A full vector resumes at `walk_end`.
+        let (mut ri, mut rn) = (0usize, 0usize);
+        let (mut scanned_to, mut ok) = (lo, true);
+        let lines = rd
+            .split(|&b| b == b'\n')
+            .filter_map(|l| std::str::from_utf8(l).ok())
+            .filter(|l| {
+                let (s, e) = line_range(l);
+                !l.is_empty() && e > lo && s < hi
+            });
+        for l in lines {
+            let (s, e) = line_range(l);
+            let (s, e) = (s.max(lo), e.min(hi));
+            let (mut rss, mut anon) = (0u64, 0u64);
+            loop {
+                if ri == rn {
+                    if scanned_to >= e {
+                        break;
+                    }
+                    let Some((count, walk_end)) = pagemap_scan(fd, scanned_to, hi, regions) else {
+                        ok = false;
+                        break;
+                    };
+                    (ri, rn, scanned_to) = (0, count, walk_end.max(scanned_to + 1));
+                    continue;
+                }
+                let r = regions[ri];
+                if r.start >= e {
+                    break;
+                }
+                let (a, b) = (r.start.max(s), r.end.min(e));
+                if b > a {
+                    rss += (b - a) >> 10;
+                    if r.categories & PAGE_IS_FILE == 0 {
+                        anon += (b - a) >> 10;
+                    }
+                }
+                if r.end > e {
+                    break;
+                }
+                ri += 1;
+            }
+            if !ok {
+                break;
+            }
+            let _ = writeln!(out, "V {rss} {anon} {l}");
+        }
+        // SAFETY: our own fd.
+        unsafe { libc::close(fd) };
+        if !ok {
+            // Nothing of this snapshot is kept: smaps answers instead.
+            self.out.len = out_mark;
+            self.pagemap_scan = false;
+        }
+        ok
+    }
+}
+
+/// `struct page_region` (include/uapi/linux/fs.h).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// `struct pm_scan_arg` (include/uapi/linux/fs.h).
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `PAGEMAP_SCAN`: `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: libc::c_ulong =
+    (3 << 30) | ((std::mem::size_of::<PmScanArg>() as libc::c_ulong) << 16) | (0x66 << 8) | 16;
+const PAGE_IS_FILE: u64 = 1 << 2;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
+/// Regions one ioctl may return (a scan that fills them resumes at
+/// `walk_end`).
+const NR_REGIONS: usize = 1 << 16;
+
+fn map_regions() -> &'static mut [PageRegion] {
+    let bytes = map_buffer(NR_REGIONS * std::mem::size_of::<PageRegion>());
+    // SAFETY: a fresh page-aligned zeroed mapping of exactly NR_REGIONS
+    // regions; PageRegion is plain u64s, for which zero bytes are valid.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<PageRegion>(), NR_REGIONS) }
+}
+
+/// No swap device: a swap-type PTE can only be a migration entry, which
+/// smaps counts in Rss as PAGEMAP_SCAN's `PAGE_IS_SWAPPED` lets us count it.
+fn swap_is_off() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() <= 1)
+}
+
+/// One `PAGEMAP_SCAN` from `start` to `end` for the pages smaps counts in
+/// Rss, split by `PAGE_IS_FILE`: `(regions filled, walk_end)`.
+fn pagemap_scan(fd: i32, start: u64, end: u64, vec: &mut [PageRegion]) -> Option<(usize, u64)> {
+    let mut arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        flags: 0,
+        start,
+        end,
+        walk_end: 0,
+        vec: vec.as_mut_ptr() as u64,
+        vec_len: vec.len() as u64,
+        max_pages: 0,
+        // Not the zero page, and present or a migration entry.
+        category_inverted: PAGE_IS_PFNZERO,
+        category_mask: PAGE_IS_PFNZERO,
+        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        return_mask: PAGE_IS_FILE,
+    };
+    loop {
+        // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len`
+        // regions into `vec`, which we own, and `walk_end` into `arg`.
+        let r = unsafe { libc::ioctl(fd, PAGEMAP_SCAN, &mut arg) };
+        if r >= 0 {
+            return Some((r as usize, arg.walk_end));
+        }
+        if errno() != libc::EINTR {
+            return None;
         }
     }
 }

@@ -156,6 +156,11 @@ impl Runner {
         self.pairs.fault_around_skips
     }
 
+    /// Distinct VMAs-and-shortfalls among [`Self::fault_around_skips`].
+    pub fn fault_around_skip_events(&self) -> u64 {
+        self.pairs.fault_around_skip_events()
+    }
+
     /// A fresh executor (`exe __kernel-diff-executor`) and its twin.
     pub async fn start(exe: &Path, client: Client, file_base: u64) -> Result<Runner, CliError> {
         let kernel = tokio::task::block_in_place(|| Kernel::spawn(exe))?;
