@@ -111,19 +111,16 @@ impl Transport {
             Transport::Stream(s) => return s.call(op).await,
             Transport::Unary(c) => c,
         };
-        Ok(match op {
-            Op::Spawn(r) => Reply::Spawn(c.spawn(r).await?.into_inner()),
-            Op::Mmap(r) => Reply::Mmap(c.mmap(r).await?.into_inner()),
-            Op::Munmap(r) => Reply::Munmap(c.munmap(r).await?.into_inner()),
-            Op::Mprotect(r) => Reply::Mprotect(c.mprotect(r).await?.into_inner()),
-            Op::Brk(r) => Reply::Brk(c.brk(r).await?.into_inner()),
-            Op::Fault(r) => Reply::Fault(c.fault(r).await?.into_inner()),
-            Op::FaultBatch(r) => Reply::FaultBatch(c.fault_batch(r).await?.into_inner()),
-            Op::Fork(r) => Reply::Fork(c.fork(r).await?.into_inner()),
-            Op::Exit(r) => Reply::Exit(c.exit(r).await?.into_inner()),
-            Op::Maps(r) => Reply::Maps(c.maps(r).await?.into_inner()),
-            Op::Mremap(r) => Reply::Mremap(c.mremap(r).await?.into_inner()),
-            Op::Madvise(r) => Reply::Madvise(c.madvise(r).await?.into_inner()),
-        })
+        // One arm per `Session` operation, from the proto crate's list:
+        // the oneof variant, its reply variant and the unary stub share
+        // the name.
+        macro_rules! unary {
+            ($($variant:ident => $method:ident,)*) => {
+                match op {
+                    $(Op::$variant(r) => Reply::$variant(c.$method(r).await?.into_inner()),)*
+                }
+            };
+        }
+        Ok(vmasim_proto::for_each_session_op!(unary))
     }
 }
