@@ -36,7 +36,7 @@
 //!
 //! The admission (closed/open loop, coordinated-omission correction) and
 //! the measurements (HdrHistogram [`Recorder`]) are the load generator's
-//! ([`crate::load::worker::Shared`]); only the per-request work is
+//! ([`crate::load::shared::Shared`]); only the per-request work is
 //! specific here, because the load workers draw random operations from a
 //! shadow model, which would charge `Fault` client-side work the no-op
 //! does not do and skew the ratio.
@@ -45,11 +45,12 @@ use crate::connect::{Client, Health, Target};
 use crate::demo::human;
 use crate::embedded::Cache;
 use crate::error::CliError;
+use crate::load::fault_thread::single_totals;
 use crate::load::mix::OpKind;
 use crate::load::recorder::Recorder;
 use crate::load::report::Latency;
 use crate::load::shadow::PAGE;
-use crate::load::worker::{Shared, single_totals};
+use crate::load::shared::Shared;
 use crate::stats::add_totals;
 use crate::transport::Transport;
 use serde::Serialize;

@@ -3,8 +3,11 @@
 //! # How a run goes
 //!
 //! 1. Open `--connections` channels; build `--concurrency` owner workers
-//!    (spread round-robin over the channels) and `--threads` fault threads
-//!    per owner ([`worker`]).
+//!    (spread round-robin over the channels, [`worker`]) and `--threads`
+//!    fault threads per owner ([`fault_thread`]); or, with `--trace`,
+//!    players of recorded programs ([`trace`]). All of them go through
+//!    [`shared`] (stop flag, open-loop admission, recording, expected
+//!    failures) and report a [`divergence`] from the [`shadow`] model.
 //! 2. **Setup**: every owner spawns its `--processes` processes and maps a
 //!    few regions in each (not measured).
 //! 3. **Warm-up** (`--warmup`): the load runs, nothing is recorded.
@@ -30,11 +33,14 @@
 //! The measurements ([`recorder`]) are rendered by [`report`] (text, JSON,
 //! CSV) and [`html`] (a self-contained HTML page).
 
+pub mod divergence;
+pub mod fault_thread;
 pub mod html;
 pub mod mix;
 pub mod recorder;
 pub mod report;
 pub mod shadow;
+pub mod shared;
 pub mod trace;
 pub mod worker;
 
@@ -42,13 +48,16 @@ use crate::connect::Target;
 use crate::error::CliError;
 use crate::stats::{self, StatsDelta};
 use crate::transport::Transport;
+use divergence::Divergence;
+use fault_thread::FaultThread;
 use mix::Mix;
 use recorder::Recorder;
+use shared::Shared;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use worker::{Divergence, FaultThread, Shared, Worker};
+use worker::Worker;
 
 /// Everything a load run is configured with.
 #[derive(Debug, Clone, serde::Serialize)]

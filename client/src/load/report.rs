@@ -174,7 +174,7 @@ pub struct Summary {
     /// Server counters over the measured time.
     pub server: Option<StatsDelta>,
     /// `--verify` divergences.
-    pub divergences: Vec<crate::load::worker::Divergence>,
+    pub divergences: Vec<crate::load::divergence::Divergence>,
 }
 
 fn ms(ns: u64) -> f64 {

@@ -30,9 +30,11 @@
 //! on its end); the first difference is a divergence (exit 10).
 
 use crate::load::LoadConfig;
+use crate::load::fault_thread::single_totals;
 use crate::load::mix::OpKind;
 use crate::load::recorder::Recorder;
-use crate::load::worker::{Shared, WorkerOutput, single_totals};
+use crate::load::shared::Shared;
+use crate::load::worker::WorkerOutput;
 use crate::record::check::diff_maps;
 use crate::record::format::{self, Event, FileRef, MapsLine};
 use crate::stats::add_totals;
@@ -524,7 +526,7 @@ impl TraceWorker {
         }
         let inst = &self.instances[i];
         let prog = &self.programs[inst.prog];
-        let d = crate::load::worker::Divergence {
+        let d = crate::load::divergence::Divergence {
             worker: self.id,
             pid: inst.sims.values().next().copied().unwrap_or(0),
             message: format!("{}: {message}", prog.name),

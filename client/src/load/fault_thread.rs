@@ -1,0 +1,156 @@
+//! Fault threads (`load --threads N`): workers that only fault,
+//! concurrently, in an owner worker's processes, reading the owner's
+//! layout copy (which may be one operation old); what makes per-VMA locks
+//! contend.
+
+use crate::load::LoadConfig;
+use crate::load::mix::OpKind;
+use crate::load::recorder::Recorder;
+use crate::load::shared::Shared;
+use crate::load::worker::{Layout, MMAP_MIN_ADDR, TASK_SIZE};
+use crate::stats::add_totals;
+use crate::transport::Transport;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tonic::Code;
+use vmasim_proto::v1::session_reply::Result as Reply;
+use vmasim_proto::v1::session_request::Op;
+use vmasim_proto::v1::{Access, FaultBatchRequest, FaultRequest, FaultTotals};
+
+/// What a fault thread expects: its layout copy may be one operation old,
+/// so the owner may have exited the process (`NOT_FOUND`).
+const RACED_WITH_EXIT: &str = "fault thread raced with the owner's exit";
+
+/// A fault's reply as batch totals.
+pub(crate) fn single_totals(f: &vmasim_proto::v1::FaultResponse) -> FaultTotals {
+    use vmasim_proto::v1::{FaultOutcome as O, FaultPath as P};
+    let mut t = FaultTotals {
+        faults: 1,
+        retries: u64::from(f.retries),
+        ..Default::default()
+    };
+    match O::try_from(f.outcome) {
+        Ok(O::AnonZeroFill) => t.anon_zero_fill = 1,
+        Ok(O::FilePage) => t.file_page = 1,
+        Ok(O::CowBreak) => t.cow_break = 1,
+        Ok(O::AlreadyPresent) => t.already_present = 1,
+        Ok(O::SegvMaperr) => t.segv_maperr = 1,
+        Ok(O::SegvAccerr) => t.segv_accerr = 1,
+        Ok(O::Sigbus) => t.sigbus = 1,
+        _ => {}
+    }
+    match P::try_from(f.path) {
+        Ok(P::PerVmaLock) => t.per_vma_lock = 1,
+        Ok(P::MmapLockFallback) => t.mmap_lock_fallback = 1,
+        Ok(P::MmapLock) => t.mmap_lock = 1,
+        _ => {}
+    }
+    t
+}
+
+/// A worker that only faults in an owner's processes (`--threads`).
+pub struct FaultThread {
+    cfg: Arc<LoadConfig>,
+    shared: Arc<Shared>,
+    t: Transport,
+    rng: StdRng,
+    layout: Arc<RwLock<Layout>>,
+    rec: Recorder,
+}
+
+impl FaultThread {
+    /// A fault thread reading `layout`.
+    pub fn new(
+        id: usize,
+        cfg: Arc<LoadConfig>,
+        shared: Arc<Shared>,
+        t: Transport,
+        layout: Arc<RwLock<Layout>>,
+    ) -> Self {
+        let rng = StdRng::seed_from_u64(
+            cfg.seed ^ (0x5851_f42d_4c95_7f2d_u64.wrapping_mul(id as u64 + 1)),
+        );
+        let rec = cfg.recorder();
+        FaultThread {
+            cfg,
+            shared,
+            t,
+            rng,
+            layout,
+            rec,
+        }
+    }
+
+    /// Faults until the run stops; returns the measurements.
+    pub async fn run(mut self) -> Recorder {
+        let n = self.cfg.batch.max(1);
+        loop {
+            let pick = {
+                let l = self.layout.read().expect("not poisoned");
+                if l.is_empty() {
+                    None
+                } else {
+                    let (pid, ranges) = &l[self.rng.random_range(0..l.len())];
+                    let addrs: Vec<u64> = (0..n)
+                        .map(|_| {
+                            if ranges.is_empty() {
+                                return self.rng.random_range(MMAP_MIN_ADDR..TASK_SIZE);
+                            }
+                            let (s, e) = ranges[self.rng.random_range(0..ranges.len())];
+                            self.rng.random_range(s..e)
+                        })
+                        .collect();
+                    Some((*pid, addrs))
+                }
+            };
+            let Some((pid, addrs)) = pick else {
+                if self.shared.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            };
+            let access = if self.rng.random_bool(0.3) {
+                Access::Write
+            } else {
+                Access::Read
+            };
+            let Some(due) = self.shared.admit().await else {
+                break;
+            };
+            let op = if n == 1 {
+                Op::Fault(FaultRequest {
+                    pid,
+                    addr: addrs[0],
+                    access: access as i32,
+                })
+            } else {
+                Op::FaultBatch(FaultBatchRequest {
+                    pid,
+                    addrs,
+                    access: access as i32,
+                    totals_only: true,
+                })
+            };
+            let start = due.unwrap_or_else(Instant::now);
+            let r = self.t.call(op).await;
+            match &r {
+                Ok(Reply::Fault(f)) => add_totals(&mut self.rec.fault_totals, &single_totals(f)),
+                Ok(Reply::FaultBatch(b)) => {
+                    add_totals(&mut self.rec.fault_totals, &b.totals.unwrap_or_default())
+                }
+                _ => {}
+            }
+            let expected = match &r {
+                Err(s) if s.code() == Code::NotFound => Some(RACED_WITH_EXIT),
+                _ => None,
+            };
+            self.shared
+                .finish(&mut self.rec, OpKind::Fault, start, &r, n as u64, expected);
+        }
+        self.rec
+    }
+}
