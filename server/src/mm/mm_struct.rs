@@ -17,6 +17,7 @@ use crate::mm::sync::{AtomicU64, Ordering, RwLock, RwLockReadGuard, RwLockWriteG
 use crate::mm::task_mmu::MapsReader;
 use crate::mm::vma_tree::VmaTree;
 use crate::mm::vmstat::{Counters, NR_MAPS_EVENTS};
+use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use std::sync::Arc;
 
@@ -232,7 +233,10 @@ pub struct MmContext {
     pub page_cache: crate::mm::filemap::PageCache,
     /// Mappers of fork-shared anonymous pages (see [`crate::mm::rmap`]).
     pub anon_refs: crate::mm::rmap::AnonRefs,
-    next_anon_vma: AtomicU64,
+    /// Bumped by every first anonymous write fault of a VMA (under a
+    /// writer's `mmap_lock` or the VMA lock): on a line of its own, away
+    /// from `pool`, `events` and `fault_lock`, which every fault reads.
+    next_anon_vma: CachePadded<AtomicU64>,
 }
 
 impl MmContext {
@@ -249,7 +253,7 @@ impl MmContext {
             maps_events: Counters::new(),
             page_cache: Default::default(),
             anon_refs: Default::default(),
-            next_anon_vma: AtomicU64::new(1),
+            next_anon_vma: CachePadded::new(AtomicU64::new(1)),
         }
     }
 
@@ -291,10 +295,24 @@ pub struct MmState {
 }
 
 /// One simulated address space.
+///
+/// Laid out by who writes what. Every fault reads `ctx`, `race`, `seq`,
+/// the tree and the page-table root; a writer of the same mm (mmap,
+/// mprotect, munmap anywhere else in it) writes `mmap_lock` and its state,
+/// `mm_lock_seq`, `proc_view` and the page-table byte count. Each of those
+/// sits on cache lines of its own ([`CachePadded`]), so a writer dirties
+/// only the line a fault must read anyway (`mm_lock_seq`, which
+/// `vma_start_read` compares), not the read-mostly ones: the kernel's
+/// `struct mm_struct` keeps its often-written `mm_count` in a
+/// `____cacheline_aligned_in_smp` group of its own ("Fields which are
+/// often written to are placed in a separate cache line") for the same
+/// reason.
 pub struct MmStruct {
-    pub(crate) seq: MmLockSeq,
+    /// `mm_lock_seq` (written at every `mmap_write_lock`/unlock, read by
+    /// every lockless fault) and the id beside it, read with it.
+    pub(crate) seq: CachePadded<MmLockSeq>,
     pub(crate) pid: u32,
-    mmap_lock: RwLock<MmState>,
+    mmap_lock: CachePadded<RwLock<MmState>>,
     pub(crate) mm_mt: VmaTree,
     pub(crate) pgd: PageTable,
     pub(crate) rss: Counters<NR_MM_COUNTERS>,
@@ -302,8 +320,9 @@ pub struct MmStruct {
     /// Race-lab hooks; `None` for every mm of ordinary traffic, so the hot
     /// path pays one load and a predictable branch.
     pub(crate) race: Option<Arc<RaceHooks>>,
-    /// What a lockless maps reader may read of [`MmState`].
-    pub(crate) proc_view: ProcView,
+    /// What a lockless maps reader may read of [`MmState`], republished at
+    /// every `mmap_write_unlock`.
+    pub(crate) proc_view: CachePadded<ProcView>,
 }
 
 /// The [`MmState`] fields `show_map_vma` needs, published at every
@@ -373,25 +392,25 @@ impl MmStruct {
     /// An empty address space (`mm_alloc`).
     pub fn new(pid: u32, ctx: Arc<MmContext>, race: Option<Arc<RaceHooks>>) -> Self {
         Self {
-            seq: MmLockSeq::new(next_mm_id()),
+            seq: CachePadded::new(MmLockSeq::new(next_mm_id())),
             pid,
-            mmap_lock: RwLock::new(MmState {
+            mmap_lock: CachePadded::new(RwLock::new(MmState {
                 start_brk: crate::mm::DEFAULT_START_BRK,
                 brk: crate::mm::DEFAULT_START_BRK,
                 map_count: 0,
                 dead: false,
                 gate_vma: None,
-            }),
+            })),
             mm_mt: VmaTree::new(),
             pgd: PageTable::new(ctx.pgtables.clone()),
             rss: Counters::new(),
             ctx,
             race,
-            proc_view: ProcView {
+            proc_view: CachePadded::new(ProcView {
                 start_brk: AtomicU64::new(crate::mm::DEFAULT_START_BRK),
                 brk: AtomicU64::new(crate::mm::DEFAULT_START_BRK),
                 gate_vma: AtomicU64::new(ProcView::NO_GATE),
-            },
+            }),
         }
     }
 

@@ -28,6 +28,7 @@
 use crate::mm::rcu::RcuReadGuard;
 use crate::mm::slab::VmaIdx;
 use crossbeam_skiplist::base::SkipList;
+use crossbeam_utils::CachePadded;
 use std::ops::Bound;
 
 /// What the tree stores for a VMA.
@@ -44,8 +45,14 @@ pub struct TreeEntry {
 }
 
 /// An ordered, RCU-walkable map from `vm_start` to [`TreeEntry`].
+///
+/// The skip list's head tower is written whenever the first node at some
+/// level changes (a writer mapping below everything else does it at every
+/// mmap and munmap), so the list sits on cache lines of its own
+/// ([`CachePadded`]), apart from the read-mostly fields of the `MmStruct`
+/// around it that every fault reads.
 pub struct VmaTree {
-    list: SkipList<u64, TreeEntry>,
+    list: CachePadded<SkipList<u64, TreeEntry>>,
 }
 
 impl Default for VmaTree {
@@ -59,7 +66,7 @@ impl VmaTree {
     /// [`crate::mm::rcu::rcu_read_lock`] pins.
     pub fn new() -> Self {
         Self {
-            list: SkipList::new(crossbeam_epoch::default_collector().clone()),
+            list: CachePadded::new(SkipList::new(crossbeam_epoch::default_collector().clone())),
         }
     }
 
