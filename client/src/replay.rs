@@ -372,19 +372,7 @@ impl Replayer<'_> {
                 // Register the path: a throw-away process with one line
                 // naming it; the server assigns the id (see module docs).
                 let inode = 1 + (fnv1a(p) & 0x7fff_ffff_ffff);
-                let line = format!("10000-11000 r--p 00000000 00:00 {inode} {p}\n");
-                let pid = self
-                    .c
-                    .spawn(SpawnRequest {
-                        maps_text: line,
-                        start_brk: 0,
-                    })
-                    .await?
-                    .into_inner()
-                    .pid;
-                let m = self.c.maps(MapsRequest { pid }).await?.into_inner();
-                let _ = self.c.exit(ExitRequest { pid }).await;
-                m.entries.first().map_or(0, |e| e.file_id)
+                crate::files::register_file(self.c, "00:00", inode, p).await?
             }
             _ => 0,
         };

@@ -188,22 +188,8 @@ pub async fn load(
             if prog.files.contains_key(&key) {
                 continue;
             }
-            let line = format!(
-                "10000-11000 r--p 00000000 {} {} {}\n",
-                f.dev, f.inode, f.path
-            );
-            let pid = control
-                .spawn(SpawnRequest {
-                    maps_text: line,
-                    start_brk: 0,
-                })
-                .await?
-                .into_inner()
-                .pid;
-            let m = control.maps(MapsRequest { pid }).await?.into_inner();
-            let _ = control.exit(ExitRequest { pid }).await;
-            prog.files
-                .insert(key, m.entries.first().map_or(0, |e| e.file_id));
+            let id = crate::files::register_file(control, &f.dev, f.inode, &f.path).await?;
+            prog.files.insert(key, id);
         }
         out.push(prog);
     }

@@ -481,22 +481,7 @@ impl Checker<'_> {
         if let Some(id) = self.files.get(&key) {
             return Ok(*id);
         }
-        let line = format!(
-            "10000-11000 r--p 00000000 {} {} {}\n",
-            f.dev, f.inode, f.path
-        );
-        let pid = self
-            .c
-            .spawn(SpawnRequest {
-                maps_text: line,
-                start_brk: 0,
-            })
-            .await?
-            .into_inner()
-            .pid;
-        let m = self.c.maps(MapsRequest { pid }).await?.into_inner();
-        let _ = self.c.exit(ExitRequest { pid }).await;
-        let id = m.entries.first().map_or(0, |e| e.file_id);
+        let id = crate::files::register_file(self.c, &f.dev, f.inode, &f.path).await?;
         self.files.insert(key, id);
         Ok(id)
     }

@@ -65,10 +65,10 @@
 //!   mm) or exits gives the same parent address space. A `clone` with
 //!   `CLONE_VM` but neither `CLONE_THREAD` nor `CLONE_VFORK` really shares
 //!   the mm and is a [`Syscall::Thread`].
-//! * **One concept per file**: [`parser`] joins lines into calls (pid
-//!   prefixes, `<unfinished ...>`/`<... resumed>`, `+++` lines), [`scan`]
+//! * **One concept per file**: `parser.rs` joins lines into calls (pid
+//!   prefixes, `<unfinished ...>`/`<... resumed>`, `+++` lines), `scan.rs`
 //!   is the lexical layer (argument lists, strings, `-y` annotations,
-//!   comments, escapes), [`decode`] turns one call's text into a
+//!   comments, escapes), `decode.rs` turns one call's text into a
 //!   [`Syscall`] (numbers, flag names, fds, return values, signals).
 //! * **std only**: strace's notation is small and regular enough that a hand
 //!   scanner (strings, comments, nesting, `-y` fd annotations) is shorter

@@ -9,7 +9,7 @@
 //! [`crate::load::shadow`]).
 //!
 //! With `--threads N`, each owner also gets N *fault threads*
-//! ([`FaultThread`]): workers that only fault, concurrently, in the owner's
+//! ([`crate::load::fault_thread::FaultThread`]): workers that only fault, concurrently, in the owner's
 //! processes — like the other threads of a multi-threaded program. They are
 //! what makes per-VMA locks contend (aborts, retries, fallbacks). They read
 //! a copy of the owner's layout that may be one operation old, so their
@@ -17,7 +17,7 @@
 //! exited the process) is expected from them.
 //!
 //! This file is the owner's life cycle (setup, the loop, calls, the
-//! divergence history); [`ops`] holds one method per operation of the mix.
+//! divergence history); `ops.rs` holds one method per operation of the mix.
 
 use crate::load::LoadConfig;
 use crate::load::divergence::Divergence;
