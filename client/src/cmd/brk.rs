@@ -23,14 +23,14 @@ pub struct Args {
 /// Runs it.
 pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
     let r = ctx
-        .connect()
-        .await?
-        .brk(BrkRequest {
-            pid: a.pid,
-            brk: a.addr.unwrap_or(0),
+        .call(|mut c| async move {
+            c.brk(BrkRequest {
+                pid: a.pid,
+                brk: a.addr.unwrap_or(0),
+            })
+            .await
         })
-        .await?
-        .into_inner();
+        .await?;
     ctx.print(&Printed::new(
         format!("brk {:#x} start_brk {:#x}\n", r.brk, r.start_brk),
         json!({ "brk": r.brk, "start_brk": r.start_brk }),

@@ -10,20 +10,13 @@ use vmasim_proto::v1::ExitRequest;
 pub const JSON: bool = true;
 
 /// Arguments of `vmasim exit`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Process.
-    pub pid: u32,
-}
+pub type Args = super::Pid;
 
 /// Runs it.
 pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
     let r = ctx
-        .connect()
-        .await?
-        .exit(ExitRequest { pid: a.pid })
-        .await?
-        .into_inner();
+        .call(|mut c| async move { c.exit(ExitRequest { pid: a.pid }).await })
+        .await?;
     ctx.print(&Printed::new(
         format!(
             "vmas_freed {} rss_pages_freed {}\n",

@@ -36,15 +36,15 @@ pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
         Access::Read
     };
     let r = ctx
-        .connect()
-        .await?
-        .fault(FaultRequest {
-            pid: a.pid,
-            addr: a.addr,
-            access: access as i32,
+        .call(|mut c| async move {
+            c.fault(FaultRequest {
+                pid: a.pid,
+                addr: a.addr,
+                access: access as i32,
+            })
+            .await
         })
-        .await?
-        .into_inner();
+        .await?;
     ctx.print(&Printed::new(
         format!(
             "{} via {} (retries {})\n",

@@ -10,20 +10,13 @@ use vmasim_proto::v1::ForkRequest;
 pub const JSON: bool = true;
 
 /// Arguments of `vmasim fork`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Parent process.
-    pub pid: u32,
-}
+pub type Args = super::Pid;
 
 /// Runs it.
 pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
     let r = ctx
-        .connect()
-        .await?
-        .fork(ForkRequest { pid: a.pid })
-        .await?
-        .into_inner();
+        .call(|mut c| async move { c.fork(ForkRequest { pid: a.pid }).await })
+        .await?;
     ctx.print(&Printed::new(
         format!("{}\n", r.child_pid),
         json!({ "child_pid": r.child_pid }),

@@ -2,7 +2,7 @@
 
 use super::Ctx;
 use crate::error::CliError;
-use crate::parse::{parse_addr, parse_advice, parse_size};
+use crate::parse::parse_advice;
 use vmasim_proto::v1::MadviseRequest;
 
 /// `--json` applies.
@@ -11,14 +11,9 @@ pub const JSON: bool = true;
 /// Arguments of `vmasim madvise`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Process.
-    pub pid: u32,
-    /// Start of the range (page aligned).
-    #[arg(value_parser = parse_addr)]
-    pub addr: u64,
-    /// Length (4096, 4K, 2M...).
-    #[arg(value_parser = parse_size)]
-    pub length: u64,
+    /// Process, start and length.
+    #[command(flatten)]
+    pub range: super::Range,
     /// Advice: dontneed, free, dontfork, dofork, wipeonfork, keeponfork.
     #[arg(value_parser = parse_advice)]
     pub advice: u32,
@@ -27,16 +22,16 @@ pub struct Args {
 /// Runs it; prints the VMA count.
 pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
     let r = ctx
-        .connect()
-        .await?
-        .madvise(MadviseRequest {
-            pid: a.pid,
-            addr: a.addr,
-            length: a.length,
-            advice: a.advice,
+        .call(|mut c| async move {
+            c.madvise(MadviseRequest {
+                pid: a.range.pid,
+                addr: a.range.addr,
+                length: a.range.length,
+                advice: a.advice,
+            })
+            .await
         })
-        .await?
-        .into_inner();
+        .await?;
     ctx.print(&super::vma_count(r.vma_count));
     Ok(())
 }

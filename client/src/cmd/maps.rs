@@ -11,20 +11,13 @@ use vmasim_proto::v1::MapsRequest;
 pub const JSON: bool = true;
 
 /// Arguments of `vmasim maps`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Process.
-    pub pid: u32,
-}
+pub type Args = super::Pid;
 
 /// Runs it.
 pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
     let r = ctx
-        .connect()
-        .await?
-        .maps(MapsRequest { pid: a.pid })
-        .await?
-        .into_inner();
+        .call(|mut c| async move { c.maps(MapsRequest { pid: a.pid }).await })
+        .await?;
     let entries: Vec<Value> = r
         .entries
         .iter()

@@ -64,19 +64,19 @@ pub fn mmap_flags(given: Option<MapFlagsArg>, file: bool) -> u32 {
 pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
     let flags = mmap_flags(a.flags, a.file_id.is_some());
     let r = ctx
-        .connect()
-        .await?
-        .mmap(MmapRequest {
-            pid: a.pid,
-            addr: a.addr,
-            length: a.length,
-            prot: a.prot,
-            flags,
-            file_id: a.file_id.unwrap_or(0),
-            offset: a.offset,
+        .call(|mut c| async move {
+            c.mmap(MmapRequest {
+                pid: a.pid,
+                addr: a.addr,
+                length: a.length,
+                prot: a.prot,
+                flags,
+                file_id: a.file_id.unwrap_or(0),
+                offset: a.offset,
+            })
+            .await
         })
-        .await?
-        .into_inner();
+        .await?;
     ctx.print(&Printed::new(
         format!("{:#x}\n", r.addr),
         json!({ "addr": r.addr }),

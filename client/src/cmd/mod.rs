@@ -11,7 +11,9 @@
 
 use crate::connect::{Client, Target};
 use crate::error::CliError;
+use crate::parse::{parse_addr, parse_size};
 use serde_json::{Value, json};
+use std::future::Future;
 
 /// What every subcommand gets besides its own arguments: the global
 /// options.
@@ -35,6 +37,15 @@ impl Ctx {
     /// Connects to the target.
     pub async fn connect(&self) -> Result<Client, CliError> {
         self.target.connect().await
+    }
+
+    /// One unary call on a fresh connection: `f` gets the client and
+    /// makes the call; the reply's message comes back.
+    pub async fn call<R, Fut>(&self, f: impl FnOnce(Client) -> Fut) -> Result<R, CliError>
+    where
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        Ok(f(self.connect().await?).await?.into_inner())
     }
 
     /// Prints a one-call command's answer, as text or (`--json`) JSON.
@@ -66,6 +77,28 @@ impl Printed {
             self.text.clone()
         }
     }
+}
+
+/// The process argument of the commands that take only it (`fork`,
+/// `exit`, `maps`).
+#[derive(Debug, clap::Args)]
+pub struct Pid {
+    /// Process.
+    pub pid: u32,
+}
+
+/// The `PID ADDR LENGTH` a range command (`munmap`, `mprotect`,
+/// `madvise`) starts with.
+#[derive(Debug, clap::Args)]
+pub struct Range {
+    /// Process.
+    pub pid: u32,
+    /// Start address (page aligned).
+    #[arg(value_parser = parse_addr)]
+    pub addr: u64,
+    /// Length (4096, 0x1000, 4K, 2M, 1G).
+    #[arg(value_parser = parse_size)]
+    pub length: u64,
 }
 
 /// `vmas N`: the VMA count munmap, mprotect and madvise reply with.

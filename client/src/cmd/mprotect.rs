@@ -3,7 +3,7 @@
 
 use super::{Ctx, vma_count};
 use crate::error::CliError;
-use crate::parse::{parse_addr, parse_prot, parse_size};
+use crate::parse::parse_prot;
 use vmasim_proto::v1::MprotectRequest;
 
 /// `--json` applies.
@@ -12,14 +12,9 @@ pub const JSON: bool = true;
 /// Arguments of `vmasim mprotect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Process.
-    pub pid: u32,
-    /// Start address (page aligned).
-    #[arg(value_parser = parse_addr)]
-    pub addr: u64,
-    /// Length.
-    #[arg(value_parser = parse_size)]
-    pub length: u64,
+    /// Process, start and length.
+    #[command(flatten)]
+    pub range: super::Range,
     /// New protection: rw-, r-x, ---, or r,w,x.
     #[arg(value_parser = parse_prot)]
     pub prot: u32,
@@ -28,16 +23,16 @@ pub struct Args {
 /// Runs it.
 pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
     let r = ctx
-        .connect()
-        .await?
-        .mprotect(MprotectRequest {
-            pid: a.pid,
-            addr: a.addr,
-            length: a.length,
-            prot: a.prot,
+        .call(|mut c| async move {
+            c.mprotect(MprotectRequest {
+                pid: a.range.pid,
+                addr: a.range.addr,
+                length: a.range.length,
+                prot: a.prot,
+            })
+            .await
         })
-        .await?
-        .into_inner();
+        .await?;
     ctx.print(&vma_count(r.vma_count));
     Ok(())
 }

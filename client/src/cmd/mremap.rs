@@ -33,18 +33,18 @@ pub struct Args {
 /// Runs it; prints the new address and the VMA count.
 pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
     let r = ctx
-        .connect()
-        .await?
-        .mremap(MremapRequest {
-            pid: a.pid,
-            addr: a.addr,
-            old_length: a.old_length,
-            new_length: a.new_length,
-            flags: a.flags,
-            new_addr: a.new_addr,
+        .call(|mut c| async move {
+            c.mremap(MremapRequest {
+                pid: a.pid,
+                addr: a.addr,
+                old_length: a.old_length,
+                new_length: a.new_length,
+                flags: a.flags,
+                new_addr: a.new_addr,
+            })
+            .await
         })
-        .await?
-        .into_inner();
+        .await?;
     ctx.print(&Printed::new(
         format!("{:#x}\nvmas {}\n", r.addr, r.vma_count),
         serde_json::json!({ "addr": r.addr, "vma_count": r.vma_count }),

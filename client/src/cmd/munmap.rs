@@ -3,37 +3,26 @@
 
 use super::{Ctx, vma_count};
 use crate::error::CliError;
-use crate::parse::{parse_addr, parse_size};
 use vmasim_proto::v1::MunmapRequest;
 
 /// `--json` applies.
 pub const JSON: bool = true;
 
 /// Arguments of `vmasim munmap`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Process.
-    pub pid: u32,
-    /// Start address (page aligned).
-    #[arg(value_parser = parse_addr)]
-    pub addr: u64,
-    /// Length.
-    #[arg(value_parser = parse_size)]
-    pub length: u64,
-}
+pub type Args = super::Range;
 
 /// Runs it.
 pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
     let r = ctx
-        .connect()
-        .await?
-        .munmap(MunmapRequest {
-            pid: a.pid,
-            addr: a.addr,
-            length: a.length,
+        .call(|mut c| async move {
+            c.munmap(MunmapRequest {
+                pid: a.pid,
+                addr: a.addr,
+                length: a.length,
+            })
+            .await
         })
-        .await?
-        .into_inner();
+        .await?;
     ctx.print(&vma_count(r.vma_count));
     Ok(())
 }

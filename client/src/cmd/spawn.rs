@@ -33,14 +33,14 @@ pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
         Some(p) => std::fs::read_to_string(p).map_err(|e| CliError::read(p, e))?,
     };
     let r = ctx
-        .connect()
-        .await?
-        .spawn(SpawnRequest {
-            maps_text,
-            start_brk: a.start_brk.unwrap_or(0),
+        .call(|mut c| async move {
+            c.spawn(SpawnRequest {
+                maps_text,
+                start_brk: a.start_brk.unwrap_or(0),
+            })
+            .await
         })
-        .await?
-        .into_inner();
+        .await?;
     ctx.print(&Printed::new(
         format!("{}\n", r.pid),
         json!({ "pid": r.pid }),
