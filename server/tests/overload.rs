@@ -696,3 +696,379 @@ async fn stalled_session_is_bounded_and_freed_on_drop() {
     }
     srv.shutdown().await;
 }
+
+/// A maps text of `n` separate anonymous VMAs.
+fn many_vmas(n: u64) -> String {
+    (0..n)
+        .map(|i| {
+            let a = 0x1000_0000 + i * 2 * PAGE;
+            format!("{a:x}-{:x} rw-p 00000000 00:00 0 \n", a + PAGE)
+        })
+        .collect()
+}
+
+/// The limits of [`every_case_at_once_stays_under_the_memory_bound`], as
+/// flags of the real binary, and the README's memory bound for them.
+mod all_at_once {
+    pub const MIB: u64 = 1 << 20;
+    pub const PROCESSES: u64 = 64;
+    pub const POOL: u64 = 131_072;
+    pub const PGTABLES: u64 = 16 * MIB;
+    pub const REPLY_BUFFER: u64 = 16 * MIB;
+    pub const REPLY_MAX: u64 = 4 * MIB;
+    pub const REQUEST_MAX: u64 = 4 * MIB;
+    pub const CONCURRENCY: u64 = 8;
+    pub const CONNECTIONS: u64 = 32;
+    pub const STREAMS: u64 = 16;
+
+    pub fn flags() -> Vec<String> {
+        [
+            ("--max-processes", PROCESSES.to_string()),
+            ("--pool-capacity", POOL.to_string()),
+            ("--max-pgtables-bytes", PGTABLES.to_string()),
+            ("--max-reply-buffer-bytes", REPLY_BUFFER.to_string()),
+            ("--max-reply-bytes", REPLY_MAX.to_string()),
+            ("--concurrency-limit", CONCURRENCY.to_string()),
+            ("--max-connections", CONNECTIONS.to_string()),
+            ("--max-streams-per-connection", STREAMS.to_string()),
+            ("--max-watch-streams", "16".into()),
+            ("--handshake-timeout", "2s".into()),
+            ("--request-timeout", "5s".into()),
+            ("--keepalive", "2s".into()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect()
+    }
+
+    /// The README's bound over the idle server (base excluded):
+    /// P·(4 KiB + mm) + S·slot + T + R + C·(Q + W) + K·Wc + N·H.
+    pub fn bound() -> u64 {
+        // An mm_struct with its tree, counters and lock: well under 64 KiB.
+        let mm = 64 << 10;
+        // A VMA slot, its tree entry and the slab's bookkeeping.
+        let slot = std::mem::size_of::<vmasim_server::mm::mm_types::Vma>() as u64 + 256;
+        // HTTP/2's connection receive window (hyper's default, 1 MiB):
+        // request bytes a connection can make the server buffer.
+        let conn_window = MIB;
+        // Per stream: HTTP/2 state, one 16 KiB slice, and a Session's
+        // queue of small (uncharged, <= 4 KiB) replies, 64 deep.
+        let stream = (4 << 10) + (16 << 10) + 64 * (4 << 10);
+        PROCESSES * ((4 << 10) + mm)
+            + POOL * slot
+            + PGTABLES
+            + REPLY_BUFFER
+            + CONCURRENCY * (REQUEST_MAX + REPLY_MAX)
+            + CONNECTIONS * conn_window
+            + CONNECTIONS * STREAMS * stream
+    }
+}
+
+/// Issue 12's server cases all at once against one real `vmasim-server`
+/// (the binary: its own resident memory is measured, sampled every 20 ms):
+/// 64 TiB mapped and read-faulted every 2 MiB; `Maps` replies of a
+/// 20,000-VMA process that four raw connections and a `Session` never
+/// read; `Maps` of a 30,000-VMA process with 3 ms deadlines from sixteen
+/// clients; `Fork`s and `Spawn`s of 30,000 VMAs with 2 ms deadlines;
+/// 200 half-open connections; 30,000 health `Watch` streams on one
+/// connection; idle `Session`s; and a well-behaved client throughout.
+///
+/// Asserted: the server's peak resident growth over its idle size stays
+/// under the README's memory bound for these limits
+/// ([`all_at_once::bound`]); the well-behaved client is served; afterwards
+/// every reply byte and slot is given back, the only processes are those
+/// clients received, and SIGTERM ends the server (exit 0) without the
+/// drain running out. `VMASIM_SERVER_BIN=target/release/vmasim-server`
+/// runs it against a release build (the README's figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_at_once_stays_under_the_memory_bound() {
+    use all_at_once::*;
+    use common::raw;
+    use prost::Message;
+    use std::sync::Mutex;
+    let flags = flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let srv = Arc::new(common::BinServer::start(&flags, None).await);
+    let mut c = srv.client().await;
+    let big20 = c
+        .spawn(pb::SpawnRequest {
+            maps_text: many_vmas(20_000),
+            start_brk: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pid;
+    let text30 = many_vmas(30_000);
+    let big30 = c
+        .spawn(pb::SpawnRequest {
+            maps_text: text30.clone(),
+            start_brk: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pid;
+    // Processes clients received and did not exit.
+    let alive = Arc::new(Mutex::new(vec![big20, big30]));
+    let _ = srv.metrics_text().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_idle = srv.rss_bytes();
+    let threads_idle = srv.threads();
+
+    // The sampler: peak resident memory and threads.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sampler = {
+        let srv = srv.clone();
+        tokio::spawn(async move {
+            let (mut rss, mut threads) = (0, 0);
+            while !*stop_rx.borrow() {
+                rss = srv.rss_bytes().max(rss);
+                threads = srv.threads().max(threads);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (rss, threads)
+        })
+    };
+    let mut attacks: Vec<JoinHandle<()>> = Vec::new();
+    // Page tables: 64 TiB, a read fault every 2 MiB, four full batches.
+    {
+        let mut c = srv.client().await;
+        let alive = alive.clone();
+        attacks.push(tokio::spawn(async move {
+            let pid = spawn(&mut c).await;
+            alive.lock().unwrap().push(pid);
+            let base = c
+                .mmap(pb::MmapRequest {
+                    pid,
+                    length: 64 << 40,
+                    prot: 0x1,
+                    flags: PRIVATE_ANON | 0x4000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .addr;
+            for batch in 0..4u64 {
+                let addrs = (0..65536u64)
+                    .map(|i| base + ((batch * 65536 + i) << 21))
+                    .collect();
+                let r = c
+                    .fault_batch(pb::FaultBatchRequest {
+                        pid,
+                        addrs,
+                        access: pb::Access::Read as i32,
+                        totals_only: true,
+                    })
+                    .await;
+                let e = r.expect_err("a batch fitted in the page-table budget");
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+            }
+        }));
+    }
+    // Unread replies: four raw connections with a 1-byte window, 12 Maps
+    // each (1.5 MiB per reply), and a Session sending 16 Maps.
+    let mut raws = Vec::new();
+    let maps20 = pb::MapsRequest { pid: big20 }.encode_to_vec();
+    for _ in 0..4 {
+        let mut s = raw::connect(srv.grpc).await;
+        for k in 0..12u32 {
+            raw::call(&mut s, 2 * k + 1, "/vmasim.v1.AddressSpace/Maps", &maps20).await;
+        }
+        raws.push(s);
+    }
+    {
+        let mut s = raw::connect(srv.grpc).await;
+        raw::open(&mut s, 1, "/vmasim.v1.AddressSpace/Session").await;
+        for id in 0..16 {
+            let r = pb::SessionRequest {
+                id,
+                op: Some(Op::Maps(pb::MapsRequest { pid: big20 })),
+            };
+            raw::send(&mut s, 1, &r.encode_to_vec()).await;
+        }
+        raws.push(s);
+    }
+    // Short deadlines: sixteen clients on four connections, Maps of the
+    // 30,000-VMA process with 3 ms each; Forks and Spawns with 2 ms.
+    let mut deadline_conns = Vec::new();
+    for _ in 0..4 {
+        deadline_conns.push(srv.client().await);
+    }
+    for i in 0..16 {
+        let mut c = deadline_conns[i % 4].clone();
+        attacks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let mut r = tonic::Request::new(pb::MapsRequest { pid: big30 });
+                r.set_timeout(Duration::from_millis(3));
+                let _ = c.maps(r).await;
+            }
+        }));
+    }
+    {
+        let mut c = deadline_conns[0].clone();
+        let (alive, text30) = (alive.clone(), text30.clone());
+        attacks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let r = if i % 2 == 0 {
+                    let mut r = tonic::Request::new(pb::ForkRequest { pid: big30 });
+                    r.set_timeout(Duration::from_millis(2));
+                    c.fork(r).await.map(|r| r.into_inner().child_pid)
+                } else {
+                    let mut r = tonic::Request::new(pb::SpawnRequest {
+                        maps_text: text30.clone(),
+                        start_brk: 0,
+                    });
+                    r.set_timeout(Duration::from_millis(2));
+                    c.spawn(r).await.map(|r| r.into_inner().pid)
+                };
+                if let Ok(p) = r {
+                    alive.lock().unwrap().push(p);
+                }
+            }
+        }));
+    }
+    // Idle Sessions.
+    let idle_conn = srv.client().await;
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SessionRequest>(1);
+        let r = idle_conn
+            .clone()
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap();
+        idle.push((tx, r));
+    }
+    // A well-behaved client throughout.
+    let good = {
+        let mut c = srv.client().await;
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            let mut served = 0u32;
+            for _ in 0..40 {
+                let r: Result<(), tonic::Status> = async {
+                    let pid = c.spawn(pb::SpawnRequest::default()).await?.into_inner().pid;
+                    alive.lock().unwrap().push(pid);
+                    let a = c
+                        .mmap(pb::MmapRequest {
+                            pid,
+                            length: 16 * PAGE,
+                            prot: RW,
+                            flags: PRIVATE_ANON,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner()
+                        .addr;
+                    c.fault(pb::FaultRequest {
+                        pid,
+                        addr: a,
+                        access: 1,
+                    })
+                    .await?;
+                    c.exit(pb::ExitRequest { pid }).await?;
+                    alive.lock().unwrap().retain(|&p| p != pid);
+                    Ok(())
+                }
+                .await;
+                match r {
+                    Ok(()) => served += 1,
+                    // Refused at a limit (slots, the VMA cache the attacks
+                    // fill): allowed, never a hang or another error.
+                    Err(s) => assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            served
+        })
+    };
+    // 30,000 Watch streams on one connection, and 200 half-open ones.
+    let mut watch = raw::connect(srv.grpc).await;
+    let mut watch_sent = 0u32;
+    for i in 0..30_000u32 {
+        if raw::try_call(&mut watch, 2 * i + 1, "/grpc.health.v1.Health/Watch", &[])
+            .await
+            .is_err()
+        {
+            break;
+        }
+        watch_sent += 1;
+    }
+    let mut half = Vec::new();
+    for _ in 0..200 {
+        if let Ok(s) = tokio::net::TcpStream::connect(srv.grpc).await {
+            half.push(s);
+        }
+    }
+
+    for a in attacks {
+        tokio::time::timeout(HANG * 3, a)
+            .await
+            .expect("an attack hung")
+            .unwrap();
+    }
+    let served = good.await.unwrap();
+    assert!(served > 0, "the well-behaved client was never served");
+    // The half-open connections are closed (cap or handshake timeout),
+    // the raw ones that answer no PING are dropped (--keepalive 2s).
+    for mut s in half.into_iter().chain(raws) {
+        assert!(
+            tokio::time::timeout(HANG, raw::closed_by_server(&mut s))
+                .await
+                .unwrap_or(false),
+            "a connection was never closed"
+        );
+    }
+    drop(watch);
+    drop(idle);
+    let _ = stop_tx.send(true);
+    let (rss_peak, threads_peak) = sampler.await.unwrap();
+    // Everything is given back; the only processes are those received.
+    let start = std::time::Instant::now();
+    loop {
+        let text = srv.metrics_text().await;
+        let in_flight = common::metric(&text, "vmasim_calls_in_flight", &[]);
+        let held = common::metric(&text, "vmasim_reply_buffer_bytes", &[]);
+        if in_flight == 0.0 && held == 0.0 {
+            break;
+        }
+        assert!(start.elapsed() < HANG, "in flight {in_flight}, held {held}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = srv.metrics_text().await;
+    let procs = common::metric(&text, "vmasim_processes", &[]);
+    let alive = alive.lock().unwrap().len();
+    assert_eq!(
+        procs, alive as f64,
+        "processes a client never received exist"
+    );
+    let pgtables = common::metric(&text, "vmasim_pgtables_bytes", &[]);
+    assert!(pgtables <= PGTABLES as f64, "{pgtables}");
+    let growth = rss_peak.saturating_sub(rss_idle);
+    let bound = bound();
+    println!(
+        "every case at once: server RSS idle {} MiB, peak {} MiB (+{} MiB; bound +{} MiB); \
+         threads {threads_idle} -> peak {threads_peak}; well-behaved client served {served}/40; \
+         {watch_sent} Watch requests sent; {procs} processes left, all received",
+        rss_idle / MIB,
+        rss_peak / MIB,
+        growth / MIB,
+        bound / MIB
+    );
+    assert!(
+        growth < bound,
+        "server RSS grew by {} MiB, past the bound of {} MiB",
+        growth / MIB,
+        bound / MIB
+    );
+    let srv = Arc::into_inner(srv).expect("the server handle is shared still");
+    let (status, took, log) = srv.terminate().await;
+    println!("SIGTERM to exit: {took:.2?}");
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        !log.contains("still running after"),
+        "the drain ran out:\n{log}"
+    );
+}
