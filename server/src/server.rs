@@ -554,6 +554,10 @@ fn is_health(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
 }
 
+fn is_reflection(method: &str) -> bool {
+    method.starts_with("grpc.reflection.")
+}
+
 /// Methods whose response is a stream that may stay open indefinitely.
 fn is_streaming(method: &str) -> bool {
     matches!(
@@ -693,10 +697,12 @@ where
         // Health checks are never refused: a loaded server is not a dead
         // one. Watch streams live long, so they have a cap of their own.
         // A `Session` takes a slot per operation, in the service, so that
-        // an idle stream holds none.
+        // an idle stream holds none; a reflection stream's answers are
+        // descriptor lookups, so it holds none either (no stream can pin a
+        // slot while it idles).
         let sem = if method == "grpc.health.v1.Health/Watch" {
             Some((&self.layer.watch_limit, "health Watch stream limit reached"))
-        } else if is_health(path) || method == "Session" {
+        } else if is_health(path) || method == "Session" || is_reflection(method) {
             None
         } else {
             Some((&self.layer.limit, crate::call::CONCURRENCY_LIMIT_MESSAGE))
@@ -737,8 +743,8 @@ where
                     let mut resp = resp.map(|inner| RpcBody::new(inner, Some(call)));
                     let body = resp.body_mut();
                     if streaming {
-                        // A Watch or reflection stream holds its slot for
-                        // its whole life (a Session's ctx holds none).
+                        // A Watch stream holds its Watch slot for its
+                        // whole life (Session and reflection hold none).
                         body.ctx = Some(ctx);
                         if method != "Session" {
                             body.stop = Some(Box::pin(stopped(stop)));

@@ -3,6 +3,8 @@
 //! status, the Session stream, health, reflection, auth, shutdown, and a
 //! concurrency run whose counts are checked against Stats and /metrics.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1142,17 +1144,22 @@ async fn concurrency_limit_refuses_excess_but_not_health() {
     .await;
     let ch = srv.channel().await;
     let mut c = AddressSpaceClient::new(ch.clone());
-    // One open reflection stream holds the only slot (a Session would
-    // not: it takes a slot per operation).
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel::<ServerReflectionRequest>(1);
-    let _replies = ServerReflectionClient::new(ch.clone())
-        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap();
-    let e = c.spawn(pb::SpawnRequest::default()).await.unwrap_err();
+    // A unary call whose request never arrives holds the only slot (until
+    // --request-timeout; an idle stream would hold none). The server takes
+    // it once it has read the call's HEADERS.
+    let mut slow = common::raw::connect(srv.grpc).await;
+    common::raw::open(&mut slow, 1, "/vmasim.v1.AddressSpace/Stats").await;
+    let mut refused = None;
+    for _ in 0..250 {
+        match c.spawn(pb::SpawnRequest::default()).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("the slow call never took the slot");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     let h = health
@@ -1162,9 +1169,8 @@ async fn concurrency_limit_refuses_excess_but_not_health() {
         .await
         .unwrap();
     assert_eq!(h.into_inner().status(), ServingStatus::Serving);
-    drop(tx);
-    drop(_replies);
-    // The slot comes back once the stream ends.
+    drop(slow);
+    // The slot comes back once the call is gone.
     let mut ok = false;
     for _ in 0..50 {
         if c.spawn(pb::SpawnRequest::default()).await.is_ok() {

@@ -980,3 +980,23 @@ async fn shutdown_does_not_wait_for_peers_that_never_read() {
         assert_eq!(closed.ok(), Some(true), "peer {i} still open");
     }
 }
+
+/// Item 6: state is in memory only, and a restarted server does not hand
+/// out the old pids again: each start draws a random pid base, so a pid a
+/// client kept from the last run is NOT_FOUND instead of silently naming
+/// a new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pids_do_not_repeat_across_restarts() {
+    let first = BinServer::start(&[], None).await;
+    let old = spawn(&mut first.client().await).await;
+    let (status, _, log) = first.terminate().await;
+    assert!(status.success(), "{log}");
+    let second = BinServer::start(&[], None).await;
+    let mut c = second.client().await;
+    let new = spawn(&mut c).await;
+    assert_ne!(old, new, "the restarted server handed out pid {old} again");
+    let e = c.exit(pb::ExitRequest { pid: old }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let (status, _, log) = second.terminate().await;
+    assert!(status.success(), "{log}");
+}

@@ -275,31 +275,20 @@ async fn excess_calls_are_refused_at_once_and_accepted_calls_complete() {
         v
     };
 
-    // Phase 1: every slot held by an open reflection stream (a stream
-    // other than Session holds its slot for its life; each proven open by
-    // a round trip), then 10x the limit in concurrent calls.
-    let mut sessions = Vec::new();
-    for _ in 0..LIMIT {
-        use tonic_reflection::pb::v1::{
-            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest,
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let ch = srv.channel().await;
-        let mut replies = ServerReflectionClient::new(ch)
-            .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        tx.send(ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        })
-        .await
-        .unwrap();
-        replies.message().await.unwrap().unwrap();
-        sessions.push((tx, replies));
+    // Phase 1: every slot held by a unary call whose request never
+    // arrives (held until --request-timeout: no idle stream holds one),
+    // then 10x the limit in concurrent calls.
+    let mut slow = common::raw::connect(srv.addr).await;
+    for k in 0..LIMIT as u32 {
+        common::raw::open(&mut slow, 2 * k + 1, "/vmasim.v1.AddressSpace/Stats").await;
     }
+    tokio::time::timeout(HANG, async {
+        while srv.metric("vmasim_calls_in_flight").await < LIMIT as f64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slow calls never took every slot");
     let faults_before = srv.sim.stats().faults.total();
     let mapped_before = srv.sim.maps(pid).unwrap().entries.len();
     let calls: Vec<_> = (0..10 * LIMIT)
@@ -345,32 +334,16 @@ async fn excess_calls_are_refused_at_once_and_accepted_calls_complete() {
         assert!(r.result.is_none());
         assert_eq!(srv.sim.stats().faults.total(), faults_before);
     }
-    // The calls holding the slots still work.
-    for (i, (tx, replies)) in sessions.iter_mut().enumerate() {
-        use tonic_reflection::pb::v1::{
-            ServerReflectionRequest, server_reflection_request::MessageRequest,
-        };
-        tx.send(ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        })
-        .await
-        .unwrap();
-        tokio::time::timeout(HANG, replies.message())
-            .await
-            .expect("reflection stream hung")
-            .unwrap()
-            .unwrap_or_else(|| panic!("stream {i} ended"));
-    }
-    // Closing our side ends each stream with OK and frees its slot.
-    for (tx, mut replies) in sessions {
-        drop(tx);
-        let end = tokio::time::timeout(HANG, replies.message())
-            .await
-            .expect("stream end hung")
-            .unwrap();
-        assert!(end.is_none(), "unexpected reply {end:?}");
-    }
+    // The calls holding the slots go with their connection, and give
+    // every slot back.
+    drop(slow);
+    tokio::time::timeout(HANG, async {
+        while srv.metric("vmasim_calls_in_flight").await > 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slots were never given back");
 
     // Phase 2: plain contention. Each call is answered in full or refused,
     // and the totals are exactly those of the answered calls.
@@ -834,36 +807,44 @@ async fn every_case_at_once_stays_under_the_memory_bound() {
     // Page tables: 64 TiB, a read fault every 2 MiB, four full batches.
     {
         let mut c = srv.client().await;
-        let alive = alive.clone();
+        let pid = spawn(&mut c).await;
+        alive.lock().unwrap().push(pid);
+        let base = c
+            .mmap(pb::MmapRequest {
+                pid,
+                length: 64 << 40,
+                prot: 0x1,
+                flags: PRIVATE_ANON | 0x4000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .addr;
         attacks.push(tokio::spawn(async move {
-            let pid = spawn(&mut c).await;
-            alive.lock().unwrap().push(pid);
-            let base = c
-                .mmap(pb::MmapRequest {
-                    pid,
-                    length: 64 << 40,
-                    prot: 0x1,
-                    flags: PRIVATE_ANON | 0x4000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .addr;
             for batch in 0..4u64 {
-                let addrs = (0..65536u64)
+                let addrs: Vec<u64> = (0..65536u64)
                     .map(|i| base + ((batch * 65536 + i) << 21))
                     .collect();
-                let r = c
-                    .fault_batch(pb::FaultBatchRequest {
-                        pid,
-                        addrs,
-                        access: pb::Access::Read as i32,
-                        totals_only: true,
-                    })
-                    .await;
-                let e = r.expect_err("a batch fitted in the page-table budget");
+                // Retried while the other attacks hold every slot.
+                let e = loop {
+                    let r = c
+                        .fault_batch(pb::FaultBatchRequest {
+                            pid,
+                            addrs: addrs.clone(),
+                            access: pb::Access::Read as i32,
+                            totals_only: true,
+                        })
+                        .await;
+                    match r.expect_err("a batch fitted in the page-table budget") {
+                        e if is_concurrency_refusal(&e) => {
+                            tokio::time::sleep(Duration::from_millis(10)).await
+                        }
+                        e => break e,
+                    }
+                };
                 assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains("--max-pgtables-bytes"), "{e:?}");
             }
         }));
     }
@@ -1051,11 +1032,13 @@ async fn every_case_at_once_stays_under_the_memory_bound() {
     println!(
         "every case at once: server RSS idle {} MiB, peak {} MiB (+{} MiB; bound +{} MiB); \
          threads {threads_idle} -> peak {threads_peak}; well-behaved client served {served}/40; \
-         {watch_sent} Watch requests sent; {procs} processes left, all received",
+         {watch_sent} Watch requests sent; {procs} processes left, all received; \
+         size_of::<Vma>() = {} B",
         rss_idle / MIB,
         rss_peak / MIB,
         growth / MIB,
-        bound / MIB
+        bound / MIB,
+        std::mem::size_of::<vmasim_server::mm::mm_types::Vma>()
     );
     assert!(
         growth < bound,

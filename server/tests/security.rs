@@ -395,6 +395,12 @@ async fn token_never_appears_in_the_logs() {
         "no trace lines: RUST_LOG=trace did not take effect:\n{err}"
     );
     assert!(err.contains("SIGTERM received"), "{err}");
+    // A token given on the command line is warned about (issue 12, item
+    // 6: every local user can read it in /proc/PID/cmdline).
+    assert!(
+        err.contains("readable in /proc/PID/cmdline"),
+        "no warning about --auth-token on the command line:\n{err}"
+    );
     eprintln!(
         "server wrote {lines} log lines ({} bytes) and {} bytes to stdout",
         err.len(),
@@ -407,4 +413,47 @@ async fn token_never_appears_in_the_logs() {
             }
         }
     }
+}
+
+/// Issue 12, item 6: /metrics has no authentication, so a non-loopback
+/// `--metrics-listen` is refused (exit 2, a message naming the flag) even
+/// when a token protects gRPC, unless `--insecure`; so is a non-loopback
+/// `--listen` without a token.
+#[test]
+fn non_loopback_listeners_need_insecure_or_a_token() {
+    let token = std::env::temp_dir().join(format!("vmasim-token-{}", std::process::id()));
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vmasim-server"))
+            .args(args)
+            .env_remove("VMASIM_AUTH_TOKEN")
+            .env_remove("VMASIM_AUTH_TOKEN_FILE")
+            .env_remove("VMASIM_INSECURE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let t = token.to_str().unwrap();
+    let out = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "0.0.0.0:0",
+        "--auth-token-file",
+        t,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("refusing to serve /metrics on non-loopback --metrics-listen"),
+        "{err}"
+    );
+    let out = run(&["--listen", "0.0.0.0:0", "--metrics-listen", "127.0.0.1:0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("refusing to listen on non-loopback --listen"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(&token);
 }

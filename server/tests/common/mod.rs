@@ -314,8 +314,22 @@ impl BinServer {
     pub async fn start(args: &[&str], nofile: Option<u64>) -> Self {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
-        let bin = std::env::var("VMASIM_SERVER_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_vmasim-server").to_string());
+        // A relative VMASIM_SERVER_BIN is taken from the workspace root
+        // (tests run in server/).
+        let bin = match std::env::var_os("VMASIM_SERVER_BIN") {
+            Some(p) => {
+                let p = std::path::PathBuf::from(p);
+                let p = if p.is_relative() {
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("..")
+                        .join(p)
+                } else {
+                    p
+                };
+                p.to_string_lossy().into_owned()
+            }
+            None => env!("CARGO_BIN_EXE_vmasim-server").to_string(),
+        };
         let mut cmd = std::process::Command::new(&bin);
         cmd.args([
             "--listen",
