@@ -59,12 +59,42 @@ use vmasim_proto::v1::{
     MremapRequest, MunmapRequest, SpawnRequest, VmaEntry,
 };
 
-/// The flag bits the proto documents (anything else may be refused).
+/// The `MAP_*` bits the proto documents (`MapFlag`); a server may refuse
+/// others with INVALID_ARGUMENT.
 const PROTO_FLAGS: u32 = MapFlag::MapShared as u32
     | MapFlag::MapPrivate as u32
     | MapFlag::MapFixed as u32
     | MapFlag::MapAnonymous as u32
     | MapFlag::MapFixedNoreplace as u32;
+
+/// mmap with the server's flag set, for replaying real programs' calls
+/// (strace logs and recordings): tries the original flags, then (after
+/// INVALID_ARGUMENT) only the flags the proto documents, and keeps to
+/// those once `refused` is set. Returns the address and, the first time
+/// flags are dropped, a note saying so.
+pub(crate) async fn mmap_documented_flags(
+    c: &mut Client,
+    mut req: MmapRequest,
+    refused: &mut bool,
+) -> Result<(u64, Option<String>), Status> {
+    if *refused {
+        req.flags &= PROTO_FLAGS;
+    }
+    match c.mmap(req).await {
+        Ok(r) => Ok((r.into_inner().addr, None)),
+        Err(s) if s.code() == Code::InvalidArgument && req.flags & !PROTO_FLAGS != 0 => {
+            *refused = true;
+            let note = format!(
+                "server refused mmap flags {:#x} ({}); replayed with the documented flags only",
+                req.flags & !PROTO_FLAGS,
+                s.message()
+            );
+            req.flags &= PROTO_FLAGS;
+            Ok((c.mmap(req).await?.into_inner().addr, Some(note)))
+        }
+        Err(s) => Err(s),
+    }
+}
 
 /// What a replay did.
 #[derive(Debug, Default)]
@@ -386,29 +416,13 @@ impl Replayer<'_> {
         Ok(id)
     }
 
-    /// mmap with the server's flag set: tries the original flags, then
-    /// (after INVALID_ARGUMENT) the flags the proto documents.
-    async fn mmap(&mut self, line: usize, mut req: MmapRequest) -> Result<u64, Status> {
-        if self.refused_flags {
-            req.flags &= PROTO_FLAGS;
+    /// mmap with the server's flag set (see [`mmap_documented_flags`]).
+    async fn mmap(&mut self, line: usize, req: MmapRequest) -> Result<u64, Status> {
+        let (addr, note) = mmap_documented_flags(self.c, req, &mut self.refused_flags).await?;
+        if let Some(n) = note {
+            self.report.notes.push((line, n));
         }
-        match self.c.mmap(req).await {
-            Ok(r) => Ok(r.into_inner().addr),
-            Err(s) if s.code() == Code::InvalidArgument && req.flags & !PROTO_FLAGS != 0 => {
-                self.refused_flags = true;
-                self.report.notes.push((
-                    line,
-                    format!(
-                        "server refused flags {:#x} ({}); replaying with the documented flags only",
-                        req.flags & !PROTO_FLAGS,
-                        s.message()
-                    ),
-                ));
-                req.flags &= PROTO_FLAGS;
-                Ok(self.c.mmap(req).await?.into_inner().addr)
-            }
-            Err(s) => Err(s),
-        }
+        Ok(addr)
     }
 
     async fn apply(&mut self, t: &TraceLine) -> Result<(), CliError> {

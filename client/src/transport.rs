@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 use vmasim_proto::v1::session_reply::Result as Reply;
 use vmasim_proto::v1::session_request::Op;
-use vmasim_proto::v1::{SessionReply, SessionRequest};
+use vmasim_proto::v1::{Access, FaultBatchRequest, FaultRequest, SessionReply, SessionRequest};
 
 /// How a worker talks to the server.
 pub enum Transport {
@@ -122,5 +122,25 @@ impl Transport {
             };
         }
         Ok(vmasim_proto::for_each_session_op!(unary))
+    }
+}
+
+/// The fault of `addrs` as one operation: with `batch` 1 (`--batch 1`) a
+/// unary `Fault` of the first address, else a `FaultBatch` of them all
+/// (`totals_only`: it replies with totals, not a result per address).
+pub fn fault_op(pid: u32, addrs: Vec<u64>, access: Access, batch: usize, totals_only: bool) -> Op {
+    if batch == 1 {
+        Op::Fault(FaultRequest {
+            pid,
+            addr: addrs[0],
+            access: access as i32,
+        })
+    } else {
+        Op::FaultBatch(FaultBatchRequest {
+            pid,
+            addrs,
+            access: access as i32,
+            totals_only,
+        })
     }
 }

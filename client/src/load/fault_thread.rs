@@ -17,8 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tonic::Code;
 use vmasim_proto::v1::session_reply::Result as Reply;
-use vmasim_proto::v1::session_request::Op;
-use vmasim_proto::v1::{Access, FaultBatchRequest, FaultRequest, FaultTotals};
+use vmasim_proto::v1::{Access, FaultTotals};
 
 /// What a fault thread expects: its layout copy may be one operation old,
 /// so the owner may have exited the process (`NOT_FOUND`).
@@ -121,20 +120,7 @@ impl FaultThread {
             let Some(due) = self.shared.admit().await else {
                 break;
             };
-            let op = if n == 1 {
-                Op::Fault(FaultRequest {
-                    pid,
-                    addr: addrs[0],
-                    access: access as i32,
-                })
-            } else {
-                Op::FaultBatch(FaultBatchRequest {
-                    pid,
-                    addrs,
-                    access: access as i32,
-                    totals_only: true,
-                })
-            };
+            let op = crate::transport::fault_op(pid, addrs, access, n, true);
             let start = due.unwrap_or_else(Instant::now);
             let r = self.t.call(op).await;
             match &r {

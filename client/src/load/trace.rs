@@ -49,8 +49,8 @@ use vmasim_proto::linux::{map, mremap};
 use vmasim_proto::v1::session_reply::Result as Reply;
 use vmasim_proto::v1::session_request::Op;
 use vmasim_proto::v1::{
-    Access, BrkRequest, ExitRequest, FaultBatchRequest, FaultRequest, ForkRequest, MapsRequest,
-    MmapRequest, MprotectRequest, MremapRequest, MunmapRequest, SpawnRequest,
+    Access, BrkRequest, ExitRequest, FaultRequest, ForkRequest, MapsRequest, MmapRequest,
+    MprotectRequest, MremapRequest, MunmapRequest, SpawnRequest,
 };
 
 const PAGE: u64 = 4096;
@@ -911,20 +911,8 @@ impl TraceWorker {
             } else {
                 Access::Read
             };
-            let op = if batch == 1 {
-                Op::Fault(FaultRequest {
-                    pid,
-                    addr: picks[0].0,
-                    access: access as i32,
-                })
-            } else {
-                Op::FaultBatch(FaultBatchRequest {
-                    pid,
-                    addrs: picks.iter().map(|p| p.0).collect(),
-                    access: access as i32,
-                    totals_only: true,
-                })
-            };
+            let addrs = picks.iter().map(|p| p.0).collect();
+            let op = crate::transport::fault_op(pid, addrs, access, batch, true);
             match self.call(OpKind::Fault, op, batch as u64).await {
                 None => return Ok(false),
                 Some(Ok(Reply::Fault(f))) => {

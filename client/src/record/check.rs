@@ -32,10 +32,10 @@ use crate::connect::Client;
 use crate::error::CliError;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use tonic::{Code, Status};
+use tonic::Status;
 use vmasim_proto::v1::{
     Access, BrkRequest, ExitRequest, FaultOutcome, FaultRequest, ForkRequest, MadviseRequest,
-    MapFlag, MapsRequest, MmapRequest, MprotectRequest, MremapRequest, MunmapRequest, SpawnRequest,
+    MapsRequest, MmapRequest, MprotectRequest, MremapRequest, MunmapRequest, SpawnRequest,
     VmaEntry,
 };
 
@@ -521,32 +521,13 @@ impl Checker<'_> {
     }
 
     /// mmap, retried without the flags the server refuses (noted once).
-    async fn mmap(&mut self, line: usize, mut req: MmapRequest) -> Result<u64, Status> {
-        const PROTO_FLAGS: u32 = MapFlag::MapShared as u32
-            | MapFlag::MapPrivate as u32
-            | MapFlag::MapFixed as u32
-            | MapFlag::MapAnonymous as u32
-            | MapFlag::MapFixedNoreplace as u32;
-        if self.refused_flags {
-            req.flags &= PROTO_FLAGS;
+    async fn mmap(&mut self, line: usize, req: MmapRequest) -> Result<u64, Status> {
+        let (addr, note) =
+            crate::replay::mmap_documented_flags(self.c, req, &mut self.refused_flags).await?;
+        if let Some(n) = note {
+            self.note(line, n);
         }
-        match self.c.mmap(req).await {
-            Ok(r) => Ok(r.into_inner().addr),
-            Err(s) if s.code() == Code::InvalidArgument && req.flags & !PROTO_FLAGS != 0 => {
-                self.refused_flags = true;
-                self.note(
-                    line,
-                    format!(
-                        "server refused mmap flags {:#x} ({}): replayed without them",
-                        req.flags & !PROTO_FLAGS,
-                        s.message()
-                    ),
-                );
-                req.flags &= PROTO_FLAGS;
-                Ok(self.c.mmap(req).await?.into_inner().addr)
-            }
-            Err(s) => Err(s),
-        }
+        Ok(addr)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -38,9 +38,8 @@ use tonic::{Code, Status};
 use vmasim_proto::v1::session_reply::Result as Reply;
 use vmasim_proto::v1::session_request::Op;
 use vmasim_proto::v1::{
-    Access, Advice, BrkRequest, ExitRequest, FaultBatchRequest, FaultRequest, ForkRequest,
-    MadviseRequest, MapFlag, MapsRequest, MmapRequest, MprotectRequest, MunmapRequest, Prot,
-    SpawnRequest,
+    Access, Advice, BrkRequest, ExitRequest, ForkRequest, MadviseRequest, MapFlag, MapsRequest,
+    MmapRequest, MprotectRequest, MunmapRequest, Prot, SpawnRequest,
 };
 
 mod ops;

@@ -47,20 +47,7 @@ impl Worker {
                     .join(",")
             )
         });
-        let op = if n == 1 {
-            Op::Fault(FaultRequest {
-                pid,
-                addr: addrs[0],
-                access: access as i32,
-            })
-        } else {
-            Op::FaultBatch(FaultBatchRequest {
-                pid,
-                addrs: addrs.clone(),
-                access: access as i32,
-                totals_only: !self.cfg.verify,
-            })
-        };
+        let op = crate::transport::fault_op(pid, addrs.clone(), access, n, !self.cfg.verify);
         let Some(r) = self.call(OpKind::Fault, op, n as u64, true).await else {
             return Ok(Step::Stopped);
         };
