@@ -185,6 +185,7 @@ mod imp {
         outcomes: BTreeMap<String, u64>,
         fault_around_skips: u64,
         fault_around_skip_events: u64,
+        pagemap_rechecks: u64,
     }
 
     impl Totals {
@@ -192,6 +193,7 @@ mod imp {
             self.ops += ops;
             self.fault_around_skips += r.fault_around_skips();
             self.fault_around_skip_events += r.fault_around_skip_events();
+            self.pagemap_rechecks += r.pagemap_rechecks();
             for (k, v) in &r.counts {
                 *self.counts.entry(k.clone()).or_default() += v;
             }
@@ -479,6 +481,10 @@ mod imp {
         s.push_str(&format!(
             "  comparisons where the kernel mapped fewer cached file pages (fault-around skipped a busy folio): {} ({} distinct)\n",
             t.fault_around_skips, t.fault_around_skip_events
+        ));
+        s.push_str(&format!(
+            "  comparisons where PAGEMAP_SCAN's Rss/Anonymous differed from smaps' (smaps compared): {}\n",
+            t.pagemap_rechecks
         ));
         s
     }

@@ -84,6 +84,8 @@ struct Exec {
     /// Rss/Anonymous from `PAGEMAP_SCAN` (see [`Exec::snapshot`]); smaps
     /// text where the kernel lacks it or swap is on.
     pagemap_scan: bool,
+    /// See [`Exec::check_pagemap_against_smaps`].
+    check_pagemap: bool,
     regions: &'static mut [PageRegion],
     rd: &'static mut [u8],
     out: Out,
@@ -190,6 +192,7 @@ pub fn main(fds: &str) -> ! {
         hi: WINDOW_END,
         smaps: true,
         pagemap_scan: swap_is_off(),
+        check_pagemap: std::env::var_os("VMASIM_KDIFF_CHECK_PAGEMAP").is_some(),
         regions: map_regions(),
         rd,
         out,
@@ -609,7 +612,7 @@ impl Exec {
                 self.smaps = a[0] != 0;
                 Ok(0)
             }
-            b's' => Ok(0),
+            b's' | b'v' => Ok(0),
             _ => die("unknown command"),
         };
         let _ = match res {
@@ -617,7 +620,11 @@ impl Exec {
             Err(e) if e == REFUSED => writeln!(self.out, "r refused"),
             Err(e) => writeln!(self.out, "r err {e}"),
         };
-        if !quiet {
+        if op == b'v' {
+            // A second look with smaps' own text, asked for when the
+            // PAGEMAP_SCAN counts disagree with the simulation.
+            self.snapshot_text();
+        } else if !quiet {
             self.snapshot();
         }
         let _ = writeln!(self.out, ".");
@@ -758,9 +765,47 @@ impl Exec {
 
     /// Append the `V` lines of every VMA overlapping the compared region.
     fn snapshot(&mut self) {
+        let mark = self.out.len;
         if self.smaps && self.pagemap_scan && self.snapshot_pagemap_scan() {
+            if self.check_pagemap {
+                self.check_pagemap_against_smaps(mark);
+            }
             return;
         }
+        self.snapshot_text();
+    }
+
+    /// `VMASIM_KDIFF_CHECK_PAGEMAP=1`: take every snapshot both ways and
+    /// stop the executor if they differ (a check of the counting rules in
+    /// [`Self::snapshot_pagemap_scan`] against the kernel's own smaps).
+    fn check_pagemap_against_smaps(&mut self, mark: usize) {
+        let split = self.out.len;
+        self.snapshot_text();
+        let (a, b) = self.out.buf[mark..self.out.len].split_at(split - mark);
+        if a != b {
+            let a = String::from_utf8_lossy(a);
+            let b = String::from_utf8_lossy(b);
+            for (x, y) in a.lines().zip(b.lines()) {
+                if x != y {
+                    let (vs, ve) = line_range(x.splitn(4, ' ').nth(3).unwrap_or(""));
+                    let regions: Vec<String> = self
+                        .regions
+                        .iter()
+                        .filter(|r| r.end > vs && r.start < ve)
+                        .map(|r| format!("{:x}-{:x} {:#x}", r.start, r.end, r.categories))
+                        .collect();
+                    die(&format!(
+                        "PAGEMAP_SCAN and smaps differ:\n  pagemap {x}\n  smaps   {y}\n  regions {regions:?}"
+                    ));
+                }
+            }
+            die("PAGEMAP_SCAN and smaps differ in the number of VMAs");
+        }
+        self.out.len = split;
+    }
+
+    /// The `V` lines from the smaps (or, without Rss, maps) text.
+    fn snapshot_text(&mut self) {
         let smaps = self.smaps;
         let n = self.read_proc(if smaps {
             c"/proc/self/smaps"

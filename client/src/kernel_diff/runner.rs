@@ -66,6 +66,7 @@ pub struct Runner {
     kernel: Kernel,
     sim: Sim,
     pairs: ShmemPairs,
+    pagemap_rechecks: u64,
     /// What the generator may look at, per live process.
     pub views: Vec<Option<ProcView>>,
     lo: u64,
@@ -150,6 +151,12 @@ fn diff_result(op: &Op, k: &KResult, s: &SResult) -> Option<String> {
 }
 
 impl Runner {
+    /// Comparisons where PAGEMAP_SCAN's counts and smaps' differed (smaps
+    /// was compared).
+    pub fn pagemap_rechecks(&self) -> u64 {
+        self.pagemap_rechecks
+    }
+
     /// Comparisons where the kernel mapped fewer cached file pages than the
     /// simulation (fault-around skipping busy folios; see `diff_vma`).
     pub fn fault_around_skips(&self) -> u64 {
@@ -177,6 +184,7 @@ impl Runner {
             kernel,
             sim,
             pairs: ShmemPairs::default(),
+            pagemap_rechecks: 0,
             views,
             lo: ready.start_brk,
             hi: WINDOW_END,
@@ -239,6 +247,32 @@ impl Runner {
             .iter()
             .filter_map(|(rss, anon, line)| kernel_vma(line, *rss, *anon))
             .collect()
+    }
+
+    /// The executor counts Rss and Anonymous with `PAGEMAP_SCAN`; where
+    /// those counts disagree with the simulation's, smaps' own text is the
+    /// reference, so it is read again that way (`v`) and its counts are
+    /// what is compared. The times PAGEMAP_SCAN and smaps disagreed are
+    /// counted in the summary.
+    fn recheck_rss(&mut self, slot: usize, kv: Vec<Vma>, sv: &[Vma]) -> Result<Vec<Vma>, CliError> {
+        if !self.smaps {
+            return Ok(kv);
+        }
+        let mut scratch = self.pairs.clone();
+        if diff_maps(&kv, sv, &mut scratch, true).is_none() {
+            return Ok(kv);
+        }
+        let kr = self.kernel.call(slot, "v")?;
+        let again = Self::kernel_vmas(&kr);
+        let counts = |v: &[Vma]| {
+            v.iter()
+                .map(|x| (x.start, x.rss_kb, x.anon_kb))
+                .collect::<Vec<_>>()
+        };
+        if counts(&again) != counts(&kv) {
+            self.pagemap_rechecks += 1;
+        }
+        Ok(again)
     }
 
     fn count(&mut self, key: String) {
@@ -329,6 +363,7 @@ impl Runner {
         if let Some(d) = diff_result(&step.op, &kr.result, &sr) {
             return Ok(Some(div(d, &kv, &sv)));
         }
+        let kv = self.recheck_rss(p, kv, &sv)?;
         if let Some(d) = diff_maps(&kv, &sv, &mut self.pairs, self.smaps) {
             return Ok(Some(div(format!("process {p}: {d}"), &kv, &sv)));
         }
@@ -336,6 +371,7 @@ impl Runner {
         if let Some(kc) = kchild {
             let kcv = Self::kernel_vmas(&kc);
             let scv = self.sim.maps(child, self.lo, self.hi).await?;
+            let kcv = self.recheck_rss(child, kcv, &scv)?;
             if let Some(d) = diff_maps(&kcv, &scv, &mut self.pairs, self.smaps) {
                 return Ok(Some(div(
                     format!("fork child (process {child}): {d}"),

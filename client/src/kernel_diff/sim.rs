@@ -25,27 +25,44 @@ pub enum SResult {
     Segv(FaultOutcome),
 }
 
+/// Requests of `fill` in flight at once. Each is a small DATA frame; h2's
+/// server counts the small frames it holds unread against a budget of
+/// half its connection window (at least 25,600 bytes of overhead, 256
+/// bytes a frame less its payload) and ends the connection with
+/// `ENHANCE_YOUR_CALM` ("too_many_data_frames") past it. A server slowed
+/// by load stops reading a Session whose replies queue up, so an unbounded
+/// pipeline of 65,530 requests could trip it; 64 in flight cannot.
+const FILL_IN_FLIGHT: usize = 64;
+
 /// `fill` as one pipelined `Session` stream (65530 unary round trips
-/// would dominate the max_map_count scenario). Returns how many mappings
-/// succeeded before the first failure, as the executor's loop does.
+/// would dominate the max_map_count scenario), at most [`FILL_IN_FLIGHT`]
+/// requests ahead of the replies. Returns how many mappings succeeded
+/// before the first failure, as the executor's loop does.
 async fn fill(c: &mut Client, pid: u32, addr: u64, count: u64) -> Result<u64, CliError> {
     use pb::session_request::Op as SOp;
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    use vmasim_proto::linux::{map::*, prot::*};
+    let window = std::sync::Arc::new(tokio::sync::Semaphore::new(FILL_IN_FLIGHT));
+    let (tx, rx) = tokio::sync::mpsc::channel(FILL_IN_FLIGHT);
     let mut replies = c
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
+    let sender_window = window.clone();
     let sender = tokio::spawn(async move {
         for i in 0..count {
+            // A permit per request, given back by its reply.
+            let Ok(permit) = sender_window.acquire().await else {
+                break;
+            };
+            permit.forget();
             let req = pb::SessionRequest {
                 id: i,
                 op: Some(SOp::Mmap(pb::MmapRequest {
                     pid,
                     addr: addr + i * 2 * PAGE,
                     length: PAGE,
-                    prot: 3,
-                    // MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED
-                    flags: 0x32,
+                    prot: PROT_READ | PROT_WRITE,
+                    flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
                     file_id: 0,
                     offset: 0,
                 })),
@@ -55,20 +72,28 @@ async fn fill(c: &mut Client, pid: u32, addr: u64, count: u64) -> Result<u64, Cl
             }
         }
     });
-    let mut ok = 0;
-    let mut failed = false;
-    for _ in 0..count {
-        let Some(r) = replies.message().await? else {
-            break;
-        };
-        if r.code != 0 {
-            failed = true;
-        } else if !failed {
-            ok += 1;
+    let read = async {
+        let mut ok = 0;
+        let mut failed = false;
+        for _ in 0..count {
+            let Some(r) = replies.message().await? else {
+                break;
+            };
+            window.add_permits(1);
+            if r.code != 0 {
+                failed = true;
+            } else if !failed {
+                ok += 1;
+            }
         }
-    }
+        Ok::<_, CliError>(ok)
+    };
+    let ok = read.await;
+    // A stream that ended early must not leave the sender waiting for a
+    // permit: closing the window ends it.
+    window.close();
     let _ = sender.await;
-    Ok(ok)
+    ok
 }
 
 /// Simulated processes, by process number.
