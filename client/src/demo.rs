@@ -115,6 +115,11 @@ pub struct SlowReaderRun {
 
 /// Runs the demo; returns the table to print.
 pub async fn run(o: &DemoOptions, server: Option<&Target>) -> Result<String, CliError> {
+    // Refused before anything is printed.
+    #[cfg(not(feature = "embedded"))]
+    if server.is_none() {
+        return Err(CliError::NeedsEmbedded("demo"));
+    }
     let cfg = demo_config(o);
     eprintln!("workload: {}", cfg.describe());
     let mut runs: Vec<(String, Summary)> = Vec::new();
@@ -130,7 +135,7 @@ pub async fn run(o: &DemoOptions, server: Option<&Target>) -> Result<String, Cli
             runs.push((name, s));
         }
         #[cfg(not(feature = "embedded"))]
-        None => return Err(CliError::NeedsEmbedded("demo")),
+        None => unreachable!("refused above"),
         #[cfg(feature = "embedded")]
         None => {
             for cache in [Cache::Typesafe, Cache::Rcu] {
