@@ -433,6 +433,7 @@ async fn expired_forks_and_spawns_leave_no_orphans() {
         .into_inner()
         .pid;
     let mut received = vec![pid];
+    let created_before = srv.sim.stats().processes_created;
     for i in 0..20 {
         let r = if i % 2 == 0 {
             let mut r = tonic::Request::new(pb::ForkRequest { pid });
@@ -466,6 +467,19 @@ async fn expired_forks_and_spawns_leave_no_orphans() {
         received,
         "only processes a client received exist"
     );
+    // Every process the 20 calls created was either received or undone
+    // and counted as such: none happened silently.
+    let undone = metric(
+        &srv.metrics_text().await,
+        "vmasim_rpc_undone_after_abandon_total",
+        &[],
+    );
+    let created = srv.sim.stats().processes_created - created_before;
+    println!(
+        "20 Forks/Spawns with a 2 ms deadline: {created} processes created, {} received, {undone} undone",
+        received.len() - 1
+    );
+    assert_eq!(created, (received.len() - 1) as u64 + undone as u64);
     assert_eq!(srv.sim.stats().pool.live, received.len() as u64 * 30_000);
     srv.shutdown().await;
 }
