@@ -572,7 +572,21 @@ pub(crate) fn populate_vma_page_range(mm: &MmStruct, start: u64, end: u64) {
         let mut addr = f.vm_start.max(start);
         while addr < f.vm_end.min(end) {
             let f = vma.fields();
-            let _ = handle_mm_fault(mm, vma, &f, addr, access, false);
+            // __get_user_pages stops at the first page it cannot fault in
+            // (VM_FAULT_OOM is -ENOMEM, VM_FAULT_SIGBUS -EFAULT) and
+            // __mm_populate, ignoring the error, goes on at the next VMA.
+            // So a budget-exhausted or hugetlb VMA costs one fault, not one
+            // per page of a mapping that may be terabytes long.
+            match handle_mm_fault(mm, vma, &f, addr, access, false) {
+                Ok(
+                    FaultOutcome::Oom
+                    | FaultOutcome::Sigbus
+                    | FaultOutcome::SegvMaperr
+                    | FaultOutcome::SegvAccerr,
+                )
+                | Err(_) => break,
+                Ok(_) => {}
+            }
             addr += 1 << PAGE_SHIFT;
         }
     }
@@ -636,5 +650,64 @@ impl FaultStats {
     /// Faults by path (all outcomes).
     pub fn by_path(&self, p: FaultPath) -> u64 {
         self.faults.iter().map(|r| r[p as usize]).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::PAGE_SIZE;
+    use crate::mm::mmap::{MmapArgs, map::*, prot::*};
+    use crate::mm::sim::{SimConfig, Simulator};
+
+    const BASE: u64 = 0x7f00_0000_0000;
+    const MIB: u64 = 1 << 20;
+
+    /// Map `[BASE + 8 MiB - 4 KiB, BASE + 8 MiB)` (file 1) and read it:
+    /// its PTE table is the last of the four that cover `[BASE, BASE +
+    /// 8 MiB)`. Returns the simulator and the pid.
+    fn with_last_table_present(budget: u64) -> (Simulator, u32) {
+        let s = Simulator::new(SimConfig {
+            max_pgtables_bytes: budget,
+            ..SimConfig::default()
+        });
+        let pid = s.spawn().unwrap();
+        let far = BASE + 8 * MIB - PAGE_SIZE;
+        let args = MmapArgs {
+            addr: far,
+            len: PAGE_SIZE,
+            prot: PROT_READ,
+            flags: MAP_PRIVATE | MAP_FIXED,
+            file: 1,
+            offset: 0,
+        };
+        s.mmap(pid, args).unwrap();
+        s.fault(pid, far, Access::Read).unwrap();
+        (s, pid)
+    }
+
+    /// __mm_populate → populate_vma_page_range → __get_user_pages stops at
+    /// the first page it cannot fault in: with room for one more page
+    /// table, a MAP_POPULATE of `[BASE, BASE + 8 MiB - 4 KiB)` maps the
+    /// 512 pages of its first table and stops where the second would be
+    /// needed -- it does not go on to map the pages under the last table,
+    /// which is already there.
+    #[test]
+    fn populate_stops_at_the_first_page_it_cannot_fault_in() {
+        let (probe, _) = with_last_table_present(u64::MAX / 2);
+        let used = probe.stats().pgtables_bytes;
+        let (s, pid) = with_last_table_present(used + PAGE_SIZE);
+        let args = MmapArgs {
+            addr: BASE,
+            len: 8 * MIB - PAGE_SIZE,
+            prot: PROT_READ,
+            flags: MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
+            file: 2,
+            offset: 0,
+        };
+        s.mmap(pid, args).unwrap();
+        // The far page, plus one table's worth.
+        assert_eq!(s.maps(pid).unwrap().rss_pages, 1 + 512);
+        assert_eq!(s.stats().pgtables_bytes, used + PAGE_SIZE);
     }
 }
