@@ -86,7 +86,12 @@ struct Exec {
     pagemap_scan: bool,
     /// See [`Exec::check_pagemap_against_smaps`].
     check_pagemap: bool,
+    /// See [`CacheWatch`].
+    watch: Option<CacheWatch>,
     regions: &'static mut [PageRegion],
+    /// The last command's text (for [`CacheWatch`] reports).
+    cmd_seen: [u8; 256],
+    cmd_seen_len: usize,
     rd: &'static mut [u8],
     out: Out,
     cmd: &'static mut [u8],
@@ -193,7 +198,10 @@ pub fn main(fds: &str) -> ! {
         smaps: true,
         pagemap_scan: swap_is_off(),
         check_pagemap: std::env::var_os("VMASIM_KDIFF_CHECK_PAGEMAP").is_some(),
+        watch: CacheWatch::from_env(),
         regions: map_regions(),
+        cmd_seen: [0; 256],
+        cmd_seen_len: 0,
         rd,
         out,
         cmd,
@@ -579,6 +587,11 @@ impl Exec {
                 argc += 1;
             }
         }
+        if self.watch.is_some() {
+            let n = nl.min(self.cmd_seen.len());
+            self.cmd_seen[..n].copy_from_slice(&self.cmd[..n]);
+            self.cmd_seen_len = n;
+        }
         // Consume the line.
         self.cmd.copy_within(nl + 1..self.cmd_len, 0);
         self.cmd_len -= nl + 1;
@@ -615,6 +628,9 @@ impl Exec {
             b's' | b'v' => Ok(0),
             _ => die("unknown command"),
         };
+        if let Some(w) = self.watch.as_mut() {
+            w.check(&self.files, &self.cmd_seen[..self.cmd_seen_len]);
+        }
         let _ = match res {
             Ok(v) => writeln!(self.out, "r ok {v:x}"),
             Err(e) if e == REFUSED => writeln!(self.out, "r refused"),
@@ -940,6 +956,58 @@ impl Exec {
             self.pagemap_scan = false;
         }
         ok
+    }
+}
+
+/// `VMASIM_KDIFF_WATCH=FILE:FIRST-LAST` (memfd number, page offsets in
+/// hex): after every command, report on stderr each watched page that has
+/// entered that memfd's page cache since the last command, with the command
+/// that brought it in (`cachestat(2)`, 6.5+). For finding which operation
+/// of a long sequence cached a page the simulation's page cache lacks.
+struct CacheWatch {
+    file: usize,
+    first: u64,
+    last: u64,
+    cached: [bool; 64],
+}
+
+impl CacheWatch {
+    fn from_env() -> Option<Self> {
+        let v = std::env::var("VMASIM_KDIFF_WATCH").ok()?;
+        let (f, r) = v.split_once(':')?;
+        let (a, b) = r.split_once('-')?;
+        let w = Self {
+            file: f.parse().ok()?,
+            first: u64::from_str_radix(a, 16).ok()?,
+            last: u64::from_str_radix(b, 16).ok()?,
+            cached: [false; 64],
+        };
+        (w.file < NR_FILES && w.last >= w.first && w.last - w.first < 64).then_some(w)
+    }
+
+    fn check(&mut self, files: &[i32; NR_FILES], cmd: &[u8]) {
+        for (i, pgoff) in (self.first..=self.last).enumerate() {
+            if self.cached[i] {
+                continue;
+            }
+            let range: [u64; 2] = [pgoff << 12, 1 << 12];
+            let mut stat = [0u64; 5];
+            // SAFETY: cachestat(fd, range, cstat, 0) reads `range` and
+            // writes `stat`, both ours and of the kernel's struct sizes.
+            let r = unsafe {
+                libc::syscall(451, files[self.file], range.as_ptr(), stat.as_mut_ptr(), 0)
+            };
+            if r == 0 && stat[0] > 0 {
+                self.cached[i] = true;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "kdiff-watch: pid {} after {:?}: memfd {} pgoff {pgoff:#x} cached",
+                    std::process::id(),
+                    String::from_utf8_lossy(cmd),
+                    self.file
+                );
+            }
+        }
     }
 }
 
