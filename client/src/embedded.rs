@@ -10,15 +10,11 @@
 #[cfg(feature = "embedded")]
 use crate::error::CliError;
 #[cfg(feature = "embedded")]
-use tokio::sync::oneshot;
-#[cfg(feature = "embedded")]
-use tokio::task::JoinHandle;
-#[cfg(feature = "embedded")]
 use vmasim_server::mm::fault::FaultLockMode;
 #[cfg(feature = "embedded")]
 use vmasim_server::mm::slab::CachePolicy;
 #[cfg(feature = "embedded")]
-use vmasim_server::server::{Server, ServerConfig};
+use vmasim_server::server::{LocalServer, ServerConfig, spawn_local};
 
 /// The VMA cache policy of an embedded server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -40,14 +36,14 @@ impl Cache {
 }
 
 #[cfg(feature = "embedded")]
-/// A running in-process server; stopped when dropped or by [`stop`].
+/// A running in-process server ([`spawn_local`]); stopped when dropped or
+/// by [`stop`].
 ///
 /// [`stop`]: Embedded::stop
 pub struct Embedded {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    server: LocalServer,
 }
 
 #[cfg(feature = "embedded")]
@@ -70,43 +66,19 @@ impl Embedded {
 
     /// Starts a server with a full configuration.
     pub async fn start_with(cfg: ServerConfig) -> Result<Self, CliError> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let server = spawn_local(cfg)
             .await
             .map_err(|e| CliError::Other(format!("cannot bind 127.0.0.1:0: {e}")))?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = oneshot::channel::<()>();
-        let server = Server::new(cfg);
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = rx.await;
-            };
-            if let Err(e) = server.serve(listener, None, shutdown).await {
-                eprintln!("embedded server: {e}");
-            }
-        });
         Ok(Embedded {
-            url: format!("http://{addr}"),
-            shutdown: Some(tx),
-            task: Some(task),
+            url: server.url(),
+            server,
         })
     }
 
     /// Stops the server and waits for it to finish draining.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-    }
-}
-
-#[cfg(feature = "embedded")]
-impl Drop for Embedded {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+    pub async fn stop(self) {
+        if let Err(e) = self.server.shutdown().await {
+            eprintln!("embedded server: {e}");
         }
     }
 }

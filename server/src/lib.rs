@@ -5,21 +5,14 @@
 //! # Layout
 //!
 //! * [`mm`]: the engine. No gRPC in it; named after the kernel's `mm/`.
-//! * [`call`]: what one call carries from the RPC layer into the service
-//!   (slot, deadline, abandonment, reply-byte budget).
-//! * [`conn`]: accepting connections: cap, handshake timeout, accept
-//!   back-off.
 //! * [`service`]: `vmasim.v1.AddressSpace` on the engine: validation,
 //!   translation, error mapping.
 //! * [`telemetry`]: Prometheus metric names, descriptions and the
 //!   per-server recorder, refreshed from the engine's counters.
 //! * [`server`]: the public server API ([`server::ServerConfig`],
-//!   [`server::Server`]): the tonic stack, health, reflection, limits,
-//!   auth, TLS, `/metrics` and graceful shutdown.
-#[cfg(not(vmasim_loom))]
-pub mod call;
-#[cfg(not(vmasim_loom))]
-pub mod conn;
+//!   [`server::Server`], [`server::spawn_local`]): connections, the RPC
+//!   layer, health, reflection, limits, auth, TLS, `/metrics` and
+//!   graceful shutdown.
 pub mod mm;
 #[cfg(not(vmasim_loom))]
 pub mod server;

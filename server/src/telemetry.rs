@@ -220,7 +220,7 @@ pub struct Telemetry {
 #[derive(Debug)]
 pub struct ServerState {
     /// The reply-byte budget.
-    pub replies: std::sync::Arc<crate::call::ReplyBudget>,
+    pub replies: std::sync::Arc<crate::server::call::ReplyBudget>,
     /// The global concurrency limit's semaphore and its size.
     pub slots: (std::sync::Arc<tokio::sync::Semaphore>, usize),
 }

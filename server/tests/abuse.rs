@@ -27,13 +27,12 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
 use tonic::Code;
 use tonic::transport::Channel;
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb, session_request::Op};
 use vmasim_server::mm::sim::{SimConfig, Simulator};
-use vmasim_server::server::{Server, ServerConfig};
+use vmasim_server::server::{LocalServer, ServerConfig, spawn_local};
 
 const PAGE: u64 = 4096;
 use vmasim_server::mm::TASK_SIZE;
@@ -106,7 +105,8 @@ struct Harness {
     /// Calls made, by RPC and status: printed at the end, and checked to
     /// show the run was not vacuous (both successes and failures seen).
     tally: Arc<Mutex<BTreeMap<(&'static str, String), u32>>>,
-    _stop: oneshot::Sender<()>,
+    /// Serves until the harness is dropped.
+    _server: LocalServer,
 }
 
 impl Harness {
@@ -122,15 +122,9 @@ impl Harness {
                 max_batch: MAX_BATCH,
                 ..ServerConfig::default()
             };
-            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = grpc.local_addr().unwrap();
-            let server = Server::new(cfg);
+            let server = spawn_local(cfg).await.unwrap();
             let sim = server.simulator().clone();
-            let (tx, rx) = oneshot::channel::<()>();
-            tokio::spawn(server.serve(grpc, None, async move {
-                let _ = rx.await;
-            }));
-            let ch = Channel::from_shared(format!("http://{addr}"))
+            let ch = Channel::from_shared(server.url())
                 .unwrap()
                 .connect()
                 .await
@@ -139,7 +133,7 @@ impl Harness {
                 client: AddressSpaceClient::new(ch),
                 sim,
                 tally: Arc::default(),
-                _stop: tx,
+                _server: server,
             }
         })
     }

@@ -5,18 +5,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb, session_reply, session_request};
-use vmasim_server::mm::sim::{SimConfig, Simulator};
-use vmasim_server::server::{SERVICE_NAME, Server, ServerConfig};
+use vmasim_server::mm::sim::SimConfig;
+use vmasim_server::server::{SERVICE_NAME, ServerConfig};
 
 const RW: u32 = 0x1 | 0x2;
 const PRIVATE_ANON: u32 = 0x02 | 0x20;
@@ -25,103 +20,7 @@ const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
 const PAGE: u64 = 4096;
 use vmasim_server::mm::TASK_SIZE;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-struct TestServer {
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-    sim: Arc<Simulator>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), BoxError>>>,
-}
-
-impl TestServer {
-    async fn start(cfg: ServerConfig) -> Self {
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (ga, ma) = (grpc.local_addr().unwrap(), metrics.local_addr().unwrap());
-        let server = Server::new(cfg);
-        let sim = server.simulator().clone();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(grpc, Some(metrics), async move {
-            let _ = rx.await;
-        }));
-        Self {
-            grpc: ga,
-            metrics: ma,
-            sim,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn client(&self) -> AddressSpaceClient<Channel> {
-        AddressSpaceClient::new(self.channel().await)
-    }
-
-    async fn metrics_text(&self) -> String {
-        let (head, body) = http_get(self.metrics, "/metrics").await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
-            "{head}"
-        );
-        body
-    }
-
-    async fn shutdown(mut self) -> Result<(), BoxError> {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap()
-    }
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8(buf).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.to_string(), body.to_string())
-}
-
-/// Sum of the samples of `name` whose labels include all of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    let mut found = false;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, l) = match series.split_once('{') {
-            Some((n, l)) => (n, l),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        if labels
-            .iter()
-            .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        {
-            sum += value.parse::<f64>().unwrap();
-            found = true;
-        }
-    }
-    assert!(found, "no sample {name}{labels:?} in\n{text}");
-    sum
-}
+use common::{TestServer, http_get, metric};
 
 /// `promtool check metrics` must accept the exposition (skipped, loudly,
 /// where Debian's `prometheus` package is not installed).
@@ -378,7 +277,7 @@ async fn every_rpc() {
         (Code::InvalidArgument, true)
     );
 
-    srv.shutdown().await.unwrap();
+    srv.shutdown().await;
 }
 
 /// Run `f`, expect `code` with `needle` in the message, and check that the
@@ -657,7 +556,7 @@ async fn errors_change_nothing() {
 
     // Nothing was faulted by the failed calls.
     assert_eq!(stats(&mut c).await.faults.unwrap().faults, 0);
-    srv.shutdown().await.unwrap();
+    srv.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -746,7 +645,7 @@ async fn limits_are_resource_exhausted() {
         "process limit",
         c2.fork(pb::ForkRequest { pid })
     );
-    srv.shutdown().await.unwrap();
+    srv.shutdown().await;
 
     // Pool capacity: 64 slots, shared by every process.
     let srv = TestServer::start(ServerConfig {
@@ -793,7 +692,7 @@ async fn limits_are_resource_exhausted() {
         "VMA cache exhausted",
         c2.fork(pb::ForkRequest { pid })
     );
-    srv.shutdown().await.unwrap();
+    srv.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -845,7 +744,7 @@ async fn auth_token_required_except_for_health() {
         ),
         2.0
     );
-    srv.shutdown().await.unwrap();
+    srv.shutdown().await;
 }
 
 fn op(id: u64, op: session_request::Op) -> pb::SessionRequest {
@@ -940,7 +839,7 @@ async fn session_stream_mixes_ops_and_survives_errors() {
         r => panic!("{r:?}"),
     }
     assert_eq!(stats(&mut c).await.faults.unwrap().faults, 3);
-    srv.shutdown().await.unwrap();
+    srv.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -987,7 +886,7 @@ async fn session_backpressure_delivers_everything() {
     }
     sender.await.unwrap();
     assert_eq!(next, 2000);
-    srv.shutdown().await.unwrap();
+    srv.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1051,7 +950,7 @@ async fn health_and_reflection() {
         };
         assert!(l.service.iter().any(|s| s.name == SERVICE_NAME));
     }
-    srv.shutdown().await.unwrap();
+    srv.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1100,10 +999,9 @@ async fn shutdown_finishes_in_flight_calls_and_flips_health() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!in_flight.is_finished());
 
-    let TestServer {
-        stop, task, grpc, ..
-    } = srv;
-    stop.unwrap().send(()).unwrap();
+    let mut srv = srv;
+    let grpc = srv.grpc;
+    assert!(srv.begin_shutdown());
     let h = tokio::time::timeout(Duration::from_secs(5), watch.message())
         .await
         .unwrap()
@@ -1127,11 +1025,9 @@ async fn shutdown_finishes_in_flight_calls_and_flips_health() {
     holder.join().unwrap();
     let r = in_flight.await.unwrap().expect("in-flight call completes");
     assert_ne!(r.into_inner().addr, 0);
-    tokio::time::timeout(Duration::from_secs(5), task.unwrap())
+    tokio::time::timeout(Duration::from_secs(5), srv.shutdown())
         .await
-        .expect("serve returns after the drain")
-        .unwrap()
-        .unwrap();
+        .expect("serve returns after the drain");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1180,7 +1076,7 @@ async fn concurrency_limit_refuses_excess_but_not_health() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(ok);
-    srv.shutdown().await.unwrap();
+    srv.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1468,7 +1364,7 @@ async fn concurrent_traffic_adds_up() {
         m("vmasim_fault_duration_seconds_count", &[]),
         singles + forks + sampled
     );
-    srv.shutdown().await.unwrap();
+    srv.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1532,6 +1428,6 @@ async fn metrics_exist_at_start_and_servers_are_independent() {
     );
     let (head, _) = http_get(a.metrics, "/nope").await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
-    a.shutdown().await.unwrap();
-    b.shutdown().await.unwrap();
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -28,16 +28,16 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb, session_request::Op};
-use vmasim_server::mm::sim::{SimConfig, Simulator};
-use vmasim_server::server::{SERVICE_NAME, Server, ServerConfig};
+use vmasim_server::mm::sim::SimConfig;
+use vmasim_server::server::{SERVICE_NAME, ServerConfig};
 
 const LIMIT: usize = 8;
 const POOL: u32 = 256;
@@ -53,64 +53,7 @@ const RW: u32 = 0x1 | 0x2;
 const PRIVATE_ANON: u32 = 0x02 | 0x20;
 const MAP_FIXED: u32 = 0x10;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-struct TestServer {
-    addr: std::net::SocketAddr,
-    metrics: std::net::SocketAddr,
-    sim: Arc<Simulator>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), BoxError>>>,
-}
-
-impl TestServer {
-    async fn start(cfg: ServerConfig) -> Self {
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = grpc.local_addr().unwrap();
-        let metrics_addr = metrics.local_addr().unwrap();
-        let server = Server::new(cfg);
-        let sim = server.simulator().clone();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(grpc, Some(metrics), async move {
-            let _ = rx.await;
-        }));
-        Self {
-            addr,
-            metrics: metrics_addr,
-            sim,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    fn endpoint(&self) -> Endpoint {
-        Channel::from_shared(format!("http://{}", self.addr)).unwrap()
-    }
-
-    /// A new connection.
-    async fn channel(&self) -> Channel {
-        self.endpoint().connect().await.unwrap()
-    }
-
-    async fn client(&self) -> AddressSpaceClient<Channel> {
-        AddressSpaceClient::new(self.channel().await)
-    }
-
-    /// One sample of `name` from `/metrics`.
-    async fn metric(&self, name: &str) -> f64 {
-        common::metric(&common::get_metrics(self.metrics).await, name, &[])
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(HANG, self.task.take().unwrap())
-            .await
-            .expect("shutdown hung")
-            .unwrap()
-            .unwrap();
-    }
-}
+use common::TestServer;
 
 fn overload_cfg() -> ServerConfig {
     ServerConfig {
@@ -278,7 +221,7 @@ async fn excess_calls_are_refused_at_once_and_accepted_calls_complete() {
     // Phase 1: every slot held by a unary call whose request never
     // arrives (held until --request-timeout: no idle stream holds one),
     // then 10x the limit in concurrent calls.
-    let mut slow = common::raw::connect(srv.addr).await;
+    let mut slow = common::raw::connect(srv.grpc).await;
     for k in 0..LIMIT as u32 {
         common::raw::open(&mut slow, 2 * k + 1, "/vmasim.v1.AddressSpace/Stats").await;
     }

@@ -26,14 +26,13 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb, session_request::Op};
-use vmasim_server::server::{SERVICE_NAME, Server, ServerConfig, TlsPem};
+use vmasim_server::server::{SERVICE_NAME, ServerConfig, TlsPem, spawn_local};
 
 const PAGE: u64 = 4096;
 const RW: u32 = 0x1 | 0x2;
@@ -95,21 +94,17 @@ async fn must_fail(ch: Result<Channel, String>, what: &str) {
 async fn tls_end_to_end_with_token_auth() {
     const TOKEN: &str = "tls-t0ken-42";
     let (cert, key) = self_signed();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = Server::new(ServerConfig {
+    let server = spawn_local(ServerConfig {
         tls: Some(TlsPem {
             cert: cert.clone().into_bytes(),
             key: key.into_bytes(),
         }),
         auth_token: Some(TOKEN.into()),
         ..ServerConfig::default()
-    });
-    let sim = server.simulator().clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(listener, None, async move {
-        let _ = stopped.await;
-    }));
+    })
+    .await
+    .unwrap();
+    let (addr, sim) = (server.grpc, server.simulator().clone());
 
     let trusted = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&cert))
@@ -222,11 +217,9 @@ async fn tls_end_to_end_with_token_auth() {
 
     // The trusted connection still works after all that.
     c.exit(pb::ExitRequest { pid }).await.unwrap();
-    let _ = stop.send(());
-    tokio::time::timeout(HANG, task)
+    tokio::time::timeout(HANG, server.shutdown())
         .await
         .expect("shutdown hung")
-        .unwrap()
         .unwrap();
 }
 

@@ -21,8 +21,8 @@ mod session;
 pub use convert::status_from;
 pub use ops::FAULT_BATCH_SAMPLE;
 
-use crate::call::ReplyBudget;
 use crate::mm::sim::Simulator;
+use crate::server::call::ReplyBudget;
 use crate::telemetry::Telemetry;
 use ops::Ops;
 use std::sync::Arc;

@@ -25,7 +25,6 @@ use super::convert::{
     access_from, check_length, check_pid, count, entry_to_pb, fault_oom, invalid, outcome_to_pb,
     path_to_pb, race_report_to_pb, race_scenarios_to_pb, req_len_bound, stats_to_pb, status_from,
 };
-use crate::call::{CallCtx, Charge, ReplyBudget, ReplyHold};
 use crate::mm::fault::{self as mmfault, do_user_addr_fault};
 use crate::mm::madvise::do_madvise;
 use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_munmap};
@@ -34,6 +33,7 @@ use crate::mm::mremap::do_mremap;
 use crate::mm::race_lab;
 use crate::mm::sim::Simulator;
 use crate::mm::{PAGE_SIZE, TASK_SIZE};
+use crate::server::call::{CallCtx, Charge, ReplyBudget, ReplyHold};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use std::time::Instant;
@@ -465,7 +465,8 @@ impl Ops {
         };
         // The reply's size is known before any fault: charge it first, so
         // a full reply budget refuses the batch before it does anything.
-        let charge = if req_len_bound(n_addrs, totals_only) > crate::call::CHARGE_MIN_BYTES {
+        let charge = if req_len_bound(n_addrs, totals_only) > crate::server::call::CHARGE_MIN_BYTES
+        {
             self.replies
                 .try_charge(req_len_bound(n_addrs, totals_only), "FaultBatch")?
         } else {

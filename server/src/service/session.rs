@@ -22,7 +22,7 @@
 
 use super::convert::invalid;
 use super::ops::{Charged, Ops};
-use crate::call::{CallCtx, Charge, ReplyHold};
+use crate::server::call::{CallCtx, Charge, ReplyHold};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -273,11 +273,9 @@ impl Ops {
     fn slot(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
         match &self.slots {
             None => Ok(None),
-            Some(sem) => sem
-                .clone()
-                .try_acquire_owned()
-                .map(Some)
-                .map_err(|_| Status::resource_exhausted(crate::call::CONCURRENCY_LIMIT_MESSAGE)),
+            Some(sem) => sem.clone().try_acquire_owned().map(Some).map_err(|_| {
+                Status::resource_exhausted(crate::server::call::CONCURRENCY_LIMIT_MESSAGE)
+            }),
         }
     }
 

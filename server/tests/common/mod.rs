@@ -9,13 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb};
 use vmasim_server::mm::sim::Simulator;
-use vmasim_server::server::{Server, ServerConfig};
+use vmasim_server::server::{LocalServer, ServerConfig, spawn_local};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -28,37 +26,28 @@ pub const RW: u32 = 0x1 | 0x2;
 pub const PRIVATE_ANON: u32 = 0x02 | 0x20;
 pub const MAP_NORESERVE: u32 = 0x4000;
 
-/// A server serving until [`TestServer::shutdown`].
+/// A server serving until [`TestServer::shutdown`]: the library's
+/// [`spawn_local`], with the clients and checks the tests share.
 pub struct TestServer {
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
     pub sim: Arc<Simulator>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), BoxError>>>,
+    local: LocalServer,
 }
 
 impl TestServer {
     pub async fn start(cfg: ServerConfig) -> Self {
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (ga, ma) = (grpc.local_addr().unwrap(), metrics.local_addr().unwrap());
-        let server = Server::new(cfg);
-        let sim = server.simulator().clone();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(grpc, Some(metrics), async move {
-            let _ = rx.await;
-        }));
+        let local = spawn_local(cfg).await.unwrap();
         Self {
-            grpc: ga,
-            metrics: ma,
-            sim,
-            stop: Some(tx),
-            task: Some(task),
+            grpc: local.grpc,
+            metrics: local.metrics,
+            sim: local.simulator().clone(),
+            local,
         }
     }
 
     pub fn endpoint(&self) -> Endpoint {
-        Channel::from_shared(format!("http://{}", self.grpc)).unwrap()
+        Channel::from_shared(self.local.url()).unwrap()
     }
 
     /// A new connection.
@@ -71,28 +60,51 @@ impl TestServer {
         AddressSpaceClient::new(self.channel().await).max_decoding_message_size(usize::MAX)
     }
 
+    /// `GET /metrics`: answered 200 with the Prometheus text format's
+    /// content type.
     pub async fn metrics_text(&self) -> String {
-        let mut s = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        let text = String::from_utf8(buf).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let (head, body) = http_get(self.metrics, "/metrics").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_string()
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+            "{head}"
+        );
+        body
     }
 
-    /// Stop and wait (bounded by [`HANG`]) for the server to finish.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(HANG, self.task.take().unwrap())
+    /// One sample of `name` from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric(&self.metrics_text().await, name, &[])
+    }
+
+    /// Start the graceful shutdown without waiting for it; false if it had
+    /// already started.
+    pub fn begin_shutdown(&mut self) -> bool {
+        self.local.begin_shutdown()
+    }
+
+    /// Stop and wait (bounded by [`HANG`]) for the server to finish; it
+    /// must finish without error.
+    pub async fn shutdown(self) {
+        tokio::time::timeout(HANG, self.local.shutdown())
             .await
             .expect("shutdown hung")
-            .unwrap()
             .unwrap();
     }
+}
+
+/// `GET path` on `addr` over HTTP/1.1: the response head and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
 }
 
 /// Sum of the samples of `name` whose labels include all of `labels`.
@@ -286,14 +298,7 @@ pub mod raw {
 
 /// `GET /metrics` on `addr`.
 pub async fn get_metrics(addr: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8(buf).unwrap();
-    text.split_once("\r\n\r\n").unwrap().1.to_string()
+    http_get(addr, "/metrics").await.1
 }
 
 /// The `vmasim-server` binary as a child process, for what needs the real
