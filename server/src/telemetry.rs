@@ -28,8 +28,12 @@
 //!   describe the process the server runs in: the server binary, or the
 //!   test / `vmasim demo` process hosting an embedded server.
 //!
-//! The names are a contract with `deploy/` (Grafana dashboard, recording
-//! rules, `.ci/deploy-check`); change them only together.
+//! Every name, kind and help text is in one table, [`METRICS`]: the
+//! exposition is described from it, this file's test checks the idle
+//! exposition against it, and the deploy check reads it from the binary
+//! (`vmasim-server --print-metrics`). The names are a contract with
+//! `deploy/` (Grafana dashboard, recording rules); change them only
+//! together.
 
 use crate::mm::fault::{FaultOutcome, FaultPath, ReuseCheck};
 use crate::mm::sim::{SimConfig, SimStats};
@@ -44,88 +48,176 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tonic::Code;
 
-/// `vmasim_build_info{version,vma_cache,fault_lock}`: always 1.
-pub const BUILD_INFO: &str = "vmasim_build_info";
-/// `vmasim_vma_lock_total{result}`: per-VMA lock events (kernel `VMA_LOCK_*`).
-pub const VMA_LOCK: &str = "vmasim_vma_lock_total";
-/// Faults served under `mmap_lock` after a failed per-VMA attempt.
-pub const MMAP_LOCK_FALLBACKS: &str = "vmasim_mmap_lock_fallbacks_total";
-/// `vmasim_faults_total{outcome,path}`.
-pub const FAULTS: &str = "vmasim_faults_total";
-/// `vmasim_vma_allocations_total{source=reused|fresh}`.
-pub const VMA_ALLOCATIONS: &str = "vmasim_vma_allocations_total";
-/// Reused slots handed out before a grace period had passed.
-pub const VMA_REUSE_BEFORE_GP: &str = "vmasim_vma_reuse_before_grace_period_total";
-/// `vm_area_free` calls.
-pub const VMA_FREES: &str = "vmasim_vma_frees_total";
-/// Frees that went through `call_rcu`.
-pub const CALL_RCU: &str = "vmasim_call_rcu_total";
-/// Frees that did not need `call_rcu`.
-pub const CALL_RCU_AVOIDED: &str = "vmasim_call_rcu_avoided_total";
-/// Grace periods observed.
-pub const GRACE_PERIODS: &str = "vmasim_grace_periods_total";
-/// `vmasim_pool_slots{state=live|free|waiting}`.
-pub const POOL_SLOTS: &str = "vmasim_pool_slots";
-/// Slots in all allocated slabs.
-pub const POOL_CAPACITY_SLOTS: &str = "vmasim_pool_capacity_slots";
-/// Slabs allocated.
-pub const POOL_SLABS: &str = "vmasim_pool_slabs";
-/// `vmasim_vma_cache_sheaf_hits_total{op=alloc|free}`: VMA cache operations
-/// served by the thread's own sheaves (kernel `ALLOC_PCS` / `FREE_PCS`
-/// without a barn or slab trip).
-pub const SHEAF_HITS: &str = "vmasim_vma_cache_sheaf_hits_total";
-/// `vmasim_vma_cache_barn_exchanges_total{op=get|put}`: sheaves exchanged
-/// with the shared barn (`BARN_GET` / `BARN_PUT`).
-pub const BARN_EXCHANGES: &str = "vmasim_vma_cache_barn_exchanges_total";
-/// Sheaves refilled from the slabs (`SHEAF_REFILL`).
-pub const SLAB_REFILLS: &str = "vmasim_vma_cache_slab_refills_total";
-/// Sheaves flushed back to the slabs (`SHEAF_FLUSH`).
-pub const SHEAF_FLUSHES: &str = "vmasim_vma_cache_sheaf_flushes_total";
-/// Live processes.
-pub const PROCESSES: &str = "vmasim_processes";
-/// VMAs in all live processes.
-pub const VMAS: &str = "vmasim_vmas";
-/// Resident memory of all live processes, bytes.
-pub const RSS_BYTES: &str = "vmasim_rss_bytes";
-/// Page-table memory of all live processes, bytes (`VmPTE` summed).
-pub const PGTABLES_BYTES: &str = "vmasim_pgtables_bytes";
-/// The page-table memory limit (`--max-pgtables-bytes`), bytes.
-pub const PGTABLES_LIMIT_BYTES: &str = "vmasim_pgtables_limit_bytes";
-/// `vmasim_maps_reads_total{reader=per-vma|mmap-lock}`: Maps reads.
-pub const MAPS_READS: &str = "vmasim_maps_reads_total";
-/// `vmasim_maps_vma_lock_total{result}`: the steps of `lock_next_vma` in
-/// per-VMA maps reads (labels: [`crate::mm::vmstat::MapsEvent::as_str`]).
-pub const MAPS_VMA_LOCK: &str = "vmasim_maps_vma_lock_total";
-/// `vmasim_reuse_detected_total{check}`.
-pub const REUSE_DETECTED: &str = "vmasim_reuse_detected_total";
-/// `vmasim_rpc_duration_seconds{method}` histogram.
-pub const RPC_DURATION: &str = "vmasim_rpc_duration_seconds";
-/// `vmasim_rpc_requests_total{method,code}`.
-pub const RPC_REQUESTS: &str = "vmasim_rpc_requests_total";
-/// `vmasim_fault_duration_seconds` histogram.
-pub const FAULT_DURATION: &str = "vmasim_fault_duration_seconds";
-/// Open gRPC connections.
-pub const CONNECTIONS: &str = "vmasim_connections";
-/// Bytes of large replies built but not yet handed to HTTP/2.
-pub const REPLY_BUFFER_BYTES: &str = "vmasim_reply_buffer_bytes";
-/// Its limit (`--max-reply-buffer-bytes`).
-pub const REPLY_BUFFER_LIMIT_BYTES: &str = "vmasim_reply_buffer_limit_bytes";
-/// Calls holding a concurrency slot now (including work that outlived
-/// its call).
-pub const CALLS_IN_FLIGHT: &str = "vmasim_calls_in_flight";
-/// `vmasim_connections_refused_total{reason=limit|handshake_timeout}`.
-pub const CONNECTIONS_REFUSED: &str = "vmasim_connections_refused_total";
-/// `accept` failures (EMFILE at the fd limit, ENFILE, ENOMEM), each
-/// followed by a pause.
-pub const ACCEPT_ERRORS: &str = "vmasim_accept_errors_total";
-/// `vmasim_rpc_applied_after_abandon_total{method}`: calls whose engine
-/// work completed after the client had gone (cancelled or past its
-/// deadline), so their effect stands although nobody saw the answer.
-pub const RPC_APPLIED_AFTER_ABANDON: &str = "vmasim_rpc_applied_after_abandon_total";
-/// `vmasim_rpc_undone_after_abandon_total{method}`: abandoned `Fork`s and
-/// `Spawn`s whose new process was exited again, since nobody received its
-/// pid.
-pub const RPC_UNDONE_AFTER_ABANDON: &str = "vmasim_rpc_undone_after_abandon_total";
+/// Every metric vmasim exports (beside the standard `process_*` set),
+/// with its kind, unit and `# HELP` text: the one place a metric is named.
+/// [`Telemetry::new`] describes each from here, and the telemetry test and
+/// the deploy check (through the hidden `vmasim-server --print-metrics`)
+/// check the exposition against [`METRICS`] instead of keeping lists of
+/// their own. Each entry also becomes a `pub const` of its name.
+macro_rules! metrics_table {
+    ($($(#[doc = $doc:literal])* $id:ident: $kind:ident($unit:ident) = $name:literal, $help:literal;)*) => {
+        $($(#[doc = $doc])* pub const $id: &str = $name;)*
+
+        /// The table, in the order written.
+        pub const METRICS: &[Metric] = &[$(Metric {
+            name: $name,
+            kind: Kind::$kind,
+            unit: Unit::$unit,
+            help: $help,
+        }),*];
+    };
+}
+
+/// A metric's Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    /// The `# TYPE` word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One row of [`METRICS`].
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// `vmasim_*`, with Prometheus' `_total` / unit suffixes.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    /// The `# HELP` text.
+    pub help: &'static str,
+}
+
+metrics_table! {
+    /// `vmasim_build_info{version,vma_cache,fault_lock}`: always 1.
+    BUILD_INFO: Gauge(Count) = "vmasim_build_info",
+        "Always 1; labels give the server version, VMA cache policy (typesafe|rcu) and fault locking mode (per-vma|mmap-lock).";
+    /// `vmasim_vma_lock_total{result}`: per-VMA lock events (kernel `VMA_LOCK_*`).
+    VMA_LOCK: Counter(Count) = "vmasim_vma_lock_total",
+        "Per-VMA lock events by result (kernel VMA_LOCK_SUCCESS, _ABORT, _RETRY, _MISS).";
+    /// Faults served under `mmap_lock` after a failed per-VMA attempt.
+    MMAP_LOCK_FALLBACKS: Counter(Count) = "vmasim_mmap_lock_fallbacks_total",
+        "Faults served under mmap_lock after a failed per-VMA lock attempt.";
+    /// `vmasim_faults_total{outcome,path}`.
+    FAULTS: Counter(Count) = "vmasim_faults_total",
+        "Page faults handled, by outcome and by the locking path that served them.";
+    /// `vmasim_vma_allocations_total{source=reused|fresh}`.
+    VMA_ALLOCATIONS: Counter(Count) = "vmasim_vma_allocations_total",
+        "VMA allocations from the VMA cache, by source: a reused (previously freed) slot or a fresh one.";
+    /// Reused slots handed out before a grace period had passed.
+    VMA_REUSE_BEFORE_GP: Counter(Count) = "vmasim_vma_reuse_before_grace_period_total",
+        "Reused VMA slots handed out before a grace period had passed since their free (SLAB_TYPESAFE_BY_RCU only).";
+    /// `vm_area_free` calls.
+    VMA_FREES: Counter(Count) = "vmasim_vma_frees_total",
+        "VMA frees (vm_area_free calls).";
+    /// Frees that went through `call_rcu`.
+    CALL_RCU: Counter(Count) = "vmasim_call_rcu_total",
+        "VMA frees that went through call_rcu (vma_cache=rcu).";
+    /// Frees that did not need `call_rcu`.
+    CALL_RCU_AVOIDED: Counter(Count) = "vmasim_call_rcu_avoided_total",
+        "VMA frees that needed no call_rcu (vma_cache=typesafe).";
+    /// Grace periods observed.
+    GRACE_PERIODS: Counter(Count) = "vmasim_grace_periods_total",
+        "RCU grace periods (epoch advances) observed.";
+    /// `vmasim_pool_slots{state=live|free|waiting}`.
+    POOL_SLOTS: Gauge(Count) = "vmasim_pool_slots",
+        "VMA cache slots by state: live (holding a VMA), free (on the free list), waiting (for a grace period).";
+    /// Slots in all allocated slabs.
+    POOL_CAPACITY_SLOTS: Gauge(Count) = "vmasim_pool_capacity_slots",
+        "VMA cache slots in all allocated slabs (live + free + waiting).";
+    /// Slabs allocated.
+    POOL_SLABS: Gauge(Count) = "vmasim_pool_slabs",
+        "VMA cache slabs allocated.";
+    /// `vmasim_vma_cache_sheaf_hits_total{op=alloc|free}`: VMA cache operations
+    /// served by the thread's own sheaves (kernel `ALLOC_PCS` / `FREE_PCS`
+    /// without a barn or slab trip).
+    SHEAF_HITS: Counter(Count) = "vmasim_vma_cache_sheaf_hits_total",
+        "VMA cache allocations and frees served by the calling thread's own sheaves, touching no shared cache line (kernel ALLOC_PCS/FREE_PCS without a barn or slab trip).";
+    /// `vmasim_vma_cache_barn_exchanges_total{op=get|put}`: sheaves exchanged
+    /// with the shared barn (`BARN_GET` / `BARN_PUT`).
+    BARN_EXCHANGES: Counter(Count) = "vmasim_vma_cache_barn_exchanges_total",
+        "Sheaves exchanged with the VMA cache's shared barn: op=get took a full sheaf for an empty one (BARN_GET), op=put gave a full one for an empty one (BARN_PUT).";
+    /// Sheaves refilled from the slabs (`SHEAF_REFILL`).
+    SLAB_REFILLS: Counter(Count) = "vmasim_vma_cache_slab_refills_total",
+        "Empty sheaves refilled from the slabs' free lists and new slab slots (SHEAF_REFILL).";
+    /// Sheaves flushed back to the slabs (`SHEAF_FLUSH`).
+    SHEAF_FLUSHES: Counter(Count) = "vmasim_vma_cache_sheaf_flushes_total",
+        "Sheaves flushed back to the slabs because the barn held enough full sheaves, or to drain free slots at the capacity (SHEAF_FLUSH).";
+    /// Live processes.
+    PROCESSES: Gauge(Count) = "vmasim_processes",
+        "Live simulated processes.";
+    /// VMAs in all live processes.
+    VMAS: Gauge(Count) = "vmasim_vmas",
+        "VMAs in all live processes.";
+    /// Resident memory of all live processes, bytes.
+    RSS_BYTES: Gauge(Bytes) = "vmasim_rss_bytes",
+        "Simulated resident memory of all live processes in bytes (4 KiB pages; a COW-shared page counts in each process; the zero page, mapped by read faults on anonymous memory, counts nowhere, as in the kernel). The server's own memory is process_resident_memory_bytes.";
+    /// Page-table memory of all live processes, bytes (`VmPTE` summed).
+    PGTABLES_BYTES: Gauge(Bytes) = "vmasim_pgtables_bytes",
+        "Page-table memory of all live processes in bytes (the kernel's VmPTE, summed): one 4 KiB table per 2 MiB region touched, plus upper levels. Real server memory, bounded by vmasim_pgtables_limit_bytes.";
+    /// The page-table memory limit (`--max-pgtables-bytes`), bytes.
+    PGTABLES_LIMIT_BYTES: Gauge(Bytes) = "vmasim_pgtables_limit_bytes",
+        "The page-table memory limit (--max-pgtables-bytes); a fault needing a table past it is answered RESOURCE_EXHAUSTED and counted as outcome=\"oom\".";
+    /// `vmasim_maps_reads_total{reader=per-vma|mmap-lock}`: Maps reads.
+    MAPS_READS: Counter(Count) = "vmasim_maps_reads_total",
+        "Maps (/proc/PID/maps) reads, by reader: per-vma (RCU walk and per-VMA read locks, lock_next_vma, Linux 6.17+) or mmap-lock (mmap_lock for the whole walk).";
+    /// `vmasim_maps_vma_lock_total{result}`: the steps of `lock_next_vma` in
+    /// per-VMA maps reads (labels: [`crate::mm::vmstat::MapsEvent::as_str`]).
+    MAPS_VMA_LOCK: Counter(Count) = "vmasim_maps_vma_lock_total",
+        "Steps of lock_next_vma in per-vma maps reads: locked (from the RCU walk), detached_retry, gap_recheck, mmap_lock_fallback (next VMA locked under a momentary mmap_lock), rest_under_mmap_lock, unstable_tree (vmasim only: a gap or end seen while a writer changed the tree, asked again under mmap_lock).";
+    /// `vmasim_reuse_detected_total{check}`.
+    REUSE_DETECTED: Counter(Count) = "vmasim_reuse_detected_total",
+        "Reuses of a VMA slot under a lockless reader caught in ordinary traffic, by the check that caught them.";
+    /// `vmasim_rpc_duration_seconds{method}` histogram.
+    RPC_DURATION: Histogram(Seconds) = "vmasim_rpc_duration_seconds",
+        "gRPC call duration in seconds, from request to end of response (whole stream for Session), by method.";
+    /// `vmasim_rpc_requests_total{method,code}`.
+    RPC_REQUESTS: Counter(Count) = "vmasim_rpc_requests_total",
+        "Finished gRPC calls by method and status code.";
+    /// `vmasim_fault_duration_seconds` histogram.
+    FAULT_DURATION: Histogram(Seconds) = "vmasim_fault_duration_seconds",
+        "Service time of one page fault in seconds (every Fault, every Session fault, 1 in 64 faults of a FaultBatch).";
+    /// Open gRPC connections.
+    CONNECTIONS: Gauge(Count) = "vmasim_connections",
+        "Open gRPC connections.";
+    /// Bytes of large replies built but not yet handed to HTTP/2.
+    REPLY_BUFFER_BYTES: Gauge(Bytes) = "vmasim_reply_buffer_bytes",
+        "Bytes of large replies built but not yet handed to HTTP/2 (what clients that do not read pin), all calls together.";
+    /// Its limit (`--max-reply-buffer-bytes`).
+    REPLY_BUFFER_LIMIT_BYTES: Gauge(Bytes) = "vmasim_reply_buffer_limit_bytes",
+        "The limit on vmasim_reply_buffer_bytes (--max-reply-buffer-bytes); past it calls with large replies are RESOURCE_EXHAUSTED.";
+    /// Calls holding a concurrency slot now (including work that outlived
+    /// its call).
+    CALLS_IN_FLIGHT: Gauge(Count) = "vmasim_calls_in_flight",
+        "Calls holding a concurrency slot, including engine work still running for a call that was abandoned (at most --concurrency-limit).";
+    /// `vmasim_connections_refused_total{reason=limit|handshake_timeout}`.
+    CONNECTIONS_REFUSED: Counter(Count) = "vmasim_connections_refused_total",
+        "Connections closed by the server: reason=limit (over --max-connections, closed on accept), reason=handshake_timeout (no HTTP/2 preface and SETTINGS frame within --handshake-timeout).";
+    /// `accept` failures (EMFILE at the fd limit, ENFILE, ENOMEM), each
+    /// followed by a pause.
+    ACCEPT_ERRORS: Counter(Count) = "vmasim_accept_errors_total",
+        "accept() failures (EMFILE at the open-file limit, ENFILE, ENOMEM); each is followed by a 100 ms pause instead of a retry at once.";
+    /// `vmasim_rpc_applied_after_abandon_total{method}`: calls whose engine
+    /// work completed after the client had gone (cancelled or past its
+    /// deadline), so their effect stands although nobody saw the answer.
+    RPC_APPLIED_AFTER_ABANDON: Counter(Count) = "vmasim_rpc_applied_after_abandon_total",
+        "Calls whose engine work completed although the client had already cancelled or passed its deadline: the effect stands, nobody saw the answer. Work that had not started when the call was abandoned is not done at all.";
+    /// `vmasim_rpc_undone_after_abandon_total{method}`: abandoned `Fork`s and
+    /// `Spawn`s whose new process was exited again, since nobody received its
+    /// pid.
+    RPC_UNDONE_AFTER_ABANDON: Counter(Count) = "vmasim_rpc_undone_after_abandon_total",
+        "Abandoned Fork and Spawn calls whose new process was exited again because nobody received its pid.";
+}
 
 /// RPC latency buckets, seconds: 50 µs (a unary call on loopback) up to the
 /// default 30 s request timeout.
@@ -558,177 +650,16 @@ fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
     )
 }
 
-/// `# HELP` text (with units) for every metric.
+/// `# HELP` text (with units) for every metric of [`METRICS`].
 fn describe(r: &PrometheusRecorder) {
-    let c = |name: &'static str, unit: Unit, help: &'static str| {
-        r.describe_counter(name.into(), Some(unit), help.into())
-    };
-    let g = |name: &'static str, unit: Unit, help: &'static str| {
-        r.describe_gauge(name.into(), Some(unit), help.into())
-    };
-    let h = |name: &'static str, unit: Unit, help: &'static str| {
-        r.describe_histogram(name.into(), Some(unit), help.into())
-    };
-    g(
-        BUILD_INFO,
-        Unit::Count,
-        "Always 1; labels give the server version, VMA cache policy (typesafe|rcu) and fault locking mode (per-vma|mmap-lock).",
-    );
-    c(
-        VMA_LOCK,
-        Unit::Count,
-        "Per-VMA lock events by result (kernel VMA_LOCK_SUCCESS, _ABORT, _RETRY, _MISS).",
-    );
-    c(
-        MMAP_LOCK_FALLBACKS,
-        Unit::Count,
-        "Faults served under mmap_lock after a failed per-VMA lock attempt.",
-    );
-    c(
-        FAULTS,
-        Unit::Count,
-        "Page faults handled, by outcome and by the locking path that served them.",
-    );
-    c(
-        VMA_ALLOCATIONS,
-        Unit::Count,
-        "VMA allocations from the VMA cache, by source: a reused (previously freed) slot or a fresh one.",
-    );
-    c(
-        VMA_REUSE_BEFORE_GP,
-        Unit::Count,
-        "Reused VMA slots handed out before a grace period had passed since their free (SLAB_TYPESAFE_BY_RCU only).",
-    );
-    c(VMA_FREES, Unit::Count, "VMA frees (vm_area_free calls).");
-    c(
-        MAPS_READS,
-        Unit::Count,
-        "Maps (/proc/PID/maps) reads, by reader: per-vma (RCU walk and per-VMA read locks, lock_next_vma, Linux 6.17+) or mmap-lock (mmap_lock for the whole walk).",
-    );
-    c(
-        MAPS_VMA_LOCK,
-        Unit::Count,
-        "Steps of lock_next_vma in per-vma maps reads: locked (from the RCU walk), detached_retry, gap_recheck, mmap_lock_fallback (next VMA locked under a momentary mmap_lock), rest_under_mmap_lock, unstable_tree (vmasim only: a gap or end seen while a writer changed the tree, asked again under mmap_lock).",
-    );
-    c(
-        SHEAF_HITS,
-        Unit::Count,
-        "VMA cache allocations and frees served by the calling thread's own sheaves, touching no shared cache line (kernel ALLOC_PCS/FREE_PCS without a barn or slab trip).",
-    );
-    c(
-        BARN_EXCHANGES,
-        Unit::Count,
-        "Sheaves exchanged with the VMA cache's shared barn: op=get took a full sheaf for an empty one (BARN_GET), op=put gave a full one for an empty one (BARN_PUT).",
-    );
-    c(
-        SLAB_REFILLS,
-        Unit::Count,
-        "Empty sheaves refilled from the slabs' free lists and new slab slots (SHEAF_REFILL).",
-    );
-    c(
-        SHEAF_FLUSHES,
-        Unit::Count,
-        "Sheaves flushed back to the slabs because the barn held enough full sheaves, or to drain free slots at the capacity (SHEAF_FLUSH).",
-    );
-    c(
-        CALL_RCU,
-        Unit::Count,
-        "VMA frees that went through call_rcu (vma_cache=rcu).",
-    );
-    c(
-        CALL_RCU_AVOIDED,
-        Unit::Count,
-        "VMA frees that needed no call_rcu (vma_cache=typesafe).",
-    );
-    c(
-        GRACE_PERIODS,
-        Unit::Count,
-        "RCU grace periods (epoch advances) observed.",
-    );
-    g(
-        POOL_SLOTS,
-        Unit::Count,
-        "VMA cache slots by state: live (holding a VMA), free (on the free list), waiting (for a grace period).",
-    );
-    g(
-        POOL_CAPACITY_SLOTS,
-        Unit::Count,
-        "VMA cache slots in all allocated slabs (live + free + waiting).",
-    );
-    g(POOL_SLABS, Unit::Count, "VMA cache slabs allocated.");
-    g(PROCESSES, Unit::Count, "Live simulated processes.");
-    g(VMAS, Unit::Count, "VMAs in all live processes.");
-    g(
-        RSS_BYTES,
-        Unit::Bytes,
-        "Simulated resident memory of all live processes in bytes (4 KiB pages; a COW-shared page counts in each process; the zero page, mapped by read faults on anonymous memory, counts nowhere, as in the kernel). The server's own memory is process_resident_memory_bytes.",
-    );
-    g(
-        PGTABLES_BYTES,
-        Unit::Bytes,
-        "Page-table memory of all live processes in bytes (the kernel's VmPTE, summed): one 4 KiB table per 2 MiB region touched, plus upper levels. Real server memory, bounded by vmasim_pgtables_limit_bytes.",
-    );
-    g(
-        PGTABLES_LIMIT_BYTES,
-        Unit::Bytes,
-        "The page-table memory limit (--max-pgtables-bytes); a fault needing a table past it is answered RESOURCE_EXHAUSTED and counted as outcome=\"oom\".",
-    );
-    c(
-        REUSE_DETECTED,
-        Unit::Count,
-        "Reuses of a VMA slot under a lockless reader caught in ordinary traffic, by the check that caught them.",
-    );
-    h(
-        RPC_DURATION,
-        Unit::Seconds,
-        "gRPC call duration in seconds, from request to end of response (whole stream for Session), by method.",
-    );
-    c(
-        RPC_REQUESTS,
-        Unit::Count,
-        "Finished gRPC calls by method and status code.",
-    );
-    h(
-        FAULT_DURATION,
-        Unit::Seconds,
-        "Service time of one page fault in seconds (every Fault, every Session fault, 1 in 64 faults of a FaultBatch).",
-    );
-    g(CONNECTIONS, Unit::Count, "Open gRPC connections.");
-    g(
-        REPLY_BUFFER_BYTES,
-        Unit::Bytes,
-        "Bytes of large replies built but not yet handed to HTTP/2 (what clients that do not read pin), all calls together.",
-    );
-    g(
-        REPLY_BUFFER_LIMIT_BYTES,
-        Unit::Bytes,
-        "The limit on vmasim_reply_buffer_bytes (--max-reply-buffer-bytes); past it calls with large replies are RESOURCE_EXHAUSTED.",
-    );
-    g(
-        CALLS_IN_FLIGHT,
-        Unit::Count,
-        "Calls holding a concurrency slot, including engine work still running for a call that was abandoned (at most --concurrency-limit).",
-    );
-    c(
-        CONNECTIONS_REFUSED,
-        Unit::Count,
-        "Connections closed by the server: reason=limit (over --max-connections, closed on accept), reason=handshake_timeout (no HTTP/2 preface and SETTINGS frame within --handshake-timeout).",
-    );
-    c(
-        ACCEPT_ERRORS,
-        Unit::Count,
-        "accept() failures (EMFILE at the open-file limit, ENFILE, ENOMEM); each is followed by a 100 ms pause instead of a retry at once.",
-    );
-    c(
-        RPC_APPLIED_AFTER_ABANDON,
-        Unit::Count,
-        "Calls whose engine work completed although the client had already cancelled or passed its deadline: the effect stands, nobody saw the answer. Work that had not started when the call was abandoned is not done at all.",
-    );
-    c(
-        RPC_UNDONE_AFTER_ABANDON,
-        Unit::Count,
-        "Abandoned Fork and Spawn calls whose new process was exited again because nobody received its pid.",
-    );
+    for m in METRICS {
+        let (name, unit, help) = (m.name.into(), Some(m.unit), m.help.into());
+        match m.kind {
+            Kind::Counter => r.describe_counter(name, unit, help),
+            Kind::Gauge => r.describe_gauge(name, unit, help),
+            Kind::Histogram => r.describe_histogram(name, unit, help),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -738,32 +669,26 @@ mod tests {
     #[test]
     fn idle_server_exports_every_metric() {
         let t = Telemetry::new(&SimConfig::default());
+        // What a serving server has attached (the reply-buffer and
+        // in-flight gauges).
+        t.attach_server_state(ServerState {
+            replies: std::sync::Arc::new(crate::server::call::ReplyBudget::new(1 << 20)),
+            slots: (std::sync::Arc::new(tokio::sync::Semaphore::new(4)), 4),
+        });
         let text = t.render(&SimStats::default());
-        for name in [
-            BUILD_INFO,
-            VMA_LOCK,
-            MMAP_LOCK_FALLBACKS,
-            FAULTS,
-            VMA_ALLOCATIONS,
-            VMA_REUSE_BEFORE_GP,
-            VMA_FREES,
-            CALL_RCU,
-            CALL_RCU_AVOIDED,
-            GRACE_PERIODS,
-            POOL_SLOTS,
-            POOL_CAPACITY_SLOTS,
-            POOL_SLABS,
-            PROCESSES,
-            VMAS,
-            RSS_BYTES,
-            PGTABLES_BYTES,
-            PGTABLES_LIMIT_BYTES,
-            REUSE_DETECTED,
-            RPC_REQUESTS,
-        ] {
-            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+        for &Metric { name, kind, .. } in METRICS {
             assert!(
-                text.contains(&format!("\n{name}{{")) || text.contains(&format!("\n{name} ")),
+                text.contains(&format!("# TYPE {name} {}", kind.as_str())),
+                "{name}:\n{text}"
+            );
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+            // A histogram's samples are its `_bucket`, `_sum`, `_count`.
+            let series = match kind {
+                Kind::Histogram => format!("{name}_bucket"),
+                _ => name.to_string(),
+            };
+            assert!(
+                text.contains(&format!("\n{series}{{")) || text.contains(&format!("\n{series} ")),
                 "{name}:\n{text}"
             );
         }

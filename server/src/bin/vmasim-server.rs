@@ -141,6 +141,11 @@ mod imp {
         /// Allow a non-loopback --listen without a token, and a non-loopback --metrics-listen at all (/metrics has no authentication).
         #[arg(long, env = "VMASIM_INSECURE")]
         insecure: bool,
+
+        /// Print every exported metric as `NAME TYPE`, one a line, and exit
+        /// (the deploy check reads the metric table from here).
+        #[arg(long, hide = true)]
+        print_metrics: bool,
     }
 
     #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -347,6 +352,12 @@ mod imp {
             Ok(a) => a,
             Err(e) => e.exit(),
         };
+        if args.print_metrics {
+            for m in vmasim_server::telemetry::METRICS {
+                println!("{} {}", m.name, m.kind.as_str());
+            }
+            return ExitCode::SUCCESS;
+        }
         init_logging(args.log_format);
         if matches.value_source("auth_token") == Some(clap::parser::ValueSource::CommandLine) {
             tracing::warn!(
