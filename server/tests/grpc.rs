@@ -20,7 +20,7 @@ const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
 const PAGE: u64 = 4096;
 use vmasim_server::mm::TASK_SIZE;
 
-use common::{TestServer, http_get, metric};
+use common::{TestServer, http_get, metric, mmap_anon, spawn};
 
 /// `promtool check metrics` must accept the exposition (skipped, loudly,
 /// where Debian's `prometheus` package is not installed).
@@ -63,28 +63,6 @@ fn small_cfg() -> ServerConfig {
         },
         ..ServerConfig::default()
     }
-}
-
-async fn spawn(c: &mut AddressSpaceClient<Channel>) -> u32 {
-    c.spawn(pb::SpawnRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pid
-}
-
-async fn mmap_anon(c: &mut AddressSpaceClient<Channel>, pid: u32, len: u64) -> u64 {
-    c.mmap(pb::MmapRequest {
-        pid,
-        length: len,
-        prot: RW,
-        flags: PRIVATE_ANON,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .addr
 }
 
 async fn maps(c: &mut AddressSpaceClient<Channel>, pid: u32) -> pb::MapsResponse {

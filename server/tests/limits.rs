@@ -171,16 +171,6 @@ async fn page_tables_are_bounded_counted_and_freed() {
     srv.shutdown().await;
 }
 
-/// A maps text of `n` separate anonymous VMAs.
-fn many_vmas(n: u64) -> String {
-    (0..n)
-        .map(|i| {
-            let a = 0x1000_0000 + i * 2 * PAGE;
-            format!("{a:x}-{:x} rw-p 00000000 00:00 0 \n", a + PAGE)
-        })
-        .collect()
-}
-
 fn opt_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let found = text.lines().any(|l| {
         !l.starts_with('#')

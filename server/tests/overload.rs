@@ -53,7 +53,7 @@ const RW: u32 = 0x1 | 0x2;
 const PRIVATE_ANON: u32 = 0x02 | 0x20;
 const MAP_FIXED: u32 = 0x10;
 
-use common::TestServer;
+use common::{TestServer, many_vmas, mmap_anon, rss_mib, spawn};
 
 fn overload_cfg() -> ServerConfig {
     ServerConfig {
@@ -65,17 +65,6 @@ fn overload_cfg() -> ServerConfig {
         concurrency_limit: LIMIT,
         ..ServerConfig::default()
     }
-}
-
-/// Resident set size of this process, from /proc/self/status.
-fn rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kb / 1024
 }
 
 fn check_rss(when: &str) {
@@ -120,28 +109,6 @@ async fn stop_poller(p: (watch::Sender<bool>, JoinHandle<u64>)) -> u64 {
     let n = tokio::time::timeout(HANG, p.1).await.unwrap().unwrap();
     assert!(n > 0);
     n
-}
-
-async fn spawn(c: &mut AddressSpaceClient<Channel>) -> u32 {
-    c.spawn(pb::SpawnRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pid
-}
-
-async fn mmap_anon(c: &mut AddressSpaceClient<Channel>, pid: u32, len: u64) -> u64 {
-    c.mmap(pb::MmapRequest {
-        pid,
-        length: len,
-        prot: RW,
-        flags: PRIVATE_ANON,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .addr
 }
 
 /// Bytes mapped in `pid`.
@@ -611,16 +578,6 @@ async fn stalled_session_is_bounded_and_freed_on_drop() {
         assert_eq!(r.code, 0, "{r:?}");
     }
     srv.shutdown().await;
-}
-
-/// A maps text of `n` separate anonymous VMAs.
-fn many_vmas(n: u64) -> String {
-    (0..n)
-        .map(|i| {
-            let a = 0x1000_0000 + i * 2 * PAGE;
-            format!("{a:x}-{:x} rw-p 00000000 00:00 0 \n", a + PAGE)
-        })
-        .collect()
 }
 
 /// The limits of [`every_case_at_once_stays_under_the_memory_bound`], as

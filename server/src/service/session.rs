@@ -157,15 +157,7 @@ pub(super) fn session(
                     // work runs (and only then), no deadline.
                     let (reply, charge) = match this.slot() {
                         Ok(slot) => CallCtx::new(slot, None).scope(this.session_op(req)).await,
-                        Err(status) => (
-                            pb::SessionReply {
-                                id: req.id,
-                                code: status.code() as i32,
-                                message: status.message().to_string(),
-                                result: None,
-                            },
-                            None,
-                        ),
+                        Err(status) => (failed(req.id, &status), None),
                     };
                     if tx.is_closed() {
                         // Nobody will read this reply: undo what would
@@ -214,6 +206,17 @@ pub(super) fn session(
     resp
 }
 
+/// The reply to request `id` that failed with `status`: the status a
+/// unary call would have ended with, in the reply's `code` and `message`.
+fn failed(id: u64, status: &Status) -> pb::SessionReply {
+    pb::SessionReply {
+        id,
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        result: None,
+    }
+}
+
 /// The method name of a `Session` operation (for the abandoned-call
 /// counters).
 fn session_op_name(req: &pb::SessionRequest) -> &'static str {
@@ -256,15 +259,7 @@ impl Ops {
                 },
                 charge,
             ),
-            Err(s) => (
-                pb::SessionReply {
-                    id: req.id,
-                    code: s.code() as i32,
-                    message: s.message().to_string(),
-                    result: None,
-                },
-                None,
-            ),
+            Err(s) => (failed(req.id, &s), None),
         }
     }
 

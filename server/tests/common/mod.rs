@@ -147,12 +147,32 @@ pub fn rss_bytes() -> u64 {
 
 pub const MIB: u64 = 1 << 20;
 
+/// [`rss_bytes`] in MiB.
+pub fn rss_mib() -> u64 {
+    rss_bytes() / MIB
+}
+
+/// A maps text of `n` separate anonymous VMAs.
+pub fn many_vmas(n: u64) -> String {
+    (0..n)
+        .map(|i| {
+            let a = 0x1000_0000 + i * 2 * PAGE;
+            format!("{a:x}-{:x} rw-p 00000000 00:00 0 \n", a + PAGE)
+        })
+        .collect()
+}
+
 pub async fn spawn(c: &mut AddressSpaceClient<Channel>) -> u32 {
     c.spawn(pb::SpawnRequest::default())
         .await
         .unwrap()
         .into_inner()
         .pid
+}
+
+/// A private anonymous read-write mapping of `len` bytes anywhere.
+pub async fn mmap_anon(c: &mut AddressSpaceClient<Channel>, pid: u32, len: u64) -> u64 {
+    mmap(c, pid, len, RW, PRIVATE_ANON).await
 }
 
 pub async fn mmap(
