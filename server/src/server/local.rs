@@ -1,6 +1,7 @@
 //! [`spawn_local`]: a whole server on 127.0.0.1:0 in this process, for
-//! `vmasim demo` and `bench` without `--server`, the integration tests of
-//! both crates and the fuzz targets.
+//! `vmasim demo` and `bench` without `--server` and the integration tests
+//! of both crates. (The dispatch fuzzer drives `AddressSpaceService` without
+//! a network in between: thousands of cases a second.)
 //!
 //! One helper instead of one per caller: binding port 0 and learning the
 //! port before serving, the shutdown channel, and waiting for the drain

@@ -5,11 +5,11 @@
 //! This is the public API the `vmasim-server` binary, the client's `vmasim
 //! demo` and the integration tests use: build a [`ServerConfig`], make a
 //! [`Server`], hand [`Server::serve`] bound listeners and a shutdown future
-//! ([`spawn_local`] does that on 127.0.0.1:0 for the demo, the tests and
-//! the fuzz targets). Taking listeners rather than addresses lets callers
-//! bind port 0 and learn the port before serving (tests), and keeps
-//! binding errors in the caller's hands (the binary reports them with the
-//! flag that caused them).
+//! ([`spawn_local`] does that on 127.0.0.1:0 for the demo and the tests).
+//! Taking listeners rather than addresses lets callers bind port 0 and
+//! learn the port before serving, and keeps binding errors in the
+//! caller's hands (the binary reports them with the flag that caused
+//! them).
 //!
 //! The stack, outermost first:
 //!
