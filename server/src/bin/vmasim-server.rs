@@ -58,15 +58,15 @@ mod imp {
         maps_reader: LockMode,
 
         /// Maximum live processes; more gets RESOURCE_EXHAUSTED.
-        #[arg(long, env = "VMASIM_MAX_PROCESSES", default_value_t = 4096)]
+        #[arg(long, env = "VMASIM_MAX_PROCESSES", default_value_t = SimConfig::default().max_processes)]
         max_processes: usize,
 
         /// vm.max_map_count: maximum VMAs per process.
-        #[arg(long, env = "VMASIM_MAX_MAP_COUNT", default_value_t = 65530)]
+        #[arg(long, env = "VMASIM_MAX_MAP_COUNT", default_value_t = SimConfig::default().max_map_count)]
         max_map_count: usize,
 
         /// VMA cache capacity in slots (one slot per VMA, shared by all processes).
-        #[arg(long, env = "VMASIM_POOL_CAPACITY", default_value_t = 1 << 20)]
+        #[arg(long, env = "VMASIM_POOL_CAPACITY", default_value_t = SimConfig::default().pool_capacity)]
         pool_capacity: u32,
 
         /// Page-table memory of all processes together (e.g. 256MiB, 1GiB, bytes if no unit). A fault needing a table past it gets RESOURCE_EXHAUSTED (VM_FAULT_OOM), a fork too; munmap and exit give tables back.
@@ -74,11 +74,11 @@ mod imp {
         max_pgtables_bytes: u64,
 
         /// Maximum addresses in one FaultBatch; more gets INVALID_ARGUMENT.
-        #[arg(long, env = "VMASIM_MAX_BATCH", default_value_t = 65536)]
+        #[arg(long, env = "VMASIM_MAX_BATCH", default_value_t = ServerConfig::default().max_batch)]
         max_batch: usize,
 
         /// Maximum calls in flight: a unary call holds a slot while it runs, a Session operation while its work runs (an idle Session holds none); more get RESOURCE_EXHAUSTED at once.
-        #[arg(long, env = "VMASIM_CONCURRENCY_LIMIT", default_value_t = 1024)]
+        #[arg(long, env = "VMASIM_CONCURRENCY_LIMIT", default_value_t = ServerConfig::default().concurrency_limit)]
         concurrency_limit: usize,
 
         /// Server-side limit on the time to answer one call, e.g. 30s or 500ms.
@@ -94,15 +94,15 @@ mod imp {
         max_reply_buffer_bytes: u64,
 
         /// Open gRPC connections; more are closed on accept. Each takes a file descriptor: at start the soft RLIMIT_NOFILE is raised to the hard one, and a warning says so if it is still below this plus a reserve.
-        #[arg(long, env = "VMASIM_MAX_CONNECTIONS", default_value_t = 512)]
+        #[arg(long, env = "VMASIM_MAX_CONNECTIONS", default_value_t = ServerConfig::default().max_connections)]
         max_connections: usize,
 
         /// Concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
-        #[arg(long, env = "VMASIM_MAX_STREAMS_PER_CONNECTION", default_value_t = 64)]
+        #[arg(long, env = "VMASIM_MAX_STREAMS_PER_CONNECTION", default_value_t = ServerConfig::default().max_streams_per_connection)]
         max_streams_per_connection: u32,
 
         /// Health Watch streams open at once, all connections together; more get RESOURCE_EXHAUSTED.
-        #[arg(long, env = "VMASIM_MAX_WATCH_STREAMS", default_value_t = 64)]
+        #[arg(long, env = "VMASIM_MAX_WATCH_STREAMS", default_value_t = ServerConfig::default().max_watch_streams)]
         max_watch_streams: usize,
 
         /// Time a new connection has to send the HTTP/2 preface (the magic and its SETTINGS frame); a connection that has not is closed.

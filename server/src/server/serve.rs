@@ -129,13 +129,7 @@ fn router(
     let service = AddressSpaceService::new(
         sim.clone(),
         telemetry.clone(),
-        Limits {
-            max_batch: cfg.max_batch,
-            max_maps_text: cfg.max_message_bytes,
-            stream_buffer: cfg.stream_buffer,
-            max_reply_bytes: cfg.max_reply_bytes,
-            request_timeout: cfg.request_timeout,
-        },
+        Limits::from(cfg),
         shared.stop.clone(),
     )
     .with_reply_budget(shared.replies.clone())

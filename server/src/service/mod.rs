@@ -49,15 +49,24 @@ pub struct Limits {
     pub request_timeout: std::time::Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
+impl From<&crate::server::ServerConfig> for Limits {
+    /// The service's share of a server's configuration.
+    fn from(cfg: &crate::server::ServerConfig) -> Self {
         Self {
-            max_batch: 65536,
-            max_maps_text: 4 << 20,
-            stream_buffer: 64,
-            max_reply_bytes: 16 << 20,
-            request_timeout: std::time::Duration::from_secs(30),
+            max_batch: cfg.max_batch,
+            max_maps_text: cfg.max_message_bytes,
+            stream_buffer: cfg.stream_buffer,
+            max_reply_bytes: cfg.max_reply_bytes,
+            request_timeout: cfg.request_timeout,
         }
+    }
+}
+
+impl Default for Limits {
+    /// Those of [`ServerConfig::default`](crate::server::ServerConfig),
+    /// where the defaults are written.
+    fn default() -> Self {
+        Self::from(&crate::server::ServerConfig::default())
     }
 }
 
