@@ -198,8 +198,7 @@ async fn run_slow_reader(o: &DemoOptions, cache: Cache) -> Result<SlowReaderRun,
 /// Bytes of one slab of VMA slots.
 #[cfg(feature = "embedded")]
 fn slab_bytes() -> u64 {
-    u64::from(vmasim_server::mm::slab::SLAB_SIZE)
-        * std::mem::size_of::<vmasim_server::mm::mm_types::Vma>() as u64
+    u64::from(vmasim_server::mm::SLAB_SIZE) * std::mem::size_of::<vmasim_server::mm::Vma>() as u64
 }
 
 /// The slow-reader phase, side by side.

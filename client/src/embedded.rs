@@ -10,9 +10,8 @@
 #[cfg(feature = "embedded")]
 use crate::error::CliError;
 #[cfg(feature = "embedded")]
-use vmasim_server::mm::fault::FaultLockMode;
+use vmasim_server::mm::{CachePolicy, FaultLockMode};
 #[cfg(feature = "embedded")]
-use vmasim_server::mm::slab::CachePolicy;
 #[cfg(feature = "embedded")]
 use vmasim_server::server::{LocalServer, ServerConfig, spawn_local};
 
@@ -100,7 +99,7 @@ impl SlowReader {
         let (held_tx, held_rx) = std::sync::mpsc::channel();
         let (release, release_rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let guard = vmasim_server::mm::rcu::rcu_read_lock();
+            let guard = vmasim_server::mm::rcu_read_lock();
             let _ = held_tx.send(());
             // Returns when the sender is dropped as well as on a message.
             let _ = release_rx.recv();

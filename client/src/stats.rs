@@ -331,7 +331,7 @@ mod tests {
         let s = StatsResponse {
             reuse_detected: [("vm_mm".to_string(), 1)].into(),
             maps_reads: [("per-vma".to_string(), 1), ("mmap-lock".to_string(), 0)].into(),
-            maps_vma_lock: vmasim_server::mm::vmstat::MapsEvent::STEPS
+            maps_vma_lock: vmasim_server::mm::MapsEvent::STEPS
                 .iter()
                 .map(|e| (e.as_str().to_string(), 1))
                 .collect(),

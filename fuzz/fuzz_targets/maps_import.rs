@@ -3,7 +3,7 @@
 //! and never panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vmasim_server::mm::sim::{SimConfig, Simulator};
+use vmasim_server::mm::{SimConfig, Simulator};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tonic::{Code, Request};
 use vmasim_proto::v1 as pb;
 use vmasim_proto::v1::address_space_server::AddressSpace;
-use vmasim_server::mm::sim::{SimConfig, Simulator};
+use vmasim_server::mm::{SimConfig, Simulator};
 use vmasim_server::service::{AddressSpaceService, Limits};
 use vmasim_server::telemetry::Telemetry;
 

@@ -30,10 +30,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use vmasim_server::mm::fault::{Access, FaultLockMode, do_user_addr_fault};
-use vmasim_server::mm::mm_struct::MmStruct;
-use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
-use vmasim_server::mm::sim::{SimConfig, Simulator};
+use vmasim_server::mm::{
+    Access, FaultLockMode, MmapArgs, SimConfig, Simulator, Task, map::*, prot::*,
+};
 
 const PAGES: u64 = 256;
 
@@ -65,10 +64,10 @@ fn bench_single(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for mode in [FaultLockMode::PerVma, FaultLockMode::MmapLock] {
         let (sim, pid, addr) = setup(mode);
-        let mm = sim.mm(pid).unwrap();
+        let task = sim.task(pid).unwrap();
         let mut probe = Probe::default();
         g.bench_function(mode.as_str(), |b| {
-            timed_faults(b, &mm, addr, None, &mut probe)
+            timed_faults(b, &task, addr, None, &mut probe)
         });
         probe.report(&format!("fault_single/{}", mode.as_str()));
     }
@@ -79,7 +78,7 @@ fn bench_single(c: &mut Criterion) {
 /// after the other, each batch bracketed by the [`Probe`] readings.
 fn timed_faults(
     b: &mut criterion::Bencher<'_>,
-    mm: &MmStruct,
+    task: &Task,
     addr: u64,
     writer: Option<(&AtomicU64, &str)>,
     probe: &mut Probe,
@@ -92,7 +91,7 @@ fn timed_faults(
         let t = Instant::now();
         for _ in 0..iters {
             i = (i + 1) % PAGES;
-            black_box(do_user_addr_fault(mm, addr + i * 4096, Access::Read));
+            black_box(task.fault(addr + i * 4096, Access::Read));
         }
         let el = t.elapsed();
         let (fr1, fw1) = schedstat(SELF_SCHEDSTAT);
@@ -274,11 +273,11 @@ fn bench_writer(c: &mut Criterion) {
                 })
             };
             let writer_stat = rx.recv().unwrap();
-            let mm = sim.mm(pid).unwrap();
+            let task = sim.task(pid).unwrap();
             let mut probe = Probe::default();
             let id = BenchmarkId::new(mode.as_str(), where_.as_str());
             g.bench_function(id, |b| {
-                timed_faults(b, &mm, addr, Some((&rounds, &writer_stat)), &mut probe)
+                timed_faults(b, &task, addr, Some((&rounds, &writer_stat)), &mut probe)
             });
             stop.store(true, Ordering::Relaxed);
             writer.join().unwrap();

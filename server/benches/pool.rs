@@ -9,8 +9,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use vmasim_server::mm::mm_types::Vma;
-use vmasim_server::mm::slab::{CachePolicy, VmaCache};
+use vmasim_server::mm::{CachePolicy, Vma, VmaCache};
 
 const CAPACITY: u32 = 1 << 22;
 

@@ -17,9 +17,7 @@
 //! fault count, is the instructions per fault, set-up excluded.
 
 use std::hint::black_box;
-use vmasim_server::mm::fault::{Access, do_user_addr_fault};
-use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
-use vmasim_server::mm::sim::{SimConfig, Simulator};
+use vmasim_server::mm::{Access, MmapArgs, SimConfig, Simulator, map::*, prot::*};
 
 const PAGES: u64 = 256;
 
@@ -49,13 +47,9 @@ fn main() {
         sim.fault(pid, addr + p * 4096, Access::Write)
             .expect("populate");
     }
-    let mm = sim.mm(pid).expect("mm");
+    let task = sim.task(pid).expect("task");
     for i in 0..faults {
-        black_box(do_user_addr_fault(
-            &mm,
-            addr + (i % PAGES) * 4096,
-            Access::Read,
-        ));
+        black_box(task.fault(addr + (i % PAGES) * 4096, Access::Read));
     }
     println!("{faults} faults");
 }

@@ -5,6 +5,8 @@
 //! # Layout
 //!
 //! * [`mm`]: the engine. No gRPC in it; named after the kernel's `mm/`.
+//! * [`race_lab`]: the review's races replayed deterministically on a
+//!   private engine, fixed and buggy, with a timeline and a verdict.
 //! * [`service`]: `vmasim.v1.AddressSpace` on the engine: validation,
 //!   translation, error mapping.
 //! * [`telemetry`]: Prometheus metric names, descriptions and the
@@ -14,6 +16,8 @@
 //!   layer, health, reflection, limits, auth, TLS, `/metrics` and
 //!   graceful shutdown.
 pub mod mm;
+#[cfg(not(vmasim_loom))]
+pub mod race_lab;
 #[cfg(not(vmasim_loom))]
 pub mod server;
 #[cfg(not(vmasim_loom))]

@@ -35,10 +35,9 @@
 //! `deploy/` (Grafana dashboard, recording rules); change them only
 //! together.
 
-use crate::mm::fault::{FaultOutcome, FaultPath, ReuseCheck};
-use crate::mm::sim::{SimConfig, SimStats};
-use crate::mm::vmstat::MapsEvent;
-use crate::mm::{PAGE_SIZE, vmstat::VmaLockEvent};
+use crate::mm::{
+    FaultOutcome, FaultPath, MapsEvent, PAGE_SIZE, ReuseCheck, SimConfig, SimStats, VmaLockEvent,
+};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -172,7 +171,7 @@ metrics_table! {
     MAPS_READS: Counter(Count) = "vmasim_maps_reads_total",
         "Maps (/proc/PID/maps) reads, by reader: per-vma (RCU walk and per-VMA read locks, lock_next_vma, Linux 6.17+) or mmap-lock (mmap_lock for the whole walk).";
     /// `vmasim_maps_vma_lock_total{result}`: the steps of `lock_next_vma` in
-    /// per-VMA maps reads (labels: [`crate::mm::vmstat::MapsEvent::as_str`]).
+    /// per-VMA maps reads (labels: [`crate::mm::MapsEvent::as_str`]).
     MAPS_VMA_LOCK: Counter(Count) = "vmasim_maps_vma_lock_total",
         "Steps of lock_next_vma in per-vma maps reads: locked (from the RCU walk), detached_retry, gap_recheck, mmap_lock_fallback (next VMA locked under a momentary mmap_lock), rest_under_mmap_lock, unstable_tree (vmasim only: a gap or end seen while a writer changed the tree, asked again under mmap_lock).";
     /// `vmasim_reuse_detected_total{check}`.

@@ -31,11 +31,10 @@ use tonic::Code;
 use tonic::transport::Channel;
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb, session_request::Op};
-use vmasim_server::mm::sim::{SimConfig, Simulator};
+use vmasim_server::mm::{SimConfig, Simulator, TASK_SIZE};
 use vmasim_server::server::{LocalServer, ServerConfig, spawn_local};
 
 const PAGE: u64 = 4096;
-use vmasim_server::mm::TASK_SIZE;
 /// `FaultBatch` limit of the servers under test: small, so that random
 /// batches cross it often without megabyte messages.
 const MAX_BATCH: usize = 512;
@@ -949,7 +948,7 @@ fn process_call() -> impl Strategy<Value = Call> {
 }
 
 fn race_call() -> impl Strategy<Value = Call> {
-    let names: Vec<String> = vmasim_server::mm::race_lab::scenarios()
+    let names: Vec<String> = vmasim_server::race_lab::scenarios()
         .into_iter()
         .map(|s| s.name.to_string())
         .collect();

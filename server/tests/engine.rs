@@ -3,11 +3,10 @@
 //! mprotect's all-or-nothing rule, brk, fork/COW, exit, max_map_count,
 //! pool exhaustion, and the maps format.
 
-use vmasim_server::mm::fault::{Access, FaultOutcome, FaultPath, follow_pte};
-use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
-use vmasim_server::mm::sim::{SimConfig, Simulator};
-use vmasim_server::mm::slab::CachePolicy;
-use vmasim_server::mm::{MMAP_BASE, MmError, TASK_SIZE};
+use vmasim_server::mm::{
+    Access, CachePolicy, FaultOutcome, FaultPath, MMAP_BASE, MmError, MmapArgs, SimConfig,
+    Simulator, TASK_SIZE, map::*, prot::*,
+};
 
 const P: u64 = 4096;
 
@@ -252,9 +251,9 @@ fn fork_shares_pages_copy_on_write() {
     s.fault(pid, a, Access::Write).unwrap();
     let child = s.fork(pid).unwrap();
     assert_eq!(s.maps(child).unwrap().text, s.maps(pid).unwrap().text);
-    let pf = follow_pte(&s.mm(pid).unwrap(), a).unwrap() >> 12;
+    let pf = s.task(pid).unwrap().follow_pte(a).unwrap() >> 12;
     assert_eq!(
-        follow_pte(&s.mm(child).unwrap(), a).unwrap() >> 12,
+        s.task(child).unwrap().follow_pte(a).unwrap() >> 12,
         pf,
         "shared frame"
     );
@@ -267,12 +266,12 @@ fn fork_shares_pages_copy_on_write() {
         FaultOutcome::CowBreak
     );
     assert_ne!(
-        follow_pte(&s.mm(child).unwrap(), a).unwrap() >> 12,
+        s.task(child).unwrap().follow_pte(a).unwrap() >> 12,
         pf,
         "child got a copy"
     );
     assert_eq!(
-        follow_pte(&s.mm(pid).unwrap(), a).unwrap() >> 12,
+        s.task(pid).unwrap().follow_pte(a).unwrap() >> 12,
         pf,
         "parent kept its page"
     );
@@ -556,7 +555,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
 
 #[test]
 fn smaps_text_imports_the_hidden_flags() {
-    use vmasim_server::mm::mm_types::vm_flags::*;
+    use vmasim_server::mm::vm_flags::*;
     // /proc/PID/smaps of a program after ld.so's RELRO mprotect: the r--p
     // RELRO part still has VM_ACCOUNT ("ac", mprotect_fixup keeps it),
     // the stack VM_GROWSDOWN ("gd"). Other fields are skipped.
@@ -622,7 +621,7 @@ fn rcu_policy_defers_frees_and_typesafe_reuses_at_once() {
 
 #[test]
 fn mremap_shrinks_grows_in_place_and_moves_with_its_pages() {
-    use vmasim_server::mm::mremap::{MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE};
+    use vmasim_server::mm::{MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE};
     let s = sim();
     let pid = s.spawn().unwrap();
     let a = 0x1000_0000;
@@ -660,7 +659,7 @@ fn mremap_shrinks_grows_in_place_and_moves_with_its_pages() {
         ]
     );
     assert!(
-        follow_pte(&s.mm(pid).unwrap(), b).is_some(),
+        s.task(pid).unwrap().follow_pte(b).is_some(),
         "the page moved"
     );
     assert_eq!(s.maps(pid).unwrap().rss_pages, 1);
@@ -676,8 +675,8 @@ fn mremap_shrinks_grows_in_place_and_moves_with_its_pages() {
         .unwrap();
     assert_ne!(d, b);
     assert!(layout(&s, pid).iter().any(|l| l.0 == b));
-    assert!(follow_pte(&s.mm(pid).unwrap(), b).is_none());
-    assert!(follow_pte(&s.mm(pid).unwrap(), d).is_some());
+    assert!(s.task(pid).unwrap().follow_pte(b).is_none());
+    assert!(s.task(pid).unwrap().follow_pte(d).is_some());
     // Not inside one VMA: EFAULT.
     assert!(matches!(
         s.mremap(pid, 0x5000_0000, P, 2 * P, MREMAP_MAYMOVE, 0),
@@ -691,7 +690,7 @@ fn mremap_shrinks_grows_in_place_and_moves_with_its_pages() {
 
 #[test]
 fn madvise_dontneed_zaps_and_fork_flags_split_and_merge() {
-    use vmasim_server::mm::madvise::{MADV_DOFORK, MADV_DONTFORK, MADV_DONTNEED, MADV_WIPEONFORK};
+    use vmasim_server::mm::{MADV_DOFORK, MADV_DONTFORK, MADV_DONTNEED, MADV_WIPEONFORK};
     let s = sim();
     let pid = s.spawn().unwrap();
     let a = 0x1000_0000;

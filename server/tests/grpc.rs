@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb, session_reply, session_request};
-use vmasim_server::mm::sim::SimConfig;
+use vmasim_server::mm::{SimConfig, TASK_SIZE};
 use vmasim_server::server::{SERVICE_NAME, ServerConfig};
 
 const RW: u32 = 0x1 | 0x2;
@@ -18,7 +18,6 @@ const PRIVATE_ANON: u32 = 0x02 | 0x20;
 const MAP_FIXED: u32 = 0x10;
 const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
 const PAGE: u64 = 4096;
-use vmasim_server::mm::TASK_SIZE;
 
 use common::{TestServer, http_get, metric, mmap_anon, spawn};
 
@@ -954,11 +953,11 @@ async fn shutdown_finishes_in_flight_calls_and_flips_health() {
 
     // Hold the process's mmap_lock for write on a plain thread, so an Mmap
     // call is provably in flight (blocked in the engine) during shutdown.
-    let mm = srv.sim.mm(pid).unwrap();
+    let task = srv.sim.task(pid).unwrap();
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let holder = std::thread::spawn(move || {
-        let _w = mm.mmap_write_lock();
+        let _w = task.mmap_write_lock();
         locked_tx.send(()).unwrap();
         release_rx.recv().unwrap();
     });
@@ -1350,7 +1349,7 @@ async fn metrics_exist_at_start_and_servers_are_independent() {
     let a = TestServer::start(small_cfg()).await;
     let b = TestServer::start(ServerConfig {
         sim: SimConfig {
-            vma_cache: vmasim_server::mm::slab::CachePolicy::Rcu,
+            vma_cache: vmasim_server::mm::CachePolicy::Rcu,
             ..SimConfig::default()
         },
         ..ServerConfig::default()

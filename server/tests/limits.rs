@@ -12,8 +12,7 @@ use prost::Message;
 use std::time::{Duration, Instant};
 use tonic::Code;
 use vmasim_proto::v1 as pb;
-use vmasim_server::mm::pgtable::TABLE_BYTES;
-use vmasim_server::mm::sim::SimConfig;
+use vmasim_server::mm::{SimConfig, TABLE_BYTES};
 use vmasim_server::server::ServerConfig;
 
 /// Item 1: the attack (map 64 TiB, read-fault one page every

@@ -23,11 +23,10 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
-use vmasim_server::mm::proc_maps::render;
-use vmasim_server::mm::sim::{SimConfig, Simulator};
-use vmasim_server::mm::task_mmu::{MapsReader, check_maps_guarantees};
-use vmasim_server::mm::vmstat::MapsEvent;
+use vmasim_server::mm::{
+    MapsEvent, MapsReader, MmapArgs, SimConfig, Simulator, check_maps_guarantees, map::*, prot::*,
+    render,
+};
 
 const P: u64 = 4096;
 const STABLE: u64 = 0x1000_0000;

@@ -2,9 +2,9 @@
 //! case was also checked against the running kernel with
 //! `vmasim kernel-diff --script`).
 
-use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
-use vmasim_server::mm::sim::{SimConfig, Simulator};
-use vmasim_server::mm::{Errno, MMAP_BASE, MMAP_MIN_ADDR};
+use vmasim_server::mm::{
+    Errno, MMAP_BASE, MMAP_MIN_ADDR, MmapArgs, SimConfig, Simulator, map::*, prot::*,
+};
 
 const P: u64 = 4096;
 const PMD: u64 = 2 << 20;

@@ -18,17 +18,16 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use vmasim_server::mm::fault::{Access, FaultOutcome};
-use vmasim_server::mm::madvise::{
-    MADV_DOFORK, MADV_DONTFORK, MADV_DONTNEED, MADV_FREE, MADV_KEEPONFORK, MADV_WIPEONFORK,
-};
-use vmasim_server::mm::mm_types::vm_flags::{
+use vmasim_server::mm::vm_flags::{
     VM_DONTCOPY, VM_EXEC, VM_MAYSHARE, VM_READ, VM_WIPEONFORK, VM_WRITE,
 };
-use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
-use vmasim_server::mm::mremap::{MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE};
-use vmasim_server::mm::sim::{SimConfig, Simulator};
-use vmasim_server::mm::{MMAP_BASE, MmError};
+use vmasim_server::mm::{
+    Access, FaultOutcome, MMAP_BASE, MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, MmError,
+    MmapArgs, SimConfig, Simulator, map::*, prot::*,
+};
+use vmasim_server::mm::{
+    MADV_DOFORK, MADV_DONTFORK, MADV_DONTNEED, MADV_FREE, MADV_KEEPONFORK, MADV_WIPEONFORK,
+};
 
 const P: u64 = 4096;
 const BASE: u64 = 0x1000_0000;

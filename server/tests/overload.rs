@@ -36,7 +36,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb, session_request::Op};
-use vmasim_server::mm::sim::SimConfig;
+use vmasim_server::mm::SimConfig;
 use vmasim_server::server::{SERVICE_NAME, ServerConfig};
 
 const LIMIT: usize = 8;
@@ -620,7 +620,7 @@ mod all_at_once {
         // An mm_struct with its tree, counters and lock: well under 64 KiB.
         let mm = 64 << 10;
         // A VMA slot, its tree entry and the slab's bookkeeping.
-        let slot = std::mem::size_of::<vmasim_server::mm::mm_types::Vma>() as u64 + 256;
+        let slot = std::mem::size_of::<vmasim_server::mm::Vma>() as u64 + 256;
         // HTTP/2's connection receive window (hyper's default, 1 MiB):
         // request bytes a connection can make the server buffer.
         let conn_window = MIB;
@@ -985,7 +985,7 @@ async fn every_case_at_once_stays_under_the_memory_bound() {
         rss_peak / MIB,
         growth / MIB,
         bound / MIB,
-        std::mem::size_of::<vmasim_server::mm::mm_types::Vma>()
+        std::mem::size_of::<vmasim_server::mm::Vma>()
     );
     assert!(
         growth < bound,

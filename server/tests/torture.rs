@@ -16,10 +16,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use vmasim_server::mm::fault::{Access, FaultOutcome};
-use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
-use vmasim_server::mm::sim::{SimConfig, Simulator};
-use vmasim_server::mm::slab::CachePolicy;
+use vmasim_server::mm::{
+    Access, CachePolicy, FaultOutcome, MmapArgs, SimConfig, Simulator, map::*, prot::*,
+};
 
 const P: u64 = 4096;
 const STABLE: u64 = 0x1000_0000;
@@ -189,7 +188,7 @@ fn torture(policy: CachePolicy) {
 }
 
 /// Faults the churn threads made themselves (one per fork).
-fn churn_ops_faults(s: &vmasim_server::mm::sim::SimStats) -> u64 {
+fn churn_ops_faults(s: &vmasim_server::mm::SimStats) -> u64 {
     s.processes_created - PROCS as u64
 }
 

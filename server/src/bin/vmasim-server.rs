@@ -19,10 +19,10 @@ mod imp {
     use std::path::PathBuf;
     use std::process::ExitCode;
     use std::time::Duration;
-    use vmasim_server::mm::fault::FaultLockMode;
-    use vmasim_server::mm::sim::SimConfig;
-    use vmasim_server::mm::slab::CachePolicy;
-    use vmasim_server::mm::task_mmu::MapsReader;
+    use vmasim_server::mm::CachePolicy;
+    use vmasim_server::mm::FaultLockMode;
+    use vmasim_server::mm::MapsReader;
+    use vmasim_server::mm::SimConfig;
     use vmasim_server::server::{Server, ServerConfig, TlsPem};
 
     /// vmasim: simulated Linux address spaces (mm_struct + VMAs) served over

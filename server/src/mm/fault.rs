@@ -17,14 +17,16 @@
 //! prepares the `anon_vma` in place; only if a writer holds `mmap_lock` does
 //! the fault retry under it (`VMA_LOCK_RETRY`).
 
-use crate::mm::memory::handle_mm_fault;
-use crate::mm::mm_struct::{MmStruct, ev};
-use crate::mm::mm_types::{LockedBy, ReadChecks, StartReadError, Vma, VmaFields, vm_flags::*};
-use crate::mm::race::InjectPoint;
-use crate::mm::rcu::rcu_read_lock;
-use crate::mm::sync::Ordering;
-use crate::mm::vmstat::VmaLockEvent;
-use crate::mm::{PAGE_SHIFT, TASK_SIZE};
+use crate::mm::{
+    PAGE_SHIFT, TASK_SIZE,
+    memory::handle_mm_fault,
+    mm_struct::{MmStruct, ev},
+    mm_types::{LockedBy, ReadChecks, StartReadError, Vma, VmaFields, vm_flags::*},
+    race::InjectPoint,
+    rcu::rcu_read_lock,
+    sync::Ordering,
+    vmstat::VmaLockEvent,
+};
 
 /// How faults take locks (a per-simulator mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,19 +44,6 @@ impl FaultLockMode {
         match self {
             FaultLockMode::PerVma => "per-vma",
             FaultLockMode::MmapLock => "mmap-lock",
-        }
-    }
-}
-
-impl std::str::FromStr for FaultLockMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "per-vma" => Ok(FaultLockMode::PerVma),
-            "mmap-lock" => Ok(FaultLockMode::MmapLock),
-            _ => Err(format!(
-                "unknown fault lock mode {s:?} (expected per-vma or mmap-lock)"
-            )),
         }
     }
 }

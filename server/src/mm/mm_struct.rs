@@ -8,15 +8,17 @@
 //! releasing the lock bumps the sequence again, unlocking all of them in
 //! one store (`vma_end_write_all`).
 
-use crate::mm::fault::FaultLockMode;
-use crate::mm::mm_types::MmLockSeq;
-use crate::mm::pgtable::{PageTable, PgtableBudget};
-use crate::mm::race::RaceHooks;
-use crate::mm::slab::VmaCache;
-use crate::mm::sync::{AtomicU64, Ordering, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use crate::mm::task_mmu::MapsReader;
-use crate::mm::vma_tree::VmaTree;
-use crate::mm::vmstat::{Counters, NR_MAPS_EVENTS};
+use crate::mm::{
+    fault::FaultLockMode,
+    mm_types::MmLockSeq,
+    pgtable::{PageTable, PgtableBudget},
+    race::RaceHooks,
+    slab::VmaCache,
+    sync::{AtomicU64, Ordering, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    task_mmu::MapsReader,
+    vma_tree::VmaTree,
+    vmstat::{Counters, NR_MAPS_EVENTS},
+};
 use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -437,11 +439,6 @@ impl MmStruct {
     /// Resident pages (all RSS counters).
     pub fn rss_pages(&self) -> u64 {
         self.rss.snapshot().iter().sum()
-    }
-
-    /// `mm_pgtables_bytes`: page-table memory of this mm (`VmPTE`).
-    pub fn pgtables_bytes(&self) -> u64 {
-        self.pgd.pgtables_bytes()
     }
 
     /// `mmap_write_lock`.

@@ -461,19 +461,9 @@ impl Vma {
     /// write cycle (`mm_lock_seq`, odd while write-held), waiting for
     /// readers to drain. The caller holds `mmap_lock` for write.
     pub fn vma_start_write(&self, mm_lock_seq: u64) {
-        self.vma_start_write_with(mm_lock_seq, |_| {});
-    }
-
-    /// [`Vma::vma_start_write`] with a hook called with `vm_refcnt` each time
-    /// the writer finds readers still inside (race lab timelines).
-    pub fn vma_start_write_with(&self, mm_lock_seq: u64, mut waiting: impl FnMut(u32)) {
         // Relaxed: only this writer (under mmap_lock) ever stores this value.
         if self.vm_lock_seq.load(Ordering::Relaxed) == mm_lock_seq {
             return;
-        }
-        let cur = self.vm_refcnt.load(Ordering::Acquire);
-        if cur > 1 && cur < VMA_LOCK_OFFSET {
-            waiting(cur);
         }
         let locked = self.vma_enter_locked(false);
         // Relaxed: published to readers by the Release in vma_exit_locked

@@ -5,96 +5,129 @@
 //! functions are named after their kernel counterparts so a reader who knows
 //! `mm/` finds things where they expect them.
 //!
+//! # The facade
+//!
+//! Every module is `pub(crate)`. What the service, the benches, the fuzz
+//! targets and the integration tests may use is re-exported here: the
+//! front door [`Simulator`] (the process table) and the [`Task`] it hands
+//! out for one process, their arguments ([`MmapArgs`], the `PROT_*`,
+//! `MAP_*`, `MADV_*`, `MREMAP_*` and `VM_*` bits), results ([`FaultResult`],
+//! [`Maps`], [`MmError`]) and counters ([`SimStats`]). The race lab
+//! (`crate::race_lab`) reaches inside: it builds its own engine with hooks.
+//! An engine change that keeps this list breaks no caller outside `mm/`.
+//!
 //! # Layout
 //!
-//! * [`sync`]: atomics and locks (loom's under `--cfg vmasim_loom`).
-//! * [`rcu`]: `rcu_read_lock` / `call_rcu` on crossbeam-epoch, with an
+//! * `sync`: atomics and locks (loom's under `--cfg vmasim_loom`).
+//! * `rcu`: `rcu_read_lock` / `call_rcu` on crossbeam-epoch, with an
 //!   observable grace-period count.
-//! * [`vmstat`]: sharded event counters (`VMA_LOCK_SUCCESS`...).
-//! * [`mm_types`]: `vm_area_struct` (`Vma`) and its `vm_refcnt` read/write lock.
-//! * [`slab`]: the VMA cache (`vm_area_cachep`): per-thread sheaves, a
+//! * `vmstat`: sharded event counters (`VMA_LOCK_SUCCESS`...).
+//! * `mm_types`: `vm_area_struct` (`Vma`) and its `vm_refcnt` read/write lock.
+//! * `slab`: the VMA cache (`vm_area_cachep`): per-thread sheaves, a
 //!   barn, slabs; `typesafe` or `rcu` free policy.
-//! * [`vma_tree`]: the RCU-walkable VMA tree (the maple tree's role).
-//! * [`pgtable`]: a lock-free radix page table.
-//! * [`mm_struct`]: `mmap_lock`, `mm_lock_seq`, tree, page table, RSS.
-//! * [`vma`]: `__split_vma`, `vma_merge_*`, `vma_modify`, the munmap
+//! * `vma_tree`: the RCU-walkable VMA tree (the maple tree's role).
+//! * `pgtable`: a lock-free radix page table.
+//! * `mm_struct`: `mmap_lock`, `mm_lock_seq`, tree, page table, RSS.
+//! * `vma`: `__split_vma`, `vma_merge_*`, `vma_modify`, the munmap
 //!   gather/complete steps (`mm/vma.c`).
-//! * [`mmap`]: `mmap`, `munmap`, `brk`: arguments, placement, populate.
-//! * [`mprotect`]: `do_mprotect_pkey`, `mprotect_fixup`.
-//! * [`mremap`]: shrink, grow in place, `move_vma`.
-//! * [`madvise`]: DONTNEED/FREE under the VMA lock; DONTFORK, WIPEONFORK.
-//! * [`fault`]: `do_user_addr_fault`, `lock_vma_under_rcu`.
+//! * `mmap`: `mmap`, `munmap`, `brk`: arguments, placement, populate.
+//! * `mprotect`: `do_mprotect_pkey`, `mprotect_fixup`.
+//! * `mremap`: shrink, grow in place, `move_vma`.
+//! * `madvise`: DONTNEED/FREE under the VMA lock; DONTFORK, WIPEONFORK.
+//! * `fault`: `do_user_addr_fault`, `lock_vma_under_rcu`.
 //! * `memory`: `handle_mm_fault` and its `do_*` steps, fault-around.
-//! * [`filemap`]: the page cache fault-around maps from.
-//! * [`rmap`]: mappers of fork-shared anonymous pages (COW reuse).
+//! * `filemap`: the page cache fault-around maps from.
+//! * `rmap`: mappers of fork-shared anonymous pages (COW reuse).
 //! * `mmap_lock`: `lock_next_vma`, the maps reader's per-VMA lock step.
-//! * [`fork`]: `dup_mmap`, `vm_area_dup`, `vm_area_init_from`.
-//! * [`exit`]: tearing an address space down, `exit_mmap`.
-//! * [`proc_maps`]: `/proc/PID/maps` rendering and import.
-//! * [`task_mmu`]: reading maps under per-VMA locks (6.17) or `mmap_lock`.
-//! * [`sim`]: the process table tying it together.
-//! * [`race`]: injection points for the race lab.
-//! * [`race_lab`]: the review's races replayed deterministically, fixed and
-//!   buggy, with a timeline and a verdict.
+//! * `fork`: `dup_mmap`, `vm_area_dup`, `vm_area_init_from`.
+//! * `exit`: tearing an address space down, `exit_mmap`.
+//! * `proc_maps`: `/proc/PID/maps` rendering and import.
+//! * `task_mmu`: reading maps under per-VMA locks (6.17) or `mmap_lock`.
+//! * `sim`: the process table tying it together.
+//! * `race`: injection points for the race lab.
 
-pub mod mm_types;
+// Every module is private to the crate: the service, the server, benches,
+// fuzz targets and integration tests see only what is re-exported below,
+// so a change inside the engine cannot break them unless it changes this
+// list.
+pub(crate) mod mm_types;
 #[cfg(not(vmasim_loom))]
-pub mod rcu;
+pub(crate) mod rcu;
 #[cfg(vmasim_loom)]
 #[path = "rcu_loom.rs"]
-pub mod rcu;
-pub mod slab;
+pub(crate) mod rcu;
+pub(crate) mod slab;
 pub(crate) mod sync;
-pub mod vmstat;
+pub(crate) mod vmstat;
 
 #[cfg(all(test, vmasim_loom))]
 mod loom_tests;
 
 #[cfg(not(vmasim_loom))]
-pub mod exit;
+pub(crate) mod exit;
 #[cfg(not(vmasim_loom))]
-pub mod fault;
+pub(crate) mod fault;
 #[cfg(not(vmasim_loom))]
-pub mod filemap;
+pub(crate) mod filemap;
 #[cfg(not(vmasim_loom))]
-pub mod fork;
+pub(crate) mod fork;
 #[cfg(not(vmasim_loom))]
-pub mod madvise;
+pub(crate) mod madvise;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod memory;
 #[cfg(not(vmasim_loom))]
-pub mod mm_struct;
+pub(crate) mod mm_struct;
 #[cfg(not(vmasim_loom))]
-pub mod mmap;
+pub(crate) mod mmap;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod mmap_lock;
 #[cfg(not(vmasim_loom))]
-pub mod mprotect;
+pub(crate) mod mprotect;
 #[cfg(not(vmasim_loom))]
-pub mod mremap;
+pub(crate) mod mremap;
 #[cfg(not(vmasim_loom))]
-pub mod pgtable;
+pub(crate) mod pgtable;
 #[cfg(not(vmasim_loom))]
-pub mod proc_maps;
+pub(crate) mod proc_maps;
 #[cfg(not(vmasim_loom))]
-pub mod race;
+pub(crate) mod race;
 #[cfg(not(vmasim_loom))]
-pub mod race_lab;
+pub(crate) mod rmap;
 #[cfg(not(vmasim_loom))]
-pub mod rmap;
+pub(crate) mod sim;
 #[cfg(not(vmasim_loom))]
-pub mod sim;
-#[cfg(not(vmasim_loom))]
-pub mod task_mmu;
+pub(crate) mod task_mmu;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod vma;
 #[cfg(not(vmasim_loom))]
-pub mod vma_tree;
+pub(crate) mod vma_tree;
 
 #[cfg(not(vmasim_loom))]
 mod error;
+
+// The facade. The front door is `Simulator` (a process table) and the
+// `Task` it hands out for one process; the rest is the vocabulary of its
+// arguments, results and counters.
+pub use mm_types::{Vma, vm_flags};
+pub use rcu::{Rcu, rcu_read_lock};
+pub use slab::{CachePolicy, PoolStats, SLAB_SIZE, VmaCache};
+
 #[cfg(not(vmasim_loom))]
-pub use error::{Errno, MmError};
+pub use {
+    error::{Errno, MmError},
+    exit::ExitStats,
+    fault::{Access, FaultLockMode, FaultOutcome, FaultPath, FaultResult, FaultStats, ReuseCheck},
+    madvise::{
+        MADV_DOFORK, MADV_DONTFORK, MADV_DONTNEED, MADV_FREE, MADV_KEEPONFORK, MADV_WIPEONFORK,
+    },
+    mmap::{MmapArgs, map, prot},
+    mremap::{MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE},
+    pgtable::TABLE_BYTES,
+    proc_maps::{MapsEntry, render},
+    sim::{DEFAULT_MAX_PGTABLES_BYTES, Maps, SimConfig, SimStats, Simulator, Task},
+    task_mmu::{MapsReader, check_maps_guarantees},
+    vmstat::{MapsEvent, NR_MAPS_EVENTS, NR_VMA_LOCK_EVENTS, VmaLockEvent},
+};
 
 /// Bytes per page.
 pub const PAGE_SIZE: u64 = 4096;

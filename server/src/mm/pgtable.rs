@@ -22,10 +22,12 @@
 //! of them at exit. The top level (the `pgd`) belongs to the mm itself and
 //! is not charged, as in the kernel's `pgtables_bytes`.
 
-use crate::mm::mm_struct::MmStruct;
-use crate::mm::rcu::RcuReadGuard;
-use crate::mm::sync::{AtomicU64, Ordering};
-use crate::mm::{PAGE_SHIFT, TASK_SIZE};
+use crate::mm::{
+    PAGE_SHIFT, TASK_SIZE,
+    mm_struct::MmStruct,
+    rcu::RcuReadGuard,
+    sync::{AtomicU64, Ordering},
+};
 use crossbeam_utils::CachePadded;
 use std::sync::Arc;
 use std::sync::atomic::AtomicPtr;
@@ -316,6 +318,7 @@ impl PageTable {
     }
 
     /// `mm_pgtables_bytes`: bytes of this mm's page tables below the pgd.
+    #[cfg(test)]
     pub fn pgtables_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }

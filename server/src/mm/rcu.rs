@@ -45,7 +45,7 @@ struct GpState {
 /// Grace-period bookkeeping for one engine instance.
 ///
 /// ```
-/// use vmasim_server::mm::rcu::Rcu;
+/// use vmasim_server::mm::Rcu;
 /// let rcu = Rcu::new();
 /// let cookie = rcu.get_state_synchronize_rcu();
 /// assert!(!rcu.poll_state_synchronize_rcu(cookie));

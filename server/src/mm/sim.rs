@@ -5,17 +5,23 @@
 //! Each call looks its process up once (a `DashMap` shard read lock) and
 //! then runs the engine operation, which does its own locking.
 
-use crate::mm::exit::{ExitStats, exit_mmap};
-use crate::mm::fault::{Access, FaultLockMode, FaultResult, FaultStats, do_user_addr_fault};
-use crate::mm::fork::dup_mmap;
-use crate::mm::mm_struct::{MmContext, MmStruct};
-use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_munmap};
-use crate::mm::mprotect::do_mprotect;
-use crate::mm::proc_maps::{MapsEntry, import_maps, parse_maps, render};
-use crate::mm::slab::{CachePolicy, PoolStats, VmaCache};
-use crate::mm::task_mmu::{MapsReader, show_maps};
-use crate::mm::vmstat::NR_MAPS_EVENTS;
-use crate::mm::{DEFAULT_MAX_MAP_COUNT, MmError};
+use crate::mm::fault::{
+    Access, FaultLockMode, FaultResult, FaultStats, do_user_addr_fault, follow_pte,
+};
+use crate::mm::{
+    DEFAULT_MAX_MAP_COUNT, MmError,
+    exit::{ExitStats, exit_mmap},
+    fork::dup_mmap,
+    madvise::do_madvise,
+    mm_struct::{MmContext, MmStruct, MmapWriteGuard},
+    mmap::{MmapArgs, do_brk, do_mmap, do_munmap},
+    mprotect::do_mprotect,
+    mremap::do_mremap,
+    proc_maps::{MapsEntry, import_maps, parse_maps, render},
+    slab::{CachePolicy, PoolStats, VmaCache},
+    task_mmu::{MapsReader, show_maps},
+    vmstat::NR_MAPS_EVENTS,
+};
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -101,9 +107,7 @@ pub struct Maps {
 /// The process table.
 ///
 /// ```
-/// use vmasim_server::mm::sim::{Simulator, SimConfig};
-/// use vmasim_server::mm::mmap::{MmapArgs, map::*, prot::*};
-/// use vmasim_server::mm::fault::{Access, FaultOutcome};
+/// use vmasim_server::mm::{Access, FaultOutcome, MmapArgs, SimConfig, Simulator, map::*, prot::*};
 /// let sim = Simulator::new(SimConfig::default());
 /// let pid = sim.spawn().unwrap();
 /// let addr = sim.mmap(pid, MmapArgs { len: 8192, prot: PROT_READ | PROT_WRITE,
@@ -149,8 +153,14 @@ impl Simulator {
         &self.ctx
     }
 
+    /// One process, looked up once, for a caller that makes several calls
+    /// on it (a fault batch, an operation and then its VMA count).
+    pub fn task(&self, pid: u32) -> Result<Task, MmError> {
+        self.mm(pid).map(|mm| Task { mm })
+    }
+
     /// The address space of `pid`.
-    pub fn mm(&self, pid: u32) -> Result<Arc<MmStruct>, MmError> {
+    pub(crate) fn mm(&self, pid: u32) -> Result<Arc<MmStruct>, MmError> {
         self.tasks
             .get(&pid)
             .map(|m| m.clone())
@@ -219,17 +229,17 @@ impl Simulator {
 
     /// `mmap` in `pid`.
     pub fn mmap(&self, pid: u32, args: MmapArgs) -> Result<u64, MmError> {
-        do_mmap(&*self.mm(pid)?, args)
+        self.task(pid)?.mmap(args)
     }
 
     /// `munmap` in `pid`.
     pub fn munmap(&self, pid: u32, addr: u64, len: u64) -> Result<(), MmError> {
-        do_munmap(&*self.mm(pid)?, addr, len)
+        self.task(pid)?.munmap(addr, len)
     }
 
     /// `mprotect` in `pid`.
     pub fn mprotect(&self, pid: u32, addr: u64, len: u64, prot: u32) -> Result<(), MmError> {
-        do_mprotect(&*self.mm(pid)?, addr, len, prot)
+        self.task(pid)?.mprotect(addr, len, prot)
     }
 
     /// `mremap` in `pid`: the new address.
@@ -242,38 +252,23 @@ impl Simulator {
         flags: u32,
         new_addr: u64,
     ) -> Result<u64, MmError> {
-        crate::mm::mremap::do_mremap(&*self.mm(pid)?, addr, old_len, new_len, flags, new_addr)
+        self.task(pid)?
+            .mremap(addr, old_len, new_len, flags, new_addr)
     }
 
     /// `madvise` in `pid`.
     pub fn madvise(&self, pid: u32, addr: u64, len: u64, advice: u32) -> Result<(), MmError> {
-        crate::mm::madvise::do_madvise(&*self.mm(pid)?, addr, len, advice)
+        self.task(pid)?.madvise(addr, len, advice)
     }
 
     /// `brk` in `pid`: `(brk, start_brk)`.
     pub fn brk(&self, pid: u32, brk: u64) -> Result<(u64, u64), MmError> {
-        do_brk(&*self.mm(pid)?, brk)
+        self.task(pid)?.brk(brk)
     }
 
     /// A page fault in `pid`.
     pub fn fault(&self, pid: u32, addr: u64, access: Access) -> Result<FaultResult, MmError> {
-        Ok(do_user_addr_fault(&*self.mm(pid)?, addr, access))
-    }
-
-    /// Faults at each of `addrs`, one process lookup for all; results are
-    /// passed to `each` in order.
-    pub fn fault_batch(
-        &self,
-        pid: u32,
-        addrs: &[u64],
-        access: Access,
-        mut each: impl FnMut(FaultResult),
-    ) -> Result<(), MmError> {
-        let mm = self.mm(pid)?;
-        for &a in addrs {
-            each(do_user_addr_fault(&mm, a, access));
-        }
-        Ok(())
+        Ok(self.task(pid)?.fault(addr, access))
     }
 
     /// `fork` of `pid`: the child's pid.
@@ -337,5 +332,93 @@ impl Simulator {
             pgtables_bytes: self.ctx.pgtables.used(),
             maps: self.ctx.maps_events.snapshot(),
         }
+    }
+}
+
+/// One process's address space, as a syscall holds it once it has looked
+/// its task up (`get_task_mm`): the operations of [`Simulator`] without
+/// the pid lookup. A handle kept past the process's `exit` still refers to
+/// the torn-down address space, as a kernel `mm` reference would, and
+/// frees nothing.
+#[derive(Clone)]
+pub struct Task {
+    mm: Arc<MmStruct>,
+}
+
+impl Task {
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.mm.pid()
+    }
+
+    /// `mmap`.
+    pub fn mmap(&self, args: MmapArgs) -> Result<u64, MmError> {
+        do_mmap(&self.mm, args)
+    }
+
+    /// `munmap`.
+    pub fn munmap(&self, addr: u64, len: u64) -> Result<(), MmError> {
+        do_munmap(&self.mm, addr, len)
+    }
+
+    /// `mprotect`.
+    pub fn mprotect(&self, addr: u64, len: u64, prot: u32) -> Result<(), MmError> {
+        do_mprotect(&self.mm, addr, len, prot)
+    }
+
+    /// `mremap`: the new address.
+    pub fn mremap(
+        &self,
+        addr: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: u32,
+        new_addr: u64,
+    ) -> Result<u64, MmError> {
+        do_mremap(&self.mm, addr, old_len, new_len, flags, new_addr)
+    }
+
+    /// `madvise`.
+    pub fn madvise(&self, addr: u64, len: u64, advice: u32) -> Result<(), MmError> {
+        do_madvise(&self.mm, addr, len, advice)
+    }
+
+    /// `brk`: `(brk, start_brk)`.
+    pub fn brk(&self, brk: u64) -> Result<(u64, u64), MmError> {
+        do_brk(&self.mm, brk)
+    }
+
+    /// A page fault (`do_user_addr_fault`).
+    #[inline]
+    pub fn fault(&self, addr: u64, access: Access) -> FaultResult {
+        do_user_addr_fault(&self.mm, addr, access)
+    }
+
+    /// VMAs in the address space (`mm->map_count`).
+    pub fn map_count(&self) -> usize {
+        self.mm.mmap_read_lock().map_count
+    }
+
+    /// Resident pages.
+    pub fn rss_pages(&self) -> u64 {
+        self.mm.rss_pages()
+    }
+
+    /// The simulator's page-table memory limit, bytes (what a
+    /// [`FaultOutcome::Oom`](crate::mm::FaultOutcome::Oom) ran into).
+    pub fn pgtables_limit(&self) -> u64 {
+        self.mm.ctx().pgtables.limit()
+    }
+
+    /// The frame mapped at `addr`, if any (`follow_pte`): tests compare
+    /// frames to see sharing and copy-on-write.
+    pub fn follow_pte(&self, addr: u64) -> Option<u64> {
+        follow_pte(&self.mm, addr)
+    }
+
+    /// Take `mmap_lock` for write and hold it until the guard drops: a test
+    /// makes an operation of another thread wait in the engine.
+    pub fn mmap_write_lock(&self) -> MmapWriteGuard<'_> {
+        self.mm.mmap_write_lock()
     }
 }

@@ -53,10 +53,12 @@
 //! or die an index is as good as a pointer, and the sheaves and barn are
 //! arrays of atomics, so none of this needs `unsafe`.
 
-use crate::mm::mm_types::{VM_LOCK_SEQ_UNLOCKED, Vma};
-use crate::mm::rcu::{Rcu, RcuReadGuard};
-use crate::mm::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering};
-use crate::mm::vmstat::Counters;
+use crate::mm::{
+    mm_types::{VM_LOCK_SEQ_UNLOCKED, Vma},
+    rcu::{Rcu, RcuReadGuard},
+    sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, Ordering},
+    vmstat::Counters,
+};
 use crossbeam_utils::CachePadded;
 use std::sync::{Arc, Weak};
 
@@ -135,19 +137,6 @@ impl CachePolicy {
         match self {
             CachePolicy::Typesafe => "typesafe",
             CachePolicy::Rcu => "rcu",
-        }
-    }
-}
-
-impl std::str::FromStr for CachePolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "typesafe" => Ok(CachePolicy::Typesafe),
-            "rcu" => Ok(CachePolicy::Rcu),
-            _ => Err(format!(
-                "unknown VMA cache policy {s:?} (expected typesafe or rcu)"
-            )),
         }
     }
 }
@@ -401,7 +390,7 @@ struct BarnLists {
 /// The VMA cache. Create it with [`VmaCache::new`]; it is always shared.
 ///
 /// ```
-/// use vmasim_server::mm::slab::{CachePolicy, VmaCache};
+/// use vmasim_server::mm::{CachePolicy, VmaCache};
 /// let pool = VmaCache::new(CachePolicy::Typesafe, 128);
 /// let (a, _) = pool.vm_area_alloc().unwrap();
 /// pool.vm_area_free(a);

@@ -26,14 +26,16 @@
 //! VMA split after it was printed shows whole, the VMAs after it as they
 //! are later. The race lab's `maps-*` scenarios show both.
 
-use crate::mm::mm_struct::MmStruct;
-use crate::mm::mm_types::Vma;
-use crate::mm::mmap_lock::{NextVma, VmaIterator, lock_next_vma};
-use crate::mm::proc_maps::{MapsEntry, gate_vma, show_map_vma, show_maps_mmap_lock};
-use crate::mm::race::InjectPoint;
-use crate::mm::rcu::{RcuReadGuard, rcu_read_lock};
-use crate::mm::sync::RwLockReadGuard;
-use crate::mm::vmstat::MapsEvent;
+use crate::mm::{
+    mm_struct::MmStruct,
+    mm_types::Vma,
+    mmap_lock::{NextVma, VmaIterator, lock_next_vma},
+    proc_maps::{MapsEntry, gate_vma, show_map_vma, show_maps_mmap_lock},
+    race::InjectPoint,
+    rcu::{RcuReadGuard, rcu_read_lock},
+    sync::RwLockReadGuard,
+    vmstat::MapsEvent,
+};
 
 /// How `/proc/PID/maps` is read (a per-simulator mode, `--maps-reader`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,19 +54,6 @@ impl MapsReader {
         match self {
             MapsReader::PerVma => "per-vma",
             MapsReader::MmapLock => "mmap-lock",
-        }
-    }
-}
-
-impl std::str::FromStr for MapsReader {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "per-vma" => Ok(MapsReader::PerVma),
-            "mmap-lock" => Ok(MapsReader::MmapLock),
-            _ => Err(format!(
-                "unknown maps reader {s:?} (expected per-vma or mmap-lock)"
-            )),
         }
     }
 }

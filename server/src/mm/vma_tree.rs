@@ -25,8 +25,7 @@
 //! seen by a walk a writer overlapped (`mmap_lock::tree_may_have_moved`,
 //! counted as `unstable_tree`).
 
-use crate::mm::rcu::RcuReadGuard;
-use crate::mm::slab::VmaIdx;
+use crate::mm::{rcu::RcuReadGuard, slab::VmaIdx};
 use crossbeam_skiplist::base::SkipList;
 use crossbeam_utils::CachePadded;
 use std::ops::Bound;
@@ -128,13 +127,9 @@ impl VmaTree {
     }
 
     /// Number of entries.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.list.len()
-    }
-
-    /// No entries?
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
     }
 }
 

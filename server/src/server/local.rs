@@ -9,7 +9,7 @@
 //! the binary starts its own (the same [`Server::serve`], both listeners).
 
 use super::{BoxError, Server, ServerConfig};
-use crate::mm::sim::Simulator;
+use crate::mm::Simulator;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;

@@ -6,7 +6,7 @@
 //! exposition itself is [`Telemetry::render`].
 
 use super::stopped;
-use crate::mm::sim::Simulator;
+use crate::mm::Simulator;
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use std::time::Duration;

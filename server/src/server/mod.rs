@@ -37,7 +37,7 @@ mod serve;
 
 pub use local::{LocalServer, spawn_local};
 
-use crate::mm::sim::{SimConfig, Simulator};
+use crate::mm::{SimConfig, Simulator};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,7 +10,7 @@ use super::call::ReplyBudget;
 use super::conn::Incoming;
 use super::rpc::RpcLayer;
 use super::{BoxError, DRAIN_TIMEOUT, SERVICE_NAME, Server, ServerConfig, stopped};
-use crate::mm::sim::Simulator;
+use crate::mm::Simulator;
 use crate::service::{AddressSpaceService, Limits};
 use crate::telemetry::{ServerState, Telemetry};
 use std::future::Future;

@@ -8,14 +8,11 @@
 //! error map is an exhaustive match: a new engine error cannot slip
 //! through unmapped.
 
-use crate::mm::MmError;
-use crate::mm::TASK_SIZE;
-use crate::mm::fault::{self as mmfault, FaultResult};
-use crate::mm::mm_types::vm_flags::{VM_ACCESS_FLAGS, VM_MAYSHARE};
-use crate::mm::proc_maps::MapsEntry;
-use crate::mm::race_lab;
-use crate::mm::sim::Simulator;
-use crate::mm::vmstat::MapsEvent;
+use crate::mm::{
+    self, FaultResult, MapsEntry, MapsEvent, MmError, Simulator, TASK_SIZE,
+    vm_flags::{VM_ACCESS_FLAGS, VM_MAYSHARE},
+};
+use crate::race_lab;
 use tonic::Status;
 use vmasim_proto::v1 as pb;
 
@@ -69,17 +66,17 @@ pub(super) fn check_length(field: &str, len: u64) -> Result<(), Status> {
     Ok(())
 }
 
-pub(super) fn access_from(v: i32) -> Result<mmfault::Access, Status> {
+pub(super) fn access_from(v: i32) -> Result<mm::Access, Status> {
     match pb::Access::try_from(v) {
-        Ok(pb::Access::Read) => Ok(mmfault::Access::Read),
-        Ok(pb::Access::Write) => Ok(mmfault::Access::Write),
-        Ok(pb::Access::Exec) => Ok(mmfault::Access::Exec),
+        Ok(pb::Access::Read) => Ok(mm::Access::Read),
+        Ok(pb::Access::Write) => Ok(mm::Access::Write),
+        Ok(pb::Access::Exec) => Ok(mm::Access::Exec),
         Err(_) => Err(invalid("access", format!("unknown value {v}"))),
     }
 }
 
-pub(super) fn outcome_to_pb(o: mmfault::FaultOutcome) -> pb::FaultOutcome {
-    use mmfault::FaultOutcome as O;
+pub(super) fn outcome_to_pb(o: mm::FaultOutcome) -> pb::FaultOutcome {
+    use mm::FaultOutcome as O;
     match o {
         O::AnonZeroFill => pb::FaultOutcome::AnonZeroFill,
         O::FilePage => pb::FaultOutcome::FilePage,
@@ -106,8 +103,8 @@ pub(super) fn fault_oom(limit: u64, addr: u64, done: Option<usize>) -> Status {
     ))
 }
 
-pub(super) fn path_to_pb(p: mmfault::FaultPath) -> pb::FaultPath {
-    use mmfault::FaultPath as P;
+pub(super) fn path_to_pb(p: mm::FaultPath) -> pb::FaultPath {
+    use mm::FaultPath as P;
     match p {
         P::PerVmaLock => pb::FaultPath::PerVmaLock,
         P::MmapLockFallback => pb::FaultPath::MmapLockFallback,
@@ -125,7 +122,7 @@ pub(super) fn req_len_bound(n: usize, totals_only: bool) -> usize {
 
 /// Add one fault to `t`.
 pub(super) fn count(t: &mut pb::FaultTotals, r: &FaultResult) {
-    use mmfault::{FaultOutcome as O, FaultPath as P};
+    use mm::{FaultOutcome as O, FaultPath as P};
     t.faults += 1;
     match r.outcome {
         O::AnonZeroFill => t.anon_zero_fill += 1,
@@ -165,7 +162,7 @@ pub(super) fn entry_to_pb(e: MapsEntry) -> pb::VmaEntry {
 
 /// `Stats` from the engine's counters and modes.
 pub(super) fn stats_to_pb(sim: &Simulator) -> pb::StatsResponse {
-    use mmfault::{FaultOutcome as O, FaultPath as P, ReuseCheck};
+    use mm::{FaultOutcome as O, FaultPath as P, ReuseCheck};
     let cfg = sim.config();
     let s = sim.stats();
     let f = &s.faults;

@@ -21,7 +21,7 @@ mod session;
 pub use convert::status_from;
 pub use ops::FAULT_BATCH_SAMPLE;
 
-use crate::mm::sim::Simulator;
+use crate::mm::Simulator;
 use crate::server::call::ReplyBudget;
 use crate::telemetry::Telemetry;
 use ops::Ops;

@@ -25,14 +25,8 @@ use super::convert::{
     access_from, check_length, check_pid, count, entry_to_pb, fault_oom, invalid, outcome_to_pb,
     path_to_pb, race_report_to_pb, race_scenarios_to_pb, req_len_bound, stats_to_pb, status_from,
 };
-use crate::mm::fault::{self as mmfault, do_user_addr_fault};
-use crate::mm::madvise::do_madvise;
-use crate::mm::mmap::{MmapArgs, do_brk, do_mmap, do_munmap};
-use crate::mm::mprotect::do_mprotect;
-use crate::mm::mremap::do_mremap;
-use crate::mm::race_lab;
-use crate::mm::sim::Simulator;
-use crate::mm::{PAGE_SIZE, TASK_SIZE};
+use crate::mm::{self, MmapArgs, PAGE_SIZE, Simulator, TASK_SIZE, Task};
+use crate::race_lab;
 use crate::server::call::{CallCtx, Charge, ReplyBudget, ReplyHold};
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
@@ -214,8 +208,8 @@ impl Drop for AbandonGuard {
     }
 }
 
-fn vma_count(mm: &crate::mm::mm_struct::MmStruct) -> u32 {
-    u32::try_from(mm.mmap_read_lock().map_count).unwrap_or(u32::MAX)
+fn vma_count(task: &Task) -> u32 {
+    u32::try_from(task.map_count()).unwrap_or(u32::MAX)
 }
 
 impl Ops {
@@ -258,7 +252,7 @@ impl Ops {
             // The process may already have been killed by another client;
             // then it started with as many VMAs as the text has lines, which
             // we no longer know, so report 0 rather than fail a done spawn.
-            let vma_count = sim.mm(pid).map(|mm| vma_count(&mm)).unwrap_or(0);
+            let vma_count = sim.task(pid).map(|t| vma_count(&t)).unwrap_or(0);
             created.created(pid, ctx)?;
             Ok(vma_count)
         })
@@ -287,8 +281,8 @@ impl Ops {
         let sim = self.sim();
         let telemetry = self.telemetry.clone();
         blocking("mmap", move |ctx| {
-            let mm = sim.mm(pid).map_err(status_from)?;
-            let addr = do_mmap(&mm, args).map_err(status_from)?;
+            let task = sim.task(pid).map_err(status_from)?;
+            let addr = task.mmap(args).map_err(status_from)?;
             note_applied(ctx, &telemetry, "Mmap");
             Ok(pb::MmapResponse { addr })
         })
@@ -304,11 +298,11 @@ impl Ops {
         let sim = self.sim();
         let telemetry = self.telemetry.clone();
         blocking("munmap", move |ctx| {
-            let mm = sim.mm(pid).map_err(status_from)?;
-            do_munmap(&mm, req.addr, req.length).map_err(status_from)?;
+            let task = sim.task(pid).map_err(status_from)?;
+            task.munmap(req.addr, req.length).map_err(status_from)?;
             note_applied(ctx, &telemetry, "Munmap");
             Ok(pb::MunmapResponse {
-                vma_count: vma_count(&mm),
+                vma_count: vma_count(&task),
             })
         })
         .await
@@ -323,11 +317,12 @@ impl Ops {
         let sim = self.sim();
         let telemetry = self.telemetry.clone();
         blocking("mprotect", move |ctx| {
-            let mm = sim.mm(pid).map_err(status_from)?;
-            do_mprotect(&mm, req.addr, req.length, req.prot).map_err(status_from)?;
+            let task = sim.task(pid).map_err(status_from)?;
+            task.mprotect(req.addr, req.length, req.prot)
+                .map_err(status_from)?;
             note_applied(ctx, &telemetry, "Mprotect");
             Ok(pb::MprotectResponse {
-                vma_count: vma_count(&mm),
+                vma_count: vma_count(&task),
             })
         })
         .await
@@ -342,20 +337,20 @@ impl Ops {
         let sim = self.sim();
         let telemetry = self.telemetry.clone();
         blocking("mremap", move |ctx| {
-            let mm = sim.mm(pid).map_err(status_from)?;
-            let addr = do_mremap(
-                &mm,
-                req.addr,
-                req.old_length,
-                req.new_length,
-                req.flags,
-                req.new_addr,
-            )
-            .map_err(status_from)?;
+            let task = sim.task(pid).map_err(status_from)?;
+            let addr = task
+                .mremap(
+                    req.addr,
+                    req.old_length,
+                    req.new_length,
+                    req.flags,
+                    req.new_addr,
+                )
+                .map_err(status_from)?;
             note_applied(ctx, &telemetry, "Mremap");
             Ok(pb::MremapResponse {
                 addr,
-                vma_count: vma_count(&mm),
+                vma_count: vma_count(&task),
             })
         })
         .await
@@ -369,11 +364,12 @@ impl Ops {
         let sim = self.sim();
         let telemetry = self.telemetry.clone();
         blocking("madvise", move |ctx| {
-            let mm = sim.mm(pid).map_err(status_from)?;
-            do_madvise(&mm, req.addr, req.length, req.advice).map_err(status_from)?;
+            let task = sim.task(pid).map_err(status_from)?;
+            task.madvise(req.addr, req.length, req.advice)
+                .map_err(status_from)?;
             note_applied(ctx, &telemetry, "Madvise");
             Ok(pb::MadviseResponse {
-                vma_count: vma_count(&mm),
+                vma_count: vma_count(&task),
             })
         })
         .await
@@ -384,8 +380,8 @@ impl Ops {
         let sim = self.sim();
         let telemetry = self.telemetry.clone();
         blocking("brk", move |ctx| {
-            let mm = sim.mm(pid).map_err(status_from)?;
-            let (brk, start_brk) = do_brk(&mm, req.brk).map_err(status_from)?;
+            let task = sim.task(pid).map_err(status_from)?;
+            let (brk, start_brk) = task.brk(req.brk).map_err(status_from)?;
             note_applied(ctx, &telemetry, "Brk");
             Ok(pb::BrkResponse { brk, start_brk })
         })
@@ -397,12 +393,12 @@ impl Ops {
     pub(super) async fn fault(&self, req: pb::FaultRequest) -> Result<pb::FaultResponse, Status> {
         let pid = check_pid(req.pid)?;
         let access = access_from(req.access)?;
-        let mm = self.sim.mm(pid).map_err(status_from)?;
+        let task = self.sim.task(pid).map_err(status_from)?;
         let t = Instant::now();
-        let r = do_user_addr_fault(&mm, req.addr, access);
+        let r = task.fault(req.addr, access);
         self.telemetry.record_fault(t.elapsed());
-        if r.outcome == mmfault::FaultOutcome::Oom {
-            return Err(fault_oom(mm.ctx().pgtables.limit(), req.addr, None));
+        if r.outcome == mm::FaultOutcome::Oom {
+            return Err(fault_oom(task.pgtables_limit(), req.addr, None));
         }
         Ok(pb::FaultResponse {
             outcome: outcome_to_pb(r.outcome) as i32,
@@ -428,7 +424,7 @@ impl Ops {
             ));
         }
         // One process lookup for the whole batch.
-        let mm = self.sim.mm(pid).map_err(status_from)?;
+        let task = self.sim.task(pid).map_err(status_from)?;
         let telemetry = self.telemetry.clone();
         let inline = req.addrs.len() <= INLINE_BATCH;
         let (n_addrs, totals_only) = (req.addrs.len(), req.totals_only);
@@ -444,14 +440,14 @@ impl Ops {
             for (i, &addr) in req.addrs.iter().enumerate() {
                 let r = if i % FAULT_BATCH_SAMPLE == 0 {
                     let t = Instant::now();
-                    let r = do_user_addr_fault(&mm, addr, access);
+                    let r = task.fault(addr, access);
                     telemetry.record_fault(t.elapsed());
                     r
                 } else {
-                    do_user_addr_fault(&mm, addr, access)
+                    task.fault(addr, access)
                 };
-                if r.outcome == mmfault::FaultOutcome::Oom {
-                    return Err(fault_oom(mm.ctx().pgtables.limit(), addr, Some(i)));
+                if r.outcome == mm::FaultOutcome::Oom {
+                    return Err(fault_oom(task.pgtables_limit(), addr, Some(i)));
                 }
                 count(&mut totals, &r);
                 if !req.totals_only {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb};
-use vmasim_server::mm::sim::Simulator;
+use vmasim_server::mm::Simulator;
 use vmasim_server::server::{LocalServer, ServerConfig, spawn_local};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
