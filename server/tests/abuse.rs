@@ -22,6 +22,9 @@
 //! runtime; every case works on a freshly spawned target process and exits
 //! every process it created, so cases are independent (and shrink cleanly).
 
+mod common;
+use common::PAGE;
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::collections::BTreeMap;
@@ -34,7 +37,6 @@ use vmasim_proto::v1::{self as pb, session_request::Op};
 use vmasim_server::mm::{SimConfig, Simulator, TASK_SIZE};
 use vmasim_server::server::{LocalServer, ServerConfig, spawn_local};
 
-const PAGE: u64 = 4096;
 /// `FaultBatch` limit of the servers under test: small, so that random
 /// batches cross it often without megabyte messages.
 const MAX_BATCH: usize = 512;

@@ -4,6 +4,7 @@
 //! concurrency run whose counts are checked against Stats and /metrics.
 
 mod common;
+use common::{MAP_FIXED, MAP_FIXED_NOREPLACE, PAGE, PRIVATE_ANON, RW};
 
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -12,12 +13,6 @@ use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb, session_reply, session_request};
 use vmasim_server::mm::{SimConfig, TASK_SIZE};
 use vmasim_server::server::{SERVICE_NAME, ServerConfig};
-
-const RW: u32 = 0x1 | 0x2;
-const PRIVATE_ANON: u32 = 0x02 | 0x20;
-const MAP_FIXED: u32 = 0x10;
-const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
-const PAGE: u64 = 4096;
 
 use common::{TestServer, http_get, metric, mmap_anon, spawn};
 

@@ -24,6 +24,7 @@
 //! Timeouts here only catch hangs; nothing asserts how fast anything is.
 
 mod common;
+use common::{MAP_FIXED, PAGE, PRIVATE_ANON, RW};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,11 +48,6 @@ const POOL: u32 = 256;
 const RSS_BOUND_MIB: u64 = 512;
 /// Guard against hangs only.
 const HANG: Duration = Duration::from_secs(20);
-
-const PAGE: u64 = 4096;
-const RW: u32 = 0x1 | 0x2;
-const PRIVATE_ANON: u32 = 0x02 | 0x20;
-const MAP_FIXED: u32 = 0x10;
 
 use common::{TestServer, many_vmas, mmap_anon, rss_mib, spawn};
 

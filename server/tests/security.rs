@@ -21,6 +21,9 @@
 //! The comparison itself is `subtle::ConstantTimeEq` (server.rs,
 //! `BearerAuth`); timing is not measured here.
 
+mod common;
+use common::{PAGE, PRIVATE_ANON, RW};
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -34,9 +37,6 @@ use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb, session_request::Op};
 use vmasim_server::server::{SERVICE_NAME, ServerConfig, TlsPem, spawn_local};
 
-const PAGE: u64 = 4096;
-const RW: u32 = 0x1 | 0x2;
-const PRIVATE_ANON: u32 = 0x02 | 0x20;
 /// Guard against hangs only.
 const HANG: Duration = Duration::from_secs(20);
 

@@ -20,11 +20,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Guard against hangs only; nothing asserts how fast anything is.
 pub const HANG: Duration = Duration::from_secs(30);
 
-pub const PAGE: u64 = 4096;
-pub const PROT_READ: u32 = 0x1;
-pub const RW: u32 = 0x1 | 0x2;
-pub const PRIVATE_ANON: u32 = 0x02 | 0x20;
-pub const MAP_NORESERVE: u32 = 0x4000;
+/// The bits as the proto crate defines them for both sides.
+pub use vmasim_proto::linux::{map::*, prot::*};
+pub const PAGE: u64 = vmasim_server::mm::PAGE_SIZE;
+pub const RW: u32 = PROT_READ | PROT_WRITE;
+pub const PRIVATE_ANON: u32 = MAP_PRIVATE | MAP_ANONYMOUS;
 
 /// A server serving until [`TestServer::shutdown`]: the library's
 /// [`spawn_local`], with the clients and checks the tests share.
