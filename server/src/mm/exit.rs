@@ -6,9 +6,10 @@
 //! `vm_refcnt`; a VMA freed while still "attached" would come back looking
 //! attached, and a reader that found it in its old life could lock it.
 
+use crate::mm::memory::free_pgtables;
+use crate::mm::memory::zap_page_range;
 use crate::mm::mm_struct::MmStruct;
-use crate::mm::mmap::zap_page_range;
-use crate::mm::pgtable::{USER_PGTABLES_CEILING, free_pgtables};
+use crate::mm::pgtable::USER_PGTABLES_CEILING;
 use crate::mm::race::InjectPoint;
 use crate::mm::vma::Writer;
 use crate::mm::{MmError, TASK_SIZE};

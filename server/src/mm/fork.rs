@@ -11,9 +11,9 @@
 //! settled on this one.)
 
 use crate::mm::MmError;
+use crate::mm::memory::rss_counter;
 use crate::mm::mm_struct::MmStruct;
 use crate::mm::mm_types::{VM_LOCK_SEQ_UNLOCKED, Vma, vm_flags::*};
-use crate::mm::mmap::rss_counter;
 use crate::mm::pgtable::pte;
 use crate::mm::race::InjectPoint;
 use crate::mm::slab::VmaIdx;

@@ -6,7 +6,7 @@
 //! --release loom` (`.ci/run` does). The project's own cfg name, not plain
 //! `loom`: that one would also switch tokio into its loom mode.
 
-use crate::mm::mm_types::{MmLockSeq, Vma, VmaFields};
+use crate::mm::mm_types::{MmLockSeq, ReadChecks, Vma, VmaFields};
 use crate::mm::slab::{CachePolicy, VmaCache, VmaIdx};
 use loom::sync::Arc;
 use loom::sync::atomic::Ordering;
@@ -141,7 +141,7 @@ fn start_read_vs_start_write_and_detach() {
         let reader = {
             let (mm, v) = (mm.clone(), v.clone());
             thread::spawn(move || {
-                if v.vma_start_read(&mm).is_ok() {
+                if v.vma_start_read(&mm, ReadChecks::ALL, None).is_ok() {
                     // Writer must not have detached under us.
                     assert!(!v.is_detached());
                     assert_eq!(v.vm_end(), 0x2000);
@@ -178,7 +178,7 @@ fn reader_vs_free_and_reuse(other_mm: bool) {
             thread::spawn(move || {
                 let v = pool.get(idx);
                 let addr = 0x1800;
-                match v.vma_start_read(&mm) {
+                match v.vma_start_read(&mm, ReadChecks::ALL, None) {
                     Ok(()) => {
                         let ok = v.contains(addr);
                         if ok {

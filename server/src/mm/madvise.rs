@@ -14,9 +14,9 @@
 //! Like `madvise_walk_vmas`, holes in the range do not stop the walk: every
 //! mapped part gets the advice, then the call fails with ENOMEM.
 
+use crate::mm::memory::zap_page_range;
 use crate::mm::mm_struct::MmStruct;
 use crate::mm::mm_types::vm_flags::*;
-use crate::mm::mmap::zap_page_range;
 use crate::mm::rcu::rcu_read_lock;
 use crate::mm::slab::VmaIdx;
 use crate::mm::vma::{Vmg, Writer, vma_modify};
@@ -84,7 +84,7 @@ fn madvise_free_or_dontneed(
     advice: u32,
 ) -> Result<(), MmError> {
     let mut retries = 0;
-    if let Some(locked) = crate::mm::fault::lock_vma_under_rcu(mm, start, &mut retries) {
+    if let Some(locked) = crate::mm::mmap_lock::lock_vma_under_rcu(mm, start, &mut retries) {
         let f = locked.vma.fields();
         if end <= f.vm_end {
             let r = madvise_one(mm, &f, start, end, advice);

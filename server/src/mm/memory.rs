@@ -16,10 +16,10 @@
 //! neighbours too.
 
 use crate::mm::PAGE_SHIFT;
-use crate::mm::fault::{Access, FaultOutcome, NeedMmapLock, vmf_anon_prepare};
 use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct};
-use crate::mm::mm_types::{Vma, VmaFields, vm_flags::*};
-use crate::mm::pgtable::{alloc_frame, pte};
+use crate::mm::mm_types::{Access, FaultOutcome, NeedMmapLock, Vma, VmaFields, vm_flags::*};
+use crate::mm::pgtable::{USER_PGTABLES_CEILING, alloc_frame, pte};
+use crate::mm::rcu::{RcuReadGuard, rcu_read_lock};
 use crate::mm::sync::{AtomicU64, Ordering};
 
 /// `fault_around_bytes` (mm/memory.c, default 64 KiB) in pages.
@@ -377,6 +377,141 @@ fn do_wp_page(vmf: &VmFault<'_>, old: u64) -> Result<Step, NeedMmapLock> {
 
 fn frame() -> u64 {
     alloc_frame() << pte::FRAME_SHIFT
+}
+
+/// `__vmf_anon_prepare`: give the VMA an `anon_vma` if it has none. Under
+/// the VMA lock alone the fault takes `mmap_read_trylock` and prepares it
+/// in place; only if a writer holds `mmap_lock` does it return
+/// `VM_FAULT_RETRY` (and the fault retries under `mmap_lock`).
+pub(crate) fn vmf_anon_prepare(
+    mm: &MmStruct,
+    vma: &Vma,
+    f: &VmaFields,
+    vma_locked: bool,
+) -> Result<(), NeedMmapLock> {
+    if f.anon_vma != 0 || vma.anon_vma.load(Ordering::Relaxed) != 0 {
+        return Ok(());
+    }
+    let _mmap_read = if vma_locked {
+        Some(mm.mmap_read_trylock().ok_or(NeedMmapLock)?)
+    } else {
+        None
+    };
+    __anon_vma_prepare(mm, vma, f);
+    Ok(())
+}
+
+/// `__anon_vma_prepare` (mm/rmap.c), with `mmap_lock` held: reuse
+/// a neighbour's `anon_vma` if `find_mergeable_anon_vma` finds one (so the
+/// two VMAs can merge again later), else a new one.
+pub(crate) fn __anon_vma_prepare(mm: &MmStruct, vma: &Vma, f: &VmaFields) {
+    let anon_vma = find_mergeable_anon_vma(mm, f).unwrap_or_else(|| mm.ctx.new_anon_vma());
+    // Several mmap_lock readers may race here (the kernel serialises them
+    // with page_table_lock); the CAS picks one anon_vma. Relaxed: the
+    // value is only read by faults on this VMA (which tolerate either
+    // winner) and by writers, which hold mmap_lock for write and so come
+    // after us.
+    if vma
+        .anon_vma
+        .compare_exchange(0, anon_vma, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        vma.anon_vma_chain.store(1, Ordering::Relaxed);
+    }
+}
+
+/// `anon_vma_compatible`: adjacent, same file, flags equal but for the
+/// access bits, linear offsets.
+fn anon_vma_compatible(a: &VmaFields, b: &VmaFields) -> bool {
+    a.vm_end == b.vm_start
+        && a.vm_file == b.vm_file
+        && (a.vm_flags ^ b.vm_flags) & !VM_ACCESS_FLAGS == 0
+        && b.vm_pgoff == a.vm_pgoff + ((b.vm_start - a.vm_start) >> PAGE_SHIFT)
+}
+
+/// `find_mergeable_anon_vma`: the `anon_vma` of the next, else the previous
+/// VMA, if it is compatible and that VMA's chain is singular
+/// (`reusable_anon_vma`). Needs `mmap_lock` (the tree is stable).
+fn find_mergeable_anon_vma(mm: &MmStruct, f: &VmaFields) -> Option<u64> {
+    let g = rcu_read_lock();
+    let pool = &mm.ctx.pool;
+    let reusable = |old: &VmaFields, a: &VmaFields, b: &VmaFields| {
+        (anon_vma_compatible(a, b) && old.anon_vma != 0 && old.anon_vma_chain == 1)
+            .then_some(old.anon_vma)
+    };
+    if let Some(n) = mm.mm_mt.mas_walk(f.vm_end, &g) {
+        let nf = pool.get(n.idx).fields();
+        if let Some(a) = reusable(&nf, f, &nf) {
+            return Some(a);
+        }
+    }
+    let p = mm.mm_mt.prev(f.vm_start, &g)?;
+    let pf = pool.get(p.idx).fields();
+    reusable(&pf, &pf, f)
+}
+
+/// `zap_page_range`: drop every PTE in `[start, end)` and its RSS.
+pub(crate) fn zap_page_range(mm: &MmStruct, start: u64, end: u64) -> u64 {
+    let mut freed = 0;
+    mm.pgd.for_each_present(start, end, |_, p| {
+        // Relaxed: mmap_lock write + write-locked VMAs exclude faults here.
+        let v = p.swap(0, Ordering::Relaxed);
+        if let Some(ctr) = rss_counter(v) {
+            mm.rss.sub(ctr, 1);
+            freed += 1;
+        }
+        // zap_present_ptes -> folio_remove_rmap_ptes: one mapper fewer.
+        if v & pte::COW != 0 {
+            mm.ctx.anon_refs.put(v >> pte::FRAME_SHIFT);
+        }
+    });
+    freed
+}
+
+/// Which RSS counter a PTE value counts in (`None` for the zero page).
+pub(crate) fn rss_counter(v: u64) -> Option<usize> {
+    if v & pte::PRESENT == 0 || v & pte::ZERO != 0 {
+        None
+    } else if v & pte::FILE != 0 {
+        Some(MM_FILEPAGES)
+    } else if v & pte::SHMEM != 0 {
+        Some(MM_SHMEMPAGES)
+    } else {
+        Some(MM_ANONPAGES)
+    }
+}
+
+/// `free_pgtables`: after `[start, end)` was unmapped (its PTEs zapped and
+/// the tree updated), free the page tables of every part of it that no
+/// VMA covers now, between that part's neighbours (mm/memory.c passes
+/// `floor` = the previous VMA's end, `ceiling` = the next one's start).
+///
+/// The caller holds `mmap_lock` for write (`guard` is its RCU guard) and
+/// has zapped the range; see [`PageTable::free_pgd_range`] for why no fault
+/// can be using these tables.
+pub(crate) fn free_pgtables(mm: &MmStruct, start: u64, end: u64, guard: &RcuReadGuard) {
+    let mut gaps = Vec::new();
+    let mut cur = start;
+    for v in mm.mm_mt.overlapping(start, end, guard) {
+        if v.start > cur {
+            gaps.push((cur, v.start));
+        }
+        cur = cur.max(v.end);
+    }
+    if cur < end {
+        gaps.push((cur, end));
+    }
+    for (gs, ge) in gaps {
+        let floor = mm.mm_mt.prev(gs, guard).map_or(0, |p| p.end.min(gs));
+        let ceiling = mm
+            .mm_mt
+            .next(ge, guard)
+            .map_or(USER_PGTABLES_CEILING, |n| n.start);
+        // SAFETY: `[floor, ceiling)` has no VMA (floor is the end of the
+        // VMA before the gap, ceiling the start of the one after it), and
+        // the caller holds mmap_lock for write with the range zapped.
+        unsafe { mm.pgd.free_pgd_range(gs, ge, floor, ceiling) };
+    }
 }
 
 #[cfg(test)]

@@ -9,13 +9,11 @@
 //! one store (`vma_end_write_all`).
 
 use crate::mm::{
-    fault::FaultLockMode,
-    mm_types::MmLockSeq,
+    mm_types::{FaultLockMode, MapsReader, MmLockSeq},
     pgtable::{PageTable, PgtableBudget},
     race::RaceHooks,
     slab::VmaCache,
     sync::{AtomicU64, Ordering, RwLock, RwLockReadGuard, RwLockWriteGuard},
-    task_mmu::MapsReader,
     vma_tree::VmaTree,
     vmstat::{Counters, NR_MAPS_EVENTS},
 };
@@ -198,7 +196,7 @@ pub mod ev {
     pub const FAULT_BASE: usize = 4;
     /// 7 outcomes x 3 paths.
     pub const NR_FAULT_KINDS: usize =
-        crate::mm::fault::FaultOutcome::ALL.len() * crate::mm::fault::FaultPath::ALL.len();
+        crate::mm::mm_types::FaultOutcome::ALL.len() * crate::mm::mm_types::FaultPath::ALL.len();
     /// Sum of `retries` over all faults.
     pub const FAULT_RETRIES: usize = FAULT_BASE + NR_FAULT_KINDS;
     /// First reuse-detected counter; one per [`crate::mm::fault::ReuseCheck`].

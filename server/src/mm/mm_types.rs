@@ -16,7 +16,7 @@
 //! * After the increment, the reader re-checks `vm_mm` (the slot may now
 //!   belong to another mm) and `vm_lock_seq`; the caller re-checks the range.
 
-use crate::mm::sync::{AtomicU32, AtomicU64, Ordering, spin_wait};
+use crate::mm::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// Added to `vm_refcnt` while a writer excludes readers.
 pub const VMA_LOCK_OFFSET: u32 = 0x4000_0000;
@@ -316,195 +316,6 @@ impl Vma {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// `vma_start_read`: take the VMA read lock from an RCU walk.
-    #[inline]
-    pub fn vma_start_read(&self, mm: &MmLockSeq) -> Result<(), StartReadError> {
-        self.vma_start_read_checked(mm, ReadChecks::ALL, || {})
-    }
-
-    /// `vma_start_read` with selectable checks and a hook that runs between
-    /// the early `vm_lock_seq` check and the refcount increment (the window
-    /// of the review's race). Ordinary callers use [`Vma::vma_start_read`].
-    #[inline]
-    pub fn vma_start_read_checked(
-        &self,
-        mm: &MmLockSeq,
-        checks: ReadChecks,
-        between_check_and_inc: impl FnOnce(),
-    ) -> Result<(), StartReadError> {
-        // Early lockless check. Relaxed on both: its answer is only a
-        // shortcut; the check we rely on is the one after the increment.
-        if self.vm_lock_seq.load(Ordering::Relaxed) == mm.mm_lock_seq.load(Ordering::Relaxed) {
-            return Err(StartReadError::WriteLocked(LockedBy::EarlySeq));
-        }
-        between_check_and_inc();
-        // __refcount_inc_not_zero_limited_acquire. Acquire on success: the
-        // later vm_mm / vm_lock_seq / range reads must not move before the
-        // increment, and they must see what the writer wrote before its
-        // Release (vma_mark_attached, __vma_exit_locked).
-        let mut old = self.vm_refcnt.load(Ordering::Relaxed);
-        loop {
-            if old == 0 {
-                return Err(StartReadError::Detached);
-            }
-            if old >= VMA_REF_LIMIT {
-                return Err(StartReadError::WriteLocked(LockedBy::RefLimit));
-            }
-            match self.vm_refcnt.compare_exchange_weak(
-                old,
-                old + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(cur) => old = cur,
-            }
-        }
-        // The slot may have been freed and attached to another mm since the
-        // walk found it. Upstream pins the other mm before dropping the
-        // reference; ids here are never reused, so there is nothing to pin.
-        if checks.vm_mm && self.vm_mm.load(Ordering::Relaxed) != mm.id {
-            self.vma_end_read();
-            return Err(StartReadError::WrongMm);
-        }
-        // Acquire on mm_lock_seq pairs with the Release bump in
-        // mmap_write_unlock: if we see the unlocked sequence we also see
-        // every change made under the write lock. A false "locked" answer
-        // after sequence wrap-around is harmless (fallback); a false
-        // "unlocked" one is impossible because vm_lock_seq only changes
-        // under vm_refcnt exclusion.
-        if checks.late_seq
-            && self.vm_lock_seq.load(Ordering::Relaxed) == mm.mm_lock_seq.load(Ordering::Acquire)
-        {
-            self.vma_end_read();
-            return Err(StartReadError::WriteLocked(LockedBy::LateSeq));
-        }
-        Ok(())
-    }
-
-    /// `vma_start_read_locked`: take the read lock while holding
-    /// `mmap_lock` for read (`lock_next_vma_under_mmap_lock`). No writer
-    /// can hold `VMA_LOCK_OFFSET` then (writers need `mmap_lock` for
-    /// write), so the only failure is the `VMA_REF_LIMIT` overflow of
-    /// `__refcount_inc_not_zero_limited_acquire`; `false` then.
-    pub fn vma_start_read_locked(&self) -> bool {
-        let mut old = self.vm_refcnt.load(Ordering::Relaxed);
-        loop {
-            if old == 0 || old >= VMA_REF_LIMIT {
-                return false;
-            }
-            // Acquire: as in vma_start_read, the reads of the fields that
-            // follow stay after the increment.
-            match self.vm_refcnt.compare_exchange_weak(
-                old,
-                old + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(cur) => old = cur,
-            }
-        }
-    }
-
-    /// `vma_end_read`: drop a read reference.
-    #[inline]
-    pub fn vma_end_read(&self) {
-        // Release: everything this reader did with the VMA happens before a
-        // writer's Acquire load sees the count drop and goes on to modify it.
-        self.vm_refcnt.fetch_sub(1, Ordering::Release);
-    }
-
-    /// `__vma_enter_locked`: add `VMA_LOCK_OFFSET` unless detached, then wait
-    /// until only the writer (and the attach reference, unless detaching)
-    /// remains. Returns false if the VMA was detached.
-    fn vma_enter_locked(&self, detaching: bool) -> bool {
-        let target = if detaching {
-            VMA_LOCK_OFFSET
-        } else {
-            VMA_LOCK_OFFSET + 1
-        };
-        // refcount_add_not_zero. Relaxed on the RMW: the wait below does
-        // the synchronising Acquire.
-        let mut old = self.vm_refcnt.load(Ordering::Relaxed);
-        loop {
-            if old == 0 {
-                return false;
-            }
-            match self.vm_refcnt.compare_exchange_weak(
-                old,
-                old + VMA_LOCK_OFFSET,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(cur) => old = cur,
-            }
-        }
-        let backoff = crossbeam_utils::Backoff::new();
-        // Acquire pairs with each reader's Release in vma_end_read: their
-        // accesses are over before we change the VMA.
-        while self.vm_refcnt.load(Ordering::Acquire) != target {
-            spin_wait(&backoff);
-        }
-        true
-    }
-
-    /// `__vma_exit_locked`: remove `VMA_LOCK_OFFSET`; true if now detached.
-    fn vma_exit_locked(&self) -> bool {
-        // Release pairs with a later reader's Acquire increment: it sees the
-        // vm_lock_seq written while we held readers out.
-        self.vm_refcnt.fetch_sub(VMA_LOCK_OFFSET, Ordering::Release) == VMA_LOCK_OFFSET
-    }
-
-    /// `vma_start_write`: write-lock the VMA for the current `mmap_lock`
-    /// write cycle (`mm_lock_seq`, odd while write-held), waiting for
-    /// readers to drain. The caller holds `mmap_lock` for write.
-    pub fn vma_start_write(&self, mm_lock_seq: u64) {
-        // Relaxed: only this writer (under mmap_lock) ever stores this value.
-        if self.vm_lock_seq.load(Ordering::Relaxed) == mm_lock_seq {
-            return;
-        }
-        let locked = self.vma_enter_locked(false);
-        // Relaxed: published to readers by the Release in vma_exit_locked
-        // (or vma_mark_attached when not attached yet); the early lockless
-        // check of a reader may see it late, which only costs a fallback.
-        self.vm_lock_seq.store(mm_lock_seq, Ordering::Relaxed);
-        if locked {
-            let detached = self.vma_exit_locked();
-            debug_assert!(!detached, "vma detached while write-locking");
-        }
-    }
-
-    /// Is the VMA write-locked in the cycle `mm_lock_seq`?
-    pub fn is_write_locked(&self, mm_lock_seq: u64) -> bool {
-        self.vm_lock_seq.load(Ordering::Relaxed) == mm_lock_seq
-    }
-
-    /// `vma_mark_attached`: 0 -> 1 once the VMA is in the tree.
-    pub fn vma_mark_attached(&self) {
-        // Release (refcount_set_release): a reader whose increment sees 1
-        // also sees every field written before the attach.
-        let prev = self.vm_refcnt.swap(1, Ordering::Release);
-        debug_assert_eq!(prev, 0, "attaching an attached vma");
-    }
-
-    /// `vma_mark_detached`: 1 -> 0, waiting out readers that raised the
-    /// count transiently. The caller holds the VMA write-locked.
-    pub fn vma_mark_detached(&self) {
-        // AcqRel (refcount_dec_and_test): on reaching 0 we must see readers'
-        // prior accesses before the slot goes back to the pool.
-        if self.vm_refcnt.fetch_sub(1, Ordering::AcqRel) != 1 && self.vma_enter_locked(true) {
-            let detached = self.vma_exit_locked();
-            debug_assert!(detached, "vma still attached after detach");
-        }
-    }
-
-    /// Is `vm_refcnt` 0?
-    pub fn is_detached(&self) -> bool {
-        self.vm_refcnt.load(Ordering::Acquire) == 0
-    }
-
     /// Does the VMA contain `addr`?
     #[inline]
     pub fn contains(&self, addr: u64) -> bool {
@@ -512,99 +323,184 @@ impl Vma {
     }
 }
 
-#[cfg(all(test, not(vmasim_loom)))]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
+// The fault vocabulary (`include/linux/mm_types.h` keeps
+// `enum vm_fault_reason` beside the structs): what a fault returns and
+// which mode it runs in, shared by the fault path, the counters and the
+// race hooks, below all of them.
 
-    fn attached(mm: &MmLockSeq) -> Vma {
-        let v = Vma::default();
-        v.set_fields(&VmaFields {
-            vm_mm: mm.id,
-            vm_start: 0x1000,
-            vm_end: 0x3000,
-            vm_flags: vm_flags::VM_READ,
-            vm_pgoff: 1,
-            vm_file: 0,
-            ..Default::default()
-        });
-        v.vma_mark_attached();
-        v
-    }
+/// How faults take locks (a per-simulator mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FaultLockMode {
+    /// `lock_vma_under_rcu` first, `mmap_lock` only as a fallback.
+    #[default]
+    PerVma,
+    /// Every fault takes `mmap_lock` for read (before per-VMA locks).
+    MmapLock,
+}
 
-    #[test]
-    fn read_lock_counts_and_releases() {
-        let mm = MmLockSeq::new(1);
-        let v = attached(&mm);
-        assert_eq!(v.vma_start_read(&mm), Ok(()));
-        assert_eq!(v.vm_refcnt(), 2);
-        v.vma_end_read();
-        assert_eq!(v.vm_refcnt(), 1);
-    }
-
-    #[test]
-    fn detached_vma_cannot_be_read_locked() {
-        let mm = MmLockSeq::new(1);
-        let v = Vma::default();
-        assert_eq!(v.vma_start_read(&mm), Err(StartReadError::Detached));
-    }
-
-    #[test]
-    fn other_mm_is_refused_and_reference_dropped() {
-        let mm = MmLockSeq::new(1);
-        let other = MmLockSeq::new(2);
-        let v = attached(&mm);
-        assert_eq!(v.vma_start_read(&other), Err(StartReadError::WrongMm));
-        assert_eq!(v.vm_refcnt(), 1);
-    }
-
-    #[test]
-    fn write_lock_is_seen_and_released_by_seq_bump() {
-        let mm = MmLockSeq::new(1);
-        let v = attached(&mm);
-        mm.mm_lock_seq.store(1, Ordering::SeqCst); // mmap_write_lock
-        v.vma_start_write(1);
-        assert_eq!(
-            v.vma_start_read(&mm),
-            Err(StartReadError::WriteLocked(LockedBy::EarlySeq))
-        );
-        mm.mm_lock_seq.store(2, Ordering::SeqCst); // mmap_write_unlock
-        assert_eq!(v.vma_start_read(&mm), Ok(()));
-        v.vma_end_read();
-    }
-
-    #[test]
-    fn late_seq_check_catches_lock_taken_in_the_window() {
-        let mm = MmLockSeq::new(1);
-        let v = attached(&mm);
-        let r = v.vma_start_read_checked(&mm, ReadChecks::ALL, || {
-            mm.mm_lock_seq.store(1, Ordering::SeqCst);
-            v.vma_start_write(1);
-        });
-        assert_eq!(r, Err(StartReadError::WriteLocked(LockedBy::LateSeq)));
-        assert_eq!(v.vm_refcnt(), 1);
-    }
-
-    #[test]
-    fn writer_waits_for_reader_then_detach_waits_too() {
-        let mm = Arc::new(MmLockSeq::new(1));
-        let v = Arc::new(attached(&mm));
-        v.vma_start_read(&mm).unwrap();
-        let w = {
-            let (v, mm) = (v.clone(), mm.clone());
-            std::thread::spawn(move || {
-                mm.mm_lock_seq.store(1, Ordering::SeqCst);
-                v.vma_start_write(1);
-                v.vma_mark_detached();
-            })
-        };
-        // The writer cannot finish while we hold the read lock.
-        while v.vm_refcnt() < VMA_LOCK_OFFSET {
-            std::thread::yield_now();
+impl FaultLockMode {
+    /// The name used in flags, metrics and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultLockMode::PerVma => "per-vma",
+            FaultLockMode::MmapLock => "mmap-lock",
         }
-        assert!(!w.is_finished());
-        v.vma_end_read();
-        w.join().unwrap();
-        assert!(v.is_detached());
+    }
+}
+
+/// The kind of access that faulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Load.
+    Read,
+    /// Store.
+    Write,
+    /// Instruction fetch.
+    Exec,
+}
+
+/// What the fault did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOutcome {
+    /// Anonymous page: zero page mapped (read) or zeroed page allocated.
+    AnonZeroFill = 0,
+    /// File (or shmem) page mapped.
+    FilePage = 1,
+    /// Write to a shared (COW) or read-only file page: private copy made.
+    CowBreak = 2,
+    /// Page already mapped with enough rights (or only the write bit was
+    /// missing on an exclusive page).
+    AlreadyPresent = 3,
+    /// No VMA covers the address.
+    SegvMaperr = 4,
+    /// The VMA forbids this access.
+    SegvAccerr = 5,
+    /// `VM_FAULT_OOM`: a page table was needed and the page-table budget is
+    /// spent (`pte_alloc` failed). Nothing was mapped.
+    Oom = 6,
+    /// `VM_FAULT_SIGBUS`: a hugetlb page was needed and the machine has
+    /// none (`alloc_hugetlb_folio` fails with `vm.nr_hugepages` 0).
+    Sigbus = 7,
+}
+
+impl FaultOutcome {
+    /// All outcomes, in counter order.
+    pub const ALL: [FaultOutcome; 8] = [
+        FaultOutcome::AnonZeroFill,
+        FaultOutcome::FilePage,
+        FaultOutcome::CowBreak,
+        FaultOutcome::AlreadyPresent,
+        FaultOutcome::SegvMaperr,
+        FaultOutcome::SegvAccerr,
+        FaultOutcome::Oom,
+        FaultOutcome::Sigbus,
+    ];
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultOutcome::AnonZeroFill => "anon_zero_fill",
+            FaultOutcome::FilePage => "file_page",
+            FaultOutcome::CowBreak => "cow_break",
+            FaultOutcome::AlreadyPresent => "already_present",
+            FaultOutcome::SegvMaperr => "segv_maperr",
+            FaultOutcome::SegvAccerr => "segv_accerr",
+            FaultOutcome::Oom => "oom",
+            FaultOutcome::Sigbus => "sigbus",
+        }
+    }
+}
+
+/// Which locking path served the fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPath {
+    /// Under the per-VMA lock only.
+    PerVmaLock = 0,
+    /// The per-VMA attempt failed; served under `mmap_lock`.
+    MmapLockFallback = 1,
+    /// The server runs in `mmap-lock` mode.
+    MmapLock = 2,
+}
+
+impl FaultPath {
+    /// All paths, in counter order.
+    pub const ALL: [FaultPath; 3] = [
+        FaultPath::PerVmaLock,
+        FaultPath::MmapLockFallback,
+        FaultPath::MmapLock,
+    ];
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultPath::PerVmaLock => "per_vma_lock",
+            FaultPath::MmapLockFallback => "mmap_lock_fallback",
+            FaultPath::MmapLock => "mmap_lock",
+        }
+    }
+}
+
+/// The check that noticed a reused VMA slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReuseCheck {
+    /// `vm_refcnt` was 0 (detached, maybe reused and not yet attached).
+    VmRefcnt = 0,
+    /// `vm_mm` re-check: the slot belongs to another mm now.
+    VmMm = 1,
+    /// `vm_lock_seq` re-check after taking the reference.
+    VmLockSeq = 2,
+    /// The range re-check in `lock_vma_under_rcu`.
+    Range = 3,
+}
+
+impl ReuseCheck {
+    /// All checks, in counter order.
+    pub const ALL: [ReuseCheck; 4] = [
+        ReuseCheck::VmRefcnt,
+        ReuseCheck::VmMm,
+        ReuseCheck::VmLockSeq,
+        ReuseCheck::Range,
+    ];
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReuseCheck::VmRefcnt => "vm_refcnt",
+            ReuseCheck::VmMm => "vm_mm",
+            ReuseCheck::VmLockSeq => "vm_lock_seq",
+            ReuseCheck::Range => "range",
+        }
+    }
+}
+
+/// The result of one fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultResult {
+    /// What happened.
+    pub outcome: FaultOutcome,
+    /// Which locking path served it.
+    pub path: FaultPath,
+    /// Walk retries (`VMA_LOCK_MISS`) plus `VMA_LOCK_RETRY` restarts.
+    pub retries: u32,
+}
+
+/// `VM_FAULT_RETRY`: this fault needs `mmap_lock`.
+pub(crate) struct NeedMmapLock;
+
+/// How `/proc/PID/maps` is read (a per-simulator mode, `--maps-reader`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MapsReader {
+    /// RCU walk and per-VMA read locks, `mmap_lock` only as a fallback
+    /// (6.17+, `lock_next_vma`).
+    #[default]
+    PerVma,
+    /// `mmap_lock` held for read for the whole walk (before 6.17).
+    MmapLock,
+}
+
+impl MapsReader {
+    /// The name used in flags, metrics and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MapsReader::PerVma => "per-vma",
+            MapsReader::MmapLock => "mmap-lock",
+        }
     }
 }

@@ -3,10 +3,8 @@
 //! what a `MAP_FIXED` mapping replaces, merging with the neighbours,
 //! splitting — is `mm/vma.c`'s, in [`crate::mm::vma`].
 
-use crate::mm::mm_struct::{MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MmStruct, huge_page_shift};
+use crate::mm::mm_struct::{MmStruct, huge_page_shift};
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
-use crate::mm::pgtable::pte;
-use crate::mm::sync::Ordering;
 use crate::mm::vma::{
     Vmg, Writer, do_vmi_munmap, vm_area_alloc_new, vma_merge_new_range, vms_complete_munmap_vmas,
     vms_gather_munmap_vmas,
@@ -79,37 +77,6 @@ pub struct MmapArgs {
     pub file: u64,
     /// Byte offset in the file, page aligned.
     pub offset: u64,
-}
-
-/// `zap_page_range`: drop every PTE in `[start, end)` and its RSS.
-pub(crate) fn zap_page_range(mm: &MmStruct, start: u64, end: u64) -> u64 {
-    let mut freed = 0;
-    mm.pgd.for_each_present(start, end, |_, p| {
-        // Relaxed: mmap_lock write + write-locked VMAs exclude faults here.
-        let v = p.swap(0, Ordering::Relaxed);
-        if let Some(ctr) = rss_counter(v) {
-            mm.rss.sub(ctr, 1);
-            freed += 1;
-        }
-        // zap_present_ptes -> folio_remove_rmap_ptes: one mapper fewer.
-        if v & pte::COW != 0 {
-            mm.ctx.anon_refs.put(v >> pte::FRAME_SHIFT);
-        }
-    });
-    freed
-}
-
-/// Which RSS counter a PTE value counts in (`None` for the zero page).
-pub(crate) fn rss_counter(v: u64) -> Option<usize> {
-    if v & pte::PRESENT == 0 || v & pte::ZERO != 0 {
-        None
-    } else if v & pte::FILE != 0 {
-        Some(MM_FILEPAGES)
-    } else if v & pte::SHMEM != 0 {
-        Some(MM_SHMEMPAGES)
-    } else {
-        Some(MM_ANONPAGES)
-    }
 }
 
 /// `accountable_mapping`: private writable memory is charged against the
@@ -403,7 +370,7 @@ fn mmap_region(
     // vms_clean_up_area: the old pages go while the VMAs are still in the
     // tree.
     if gathered.is_some() {
-        zap_page_range(w.mm, addr, end);
+        crate::mm::memory::zap_page_range(w.mm, addr, end);
     }
     let mut merged = None;
     if prev.is_some() || next.is_some() {
@@ -489,7 +456,7 @@ fn __mmap_new_vma(
 /// writing where the mapping is private and writable (to break COW up
 /// front), reading elsewhere. Inaccessible VMAs are skipped.
 pub(crate) fn mm_populate(mm: &MmStruct, start: u64, len: u64) {
-    crate::mm::fault::populate_range(mm, start, start + len);
+    crate::mm::gup::populate_range(mm, start, start + len);
 }
 
 /// `PMD_SIZE`: a transparent huge page.
@@ -748,7 +715,7 @@ pub(crate) fn expand_stack(mm: &MmStruct, addr: u64) -> Result<(), MmError> {
     // "We must make sure the anon_vma is allocated."
     let v = w.pool().get(vma.idx);
     if f.anon_vma == 0 {
-        crate::mm::fault::__anon_vma_prepare(mm, v, &f);
+        crate::mm::memory::__anon_vma_prepare(mm, v, &f);
     }
     // Lock the VMA before expanding, to keep concurrent faults out.
     w.vma_start_write(vma.idx);

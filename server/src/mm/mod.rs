@@ -22,7 +22,12 @@
 //! * `rcu`: `rcu_read_lock` / `call_rcu` on crossbeam-epoch, with an
 //!   observable grace-period count.
 //! * `vmstat`: sharded event counters (`VMA_LOCK_SUCCESS`...).
-//! * `mm_types`: `vm_area_struct` (`Vma`) and its `vm_refcnt` read/write lock.
+//! * `mm_types`: `vm_area_struct` (`Vma`, `VmaFields`, `vm_flags`) and the
+//!   vocabulary every layer shares: what a fault returns (`FaultOutcome`,
+//!   `FaultPath`, `ReuseCheck`, `VM_FAULT_RETRY`) and the modes.
+//! * `mmap_lock`: the whole per-VMA lock protocol: `vma_start_read`,
+//!   `vma_start_write`, `vma_mark_attached/detached`, `lock_vma_under_rcu`,
+//!   `lock_next_vma` (the maps reader's step).
 //! * `slab`: the VMA cache (`vm_area_cachep`): per-thread sheaves, a
 //!   barn, slabs; `typesafe` or `rcu` free policy.
 //! * `vma_tree`: the RCU-walkable VMA tree (the maple tree's role).
@@ -34,11 +39,12 @@
 //! * `mprotect`: `do_mprotect_pkey`, `mprotect_fixup`.
 //! * `mremap`: shrink, grow in place, `move_vma`.
 //! * `madvise`: DONTNEED/FREE under the VMA lock; DONTFORK, WIPEONFORK.
-//! * `fault`: `do_user_addr_fault`, `lock_vma_under_rcu`.
-//! * `memory`: `handle_mm_fault` and its `do_*` steps, fault-around.
+//! * `fault`: `do_user_addr_fault`, `access_error` (arch/x86/mm/fault.c).
+//! * `memory`: `handle_mm_fault` and its `do_*` steps, fault-around,
+//!   `vmf_anon_prepare`, `zap_page_range`, `free_pgtables`.
+//! * `gup`: `populate_vma_page_range`, `__mm_populate`.
 //! * `filemap`: the page cache fault-around maps from.
 //! * `rmap`: mappers of fork-shared anonymous pages (COW reuse).
-//! * `mmap_lock`: `lock_next_vma`, the maps reader's per-VMA lock step.
 //! * `fork`: `dup_mmap`, `vm_area_dup`, `vm_area_init_from`.
 //! * `exit`: tearing an address space down, `exit_mmap`.
 //! * `proc_maps`: `/proc/PID/maps` rendering and import.
@@ -46,11 +52,18 @@
 //! * `sim`: the process table tying it together.
 //! * `race`: injection points for the race lab.
 
+// The loom build compiles only the lock-free core (sync, rcu, slab,
+// mm_types, mmap_lock, race, vmstat) for its models; most of their
+// surface has no user there.
+#![cfg_attr(vmasim_loom, allow(dead_code))]
+
 // Every module is private to the crate: the service, the server, benches,
 // fuzz targets and integration tests see only what is re-exported below,
 // so a change inside the engine cannot break them unless it changes this
 // list.
 pub(crate) mod mm_types;
+pub(crate) mod mmap_lock;
+pub(crate) mod race;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod rcu;
 #[cfg(vmasim_loom)]
@@ -72,6 +85,8 @@ pub(crate) mod filemap;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod fork;
 #[cfg(not(vmasim_loom))]
+pub(crate) mod gup;
+#[cfg(not(vmasim_loom))]
 pub(crate) mod madvise;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod memory;
@@ -80,8 +95,6 @@ pub(crate) mod mm_struct;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod mmap;
 #[cfg(not(vmasim_loom))]
-pub(crate) mod mmap_lock;
-#[cfg(not(vmasim_loom))]
 pub(crate) mod mprotect;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod mremap;
@@ -89,8 +102,6 @@ pub(crate) mod mremap;
 pub(crate) mod pgtable;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod proc_maps;
-#[cfg(not(vmasim_loom))]
-pub(crate) mod race;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod rmap;
 #[cfg(not(vmasim_loom))]
@@ -116,16 +127,19 @@ pub use slab::{CachePolicy, PoolStats, SLAB_SIZE, VmaCache};
 pub use {
     error::{Errno, MmError},
     exit::ExitStats,
-    fault::{Access, FaultLockMode, FaultOutcome, FaultPath, FaultResult, FaultStats, ReuseCheck},
+    fault::FaultStats,
     madvise::{
         MADV_DOFORK, MADV_DONTFORK, MADV_DONTNEED, MADV_FREE, MADV_KEEPONFORK, MADV_WIPEONFORK,
+    },
+    mm_types::{
+        Access, FaultLockMode, FaultOutcome, FaultPath, FaultResult, MapsReader, ReuseCheck,
     },
     mmap::{MmapArgs, map, prot},
     mremap::{MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE},
     pgtable::TABLE_BYTES,
     proc_maps::{MapsEntry, render},
     sim::{DEFAULT_MAX_PGTABLES_BYTES, Maps, SimConfig, SimStats, Simulator, Task},
-    task_mmu::{MapsReader, check_maps_guarantees},
+    task_mmu::check_maps_guarantees,
     vmstat::{MapsEvent, NR_MAPS_EVENTS, NR_VMA_LOCK_EVENTS, VmaLockEvent},
 };
 

@@ -7,7 +7,7 @@
 //! hole have changed; a hole at the start changes nothing. The error says
 //! how far the change got.
 
-use crate::mm::fault::populate_vma_page_range;
+use crate::mm::gup::populate_vma_page_range;
 use crate::mm::mm_struct::MmStruct;
 use crate::mm::mm_types::vm_flags::*;
 use crate::mm::mmap::{accountable_mapping, prot};

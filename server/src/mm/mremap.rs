@@ -521,7 +521,7 @@ fn move_page_tables(w: &Writer<'_>, old: u64, new: u64, len: u64) -> Result<(), 
             })?;
         dst.store(v, Ordering::Relaxed);
     }
-    crate::mm::pgtable::free_pgtables(mm, old, old + len, &w.guard);
+    crate::mm::memory::free_pgtables(mm, old, old + len, &w.guard);
     Ok(())
 }
 
@@ -530,7 +530,7 @@ mod tests {
     //! The 6.18 rules of mm/mremap.c that `vmasim kernel-diff` checked on
     //! the running kernel (the same shapes, scripted).
     use super::*;
-    use crate::mm::fault::Access;
+    use crate::mm::mm_types::Access;
     use crate::mm::mmap::{MmapArgs, map::*, prot::*};
     use crate::mm::sim::{SimConfig, Simulator};
 

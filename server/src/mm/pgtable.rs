@@ -17,15 +17,13 @@
 //! would exceed the budget is not allocated: the fault fails with
 //! `VM_FAULT_OOM` (the kernel's answer when `pte_alloc` fails) and fork
 //! with `ENOMEM` (`copy_page_range`). Tables are freed again where the
-//! kernel frees them: by `free_pgtables` for the range an unmap leaves
+//! kernel frees them: by `free_pgtables` (memory.rs) for the range an unmap leaves
 //! without any VMA (bounded by the neighbours, `floor`/`ceiling`), and all
 //! of them at exit. The top level (the `pgd`) belongs to the mm itself and
 //! is not charged, as in the kernel's `pgtables_bytes`.
 
 use crate::mm::{
     PAGE_SHIFT, TASK_SIZE,
-    mm_struct::MmStruct,
-    rcu::RcuReadGuard,
     sync::{AtomicU64, Ordering},
 };
 use crossbeam_utils::CachePadded;
@@ -432,39 +430,6 @@ impl PageTable {
                 addr += SPAN[3];
             }
         }
-    }
-}
-
-/// `free_pgtables`: after `[start, end)` was unmapped (its PTEs zapped and
-/// the tree updated), free the page tables of every part of it that no
-/// VMA covers now, between that part's neighbours (mm/memory.c passes
-/// `floor` = the previous VMA's end, `ceiling` = the next one's start).
-///
-/// The caller holds `mmap_lock` for write (`guard` is its RCU guard) and
-/// has zapped the range; see [`PageTable::free_pgd_range`] for why no fault
-/// can be using these tables.
-pub(crate) fn free_pgtables(mm: &MmStruct, start: u64, end: u64, guard: &RcuReadGuard) {
-    let mut gaps = Vec::new();
-    let mut cur = start;
-    for v in mm.mm_mt.overlapping(start, end, guard) {
-        if v.start > cur {
-            gaps.push((cur, v.start));
-        }
-        cur = cur.max(v.end);
-    }
-    if cur < end {
-        gaps.push((cur, end));
-    }
-    for (gs, ge) in gaps {
-        let floor = mm.mm_mt.prev(gs, guard).map_or(0, |p| p.end.min(gs));
-        let ceiling = mm
-            .mm_mt
-            .next(ge, guard)
-            .map_or(USER_PGTABLES_CEILING, |n| n.start);
-        // SAFETY: `[floor, ceiling)` has no VMA (floor is the end of the
-        // VMA before the gap, ceiling the start of the one after it), and
-        // the caller holds mmap_lock for write with the range zapped.
-        unsafe { mm.pgd.free_pgd_range(gs, ge, floor, ceiling) };
     }
 }
 

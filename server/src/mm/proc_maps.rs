@@ -13,11 +13,11 @@
 
 use crate::mm::mm_struct::{FileInfo, MM_ANONPAGES, MmStruct};
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
-use crate::mm::mmap::{insert_vma_nomerge, rss_counter};
 use crate::mm::rcu::rcu_read_lock;
 use crate::mm::sync::Ordering;
 use crate::mm::vma::Writer;
 use crate::mm::{MmError, PAGE_SHIFT, TASK_SIZE, page_aligned};
+use crate::mm::{memory::rss_counter, mmap::insert_vma_nomerge};
 use std::fmt::Write as _;
 
 /// One line of maps, structured.

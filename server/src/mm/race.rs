@@ -8,7 +8,7 @@
 //! variants (switches in [`Bugs`]) can never reach ordinary traffic: they
 //! exist only inside a scenario's hooks.
 
-use crate::mm::fault::ReuseCheck;
+use crate::mm::mm_types::ReuseCheck;
 use crate::mm::mm_types::{ReadChecks, Vma};
 use std::sync::Mutex;
 

@@ -5,22 +5,24 @@
 //! Each call looks its process up once (a `DashMap` shard read lock) and
 //! then runs the engine operation, which does its own locking.
 
-use crate::mm::fault::{
-    Access, FaultLockMode, FaultResult, FaultStats, do_user_addr_fault, follow_pte,
-};
 use crate::mm::{
     DEFAULT_MAX_MAP_COUNT, MmError,
     exit::{ExitStats, exit_mmap},
     fork::dup_mmap,
     madvise::do_madvise,
     mm_struct::{MmContext, MmStruct, MmapWriteGuard},
+    mm_types::MapsReader,
     mmap::{MmapArgs, do_brk, do_mmap, do_munmap},
     mprotect::do_mprotect,
     mremap::do_mremap,
     proc_maps::{MapsEntry, import_maps, parse_maps, render},
     slab::{CachePolicy, PoolStats, VmaCache},
-    task_mmu::{MapsReader, show_maps},
+    task_mmu::show_maps,
     vmstat::NR_MAPS_EVENTS,
+};
+use crate::mm::{
+    fault::{FaultStats, do_user_addr_fault, follow_pte},
+    mm_types::{Access, FaultLockMode, FaultResult},
 };
 use dashmap::DashMap;
 use std::sync::Arc;

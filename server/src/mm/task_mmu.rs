@@ -28,7 +28,7 @@
 
 use crate::mm::{
     mm_struct::MmStruct,
-    mm_types::Vma,
+    mm_types::{MapsReader, Vma},
     mmap_lock::{NextVma, VmaIterator, lock_next_vma},
     proc_maps::{MapsEntry, gate_vma, show_map_vma, show_maps_mmap_lock},
     race::InjectPoint,
@@ -36,27 +36,6 @@ use crate::mm::{
     sync::RwLockReadGuard,
     vmstat::MapsEvent,
 };
-
-/// How `/proc/PID/maps` is read (a per-simulator mode, `--maps-reader`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MapsReader {
-    /// RCU walk and per-VMA read locks, `mmap_lock` only as a fallback
-    /// (6.17+, `lock_next_vma`).
-    #[default]
-    PerVma,
-    /// `mmap_lock` held for read for the whole walk (before 6.17).
-    MmapLock,
-}
-
-impl MapsReader {
-    /// The name used in flags, metrics and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MapsReader::PerVma => "per-vma",
-            MapsReader::MmapLock => "mmap-lock",
-        }
-    }
-}
 
 /// The maps of `mm`, structured, plus `(start_brk, brk)`, read as the
 /// context's [`MapsReader`] says.
@@ -273,8 +252,8 @@ pub fn check_maps_guarantees(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mm::fault::FaultLockMode;
     use crate::mm::mm_struct::MmContext;
+    use crate::mm::mm_types::FaultLockMode;
     use crate::mm::mm_types::VMA_REF_LIMIT;
     use crate::mm::mmap::{MmapArgs, do_mmap, map, prot};
     use crate::mm::slab::{CachePolicy, VmaCache};

@@ -653,9 +653,9 @@ pub(crate) fn vms_complete_munmap_vmas(w: &mut Writer<'_>, g: MunmapGather) {
     for &(idx, start) in &g.detached {
         w.erase_if(start, idx);
     }
-    crate::mm::mmap::zap_page_range(w.mm, g.start, g.end);
+    crate::mm::memory::zap_page_range(w.mm, g.start, g.end);
     // unmap_region: then the page tables no VMA uses any more.
-    crate::mm::pgtable::free_pgtables(w.mm, g.start, g.end, &w.guard);
+    crate::mm::memory::free_pgtables(w.mm, g.start, g.end, &w.guard);
     w.w.state.map_count -= g.detached.len();
     for (idx, _) in g.detached {
         w.pool().vm_area_free_with(idx, &w.guard);
@@ -692,7 +692,7 @@ mod tests {
         let pool = VmaCache::new(CachePolicy::Typesafe, 1024);
         let ctx = Arc::new(MmContext::new(
             pool,
-            crate::mm::fault::FaultLockMode::PerVma,
+            crate::mm::mm_types::FaultLockMode::PerVma,
             DEFAULT_MAX_MAP_COUNT,
         ));
         MmStruct::new(1, ctx, None)

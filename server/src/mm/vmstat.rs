@@ -8,9 +8,6 @@
 //! a scrape) and may see a sum that is a few events old; that is the same
 //! contract as `/proc/vmstat`.
 
-// The loom build compiles this file for the slab's counters only.
-#![cfg_attr(vmasim_loom, allow(dead_code))]
-
 use crate::mm::sync::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 

@@ -30,7 +30,10 @@ use crate::mm::mmap::prot;
 use crate::mm::mprotect::do_mprotect;
 use crate::mm::proc_maps::{MapsEntry, render};
 use crate::mm::race::{Bugs, InjectPoint};
-use crate::mm::task_mmu::{MapsReader, check_maps_guarantees, show_maps};
+use crate::mm::{
+    mm_types::MapsReader,
+    task_mmu::{check_maps_guarantees, show_maps},
+};
 use std::sync::{Arc, Mutex};
 
 /// `rwxp` of `vma`.

@@ -40,9 +40,6 @@
 //! allocated), its debug generation, and the reader's mm's `mm_lock_seq`.
 
 use crate::mm::exit::exit_mmap;
-use crate::mm::fault::{
-    Access, FaultLockMode, FaultResult, FaultStats, ReuseCheck, do_user_addr_fault,
-};
 use crate::mm::fork::dup_mmap;
 use crate::mm::mm_struct::{MmContext, MmStruct};
 use crate::mm::mm_types::{VMA_LOCK_OFFSET, Vma};
@@ -51,6 +48,10 @@ use crate::mm::race::{Bugs, InjectPoint, RaceHooks};
 use crate::mm::rcu::rcu_read_lock;
 use crate::mm::slab::{CachePolicy, SLAB_SIZE, VmaCache, VmaIdx};
 use crate::mm::sync::Ordering;
+use crate::mm::{
+    fault::{FaultStats, do_user_addr_fault},
+    mm_types::{Access, FaultLockMode, FaultResult, ReuseCheck},
+};
 use std::cell::Cell;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Receiver, Sender};
