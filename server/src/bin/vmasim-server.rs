@@ -46,16 +46,16 @@ mod imp {
         metrics_listen: SocketAddr,
 
         /// VMA cache free policy: typesafe (SLAB_TYPESAFE_BY_RCU, freed slots reused at once) or rcu (every free waits a grace period).
-        #[arg(long, env = "VMASIM_VMA_CACHE", value_enum, default_value_t = VmaCache::Typesafe)]
-        vma_cache: VmaCache,
+        #[arg(long, env = "VMASIM_VMA_CACHE", value_enum, default_value_t = SimConfig::default().vma_cache)]
+        vma_cache: CachePolicy,
 
         /// Fault locking: per-vma (lock_vma_under_rcu, mmap_lock as fallback) or mmap-lock (every fault takes mmap_lock).
-        #[arg(long, env = "VMASIM_FAULT_LOCK", value_enum, default_value_t = LockMode::PerVma)]
-        fault_lock: LockMode,
+        #[arg(long, env = "VMASIM_FAULT_LOCK", value_enum, default_value_t = SimConfig::default().fault_lock)]
+        fault_lock: FaultLockMode,
 
         /// How Maps reads /proc/PID/maps: per-vma (RCU walk, each VMA read-locked in turn, mmap_lock only as a fallback: lock_next_vma, Linux 6.17+) or mmap-lock (mmap_lock held for the whole walk, as before 6.17).
-        #[arg(long, env = "VMASIM_MAPS_READER", value_enum, default_value_t = LockMode::PerVma)]
-        maps_reader: LockMode,
+        #[arg(long, env = "VMASIM_MAPS_READER", value_enum, default_value_t = SimConfig::default().maps_reader)]
+        maps_reader: MapsReader,
 
         /// Maximum live processes; more gets RESOURCE_EXHAUSTED.
         #[arg(long, env = "VMASIM_MAX_PROCESSES", default_value_t = SimConfig::default().max_processes)]
@@ -149,19 +149,6 @@ mod imp {
     }
 
     #[derive(Debug, Clone, Copy, ValueEnum)]
-    enum VmaCache {
-        Typesafe,
-        Rcu,
-    }
-
-    #[derive(Debug, Clone, Copy, ValueEnum)]
-    /// per-vma | mmap-lock: the two locking schemes of --fault-lock and --maps-reader.
-    enum LockMode {
-        PerVma,
-        MmapLock,
-    }
-
-    #[derive(Debug, Clone, Copy, ValueEnum)]
     enum LogFormat {
         Text,
         Json,
@@ -223,18 +210,9 @@ mod imp {
         }
         Ok(ServerConfig {
             sim: SimConfig {
-                vma_cache: match args.vma_cache {
-                    VmaCache::Typesafe => CachePolicy::Typesafe,
-                    VmaCache::Rcu => CachePolicy::Rcu,
-                },
-                fault_lock: match args.fault_lock {
-                    LockMode::PerVma => FaultLockMode::PerVma,
-                    LockMode::MmapLock => FaultLockMode::MmapLock,
-                },
-                maps_reader: match args.maps_reader {
-                    LockMode::PerVma => MapsReader::PerVma,
-                    LockMode::MmapLock => MapsReader::MmapLock,
-                },
+                vma_cache: args.vma_cache,
+                fault_lock: args.fault_lock,
+                maps_reader: args.maps_reader,
                 max_processes: args.max_processes,
                 max_map_count: args.max_map_count,
                 pool_capacity: args.pool_capacity,

@@ -30,6 +30,7 @@
 mod auth;
 pub mod call;
 mod conn;
+mod flags;
 mod local;
 mod metrics;
 mod rpc;
