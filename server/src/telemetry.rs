@@ -252,7 +252,7 @@ pub use vmasim_proto::{METHODS, status::code_name};
 
 /// Handles of the metrics refreshed from [`SimStats`] at render time.
 struct EngineMetrics {
-    vma_lock: [Counter; 4],
+    vma_lock: [Counter; VmaLockEvent::ALL.len()],
     mmap_lock_fallbacks: Counter,
     faults: [[Counter; FaultPath::ALL.len()]; FaultOutcome::ALL.len()],
     alloc_reused: Counter,
@@ -362,16 +362,8 @@ impl Telemetry {
         );
         r.register_gauge(&build, &METADATA).set(1.0);
 
-        // `FaultStats::vma_lock` is indexed by `VmaLockEvent`.
-        const _: () = assert!(
-            VmaLockEvent::VmaLockSuccess as usize == 0
-                && VmaLockEvent::VmaLockAbort as usize == 1
-                && VmaLockEvent::VmaLockRetry as usize == 2
-                && VmaLockEvent::VmaLockMiss as usize == 3
-        );
         let engine = EngineMetrics {
-            vma_lock: ["success", "abort", "retry", "miss"]
-                .map(|result| counter(VMA_LOCK, &[("result", result)])),
+            vma_lock: VmaLockEvent::ALL.map(|e| counter(VMA_LOCK, &[("result", e.as_str())])),
             mmap_lock_fallbacks: counter(MMAP_LOCK_FALLBACKS, &[]),
             faults: FaultOutcome::ALL.map(|o| {
                 FaultPath::ALL
@@ -579,8 +571,8 @@ impl Telemetry {
     /// values, gauges to the current ones.
     pub fn refresh(&self, s: &SimStats) {
         let e = &self.engine;
-        for (c, v) in e.vma_lock.iter().zip(s.faults.vma_lock) {
-            c.absolute(v);
+        for (c, ev) in e.vma_lock.iter().zip(VmaLockEvent::ALL) {
+            c.absolute(s.faults.vma_lock(ev));
         }
         e.mmap_lock_fallbacks
             .absolute(s.faults.by_path(FaultPath::MmapLockFallback));

@@ -20,14 +20,14 @@
 use crate::mm::{
     TASK_SIZE,
     memory::handle_mm_fault,
-    mm_struct::{MmStruct, ev},
+    mm_struct::MmStruct,
     mm_types::{
         Access, FaultLockMode, FaultOutcome, FaultPath, FaultResult, NeedMmapLock, vm_flags::*,
     },
     mmap_lock::{LockedVma, lock_vma_under_rcu},
     rcu::rcu_read_lock,
     sync::Ordering,
-    vmstat::VmaLockEvent,
+    vmstat::{VmEvent, VmaLockEvent},
 };
 
 /// `do_user_addr_fault`: handle a fault at `addr` in `mm`.
@@ -49,7 +49,8 @@ pub fn do_user_addr_fault(mm: &MmStruct, addr: u64, access: Access) -> FaultResu
             if access_error(f.vm_flags, access) {
                 check_stable(mm, &locked, addr);
                 vma.vma_end_read();
-                ctx.events.inc(VmaLockEvent::VmaLockSuccess as usize);
+                ctx.events
+                    .count_vm_vma_lock_event(VmaLockEvent::VmaLockSuccess);
                 return account(
                     mm,
                     FaultResult {
@@ -64,7 +65,8 @@ pub fn do_user_addr_fault(mm: &MmStruct, addr: u64, access: Access) -> FaultResu
             vma.vma_end_read();
             match r {
                 Ok(outcome) => {
-                    ctx.events.inc(VmaLockEvent::VmaLockSuccess as usize);
+                    ctx.events
+                        .count_vm_vma_lock_event(VmaLockEvent::VmaLockSuccess);
                     return account(
                         mm,
                         FaultResult {
@@ -75,7 +77,8 @@ pub fn do_user_addr_fault(mm: &MmStruct, addr: u64, access: Access) -> FaultResu
                     );
                 }
                 Err(NeedMmapLock) => {
-                    ctx.events.inc(VmaLockEvent::VmaLockRetry as usize);
+                    ctx.events
+                        .count_vm_vma_lock_event(VmaLockEvent::VmaLockRetry);
                     retries += 1;
                 }
             }
@@ -89,9 +92,9 @@ pub fn do_user_addr_fault(mm: &MmStruct, addr: u64, access: Access) -> FaultResu
 
 fn account(mm: &MmStruct, r: FaultResult) -> FaultResult {
     let ev = &mm.ctx.events;
-    ev.inc(ev::FAULT_BASE + r.outcome as usize * FaultPath::ALL.len() + r.path as usize);
+    ev.count_vm_event(VmEvent::Fault(r.outcome, r.path));
     if r.retries > 0 {
-        ev.add(ev::FAULT_RETRIES, u64::from(r.retries));
+        ev.count_vm_events(VmEvent::FaultRetries, u64::from(r.retries));
     }
     r
 }
@@ -103,7 +106,7 @@ fn account(mm: &MmStruct, r: FaultResult) -> FaultResult {
 fn check_stable(mm: &MmStruct, locked: &LockedVma<'_>, addr: u64) {
     let v = locked.vma;
     if v.generation() != locked.generation || v.vm_mm() != mm.id() || !v.contains(addr) {
-        mm.ctx.events.inc(ev::USE_AFTER_REUSE);
+        mm.ctx.events.count_vm_event(VmEvent::UseAfterReuse);
     }
 }
 
@@ -193,59 +196,6 @@ pub fn follow_pte(mm: &MmStruct, addr: u64) -> Option<u64> {
         .pte(addr)
         .map(|p| p.load(Ordering::Acquire))
         .filter(|v| *v != 0)
-}
-
-/// Lock-event and fault counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FaultStats {
-    /// `VMA_LOCK_SUCCESS`, `_ABORT`, `_RETRY`, `_MISS`.
-    pub vma_lock: [u64; 4],
-    /// Faults by `[outcome][path]`.
-    pub faults: [[u64; FaultPath::ALL.len()]; FaultOutcome::ALL.len()],
-    /// Sum of retries.
-    pub retries: u64,
-    /// Reuses caught, by [`ReuseCheck`].
-    pub reuse_detected: [u64; 4],
-    /// VMAs that changed under a held read lock (must be 0).
-    pub use_after_reuse: u64,
-    /// Locked a reused slot that legitimately maps the address.
-    pub benign_reuse: u64,
-}
-
-impl FaultStats {
-    /// Read the counters of a context.
-    pub fn read(ctx: &crate::mm::mm_struct::MmContext) -> Self {
-        let s = ctx.events.snapshot();
-        let mut faults = [[0; FaultPath::ALL.len()]; FaultOutcome::ALL.len()];
-        for (o, row) in faults.iter_mut().enumerate() {
-            for (p, c) in row.iter_mut().enumerate() {
-                *c = s[ev::FAULT_BASE + o * FaultPath::ALL.len() + p];
-            }
-        }
-        Self {
-            vma_lock: [s[0], s[1], s[2], s[3]],
-            faults,
-            retries: s[ev::FAULT_RETRIES],
-            reuse_detected: std::array::from_fn(|i| s[ev::REUSE_DETECTED + i]),
-            use_after_reuse: s[ev::USE_AFTER_REUSE],
-            benign_reuse: s[ev::BENIGN_REUSE],
-        }
-    }
-
-    /// Total faults.
-    pub fn total(&self) -> u64 {
-        self.faults.iter().flatten().sum()
-    }
-
-    /// Faults by outcome (all paths).
-    pub fn by_outcome(&self, o: FaultOutcome) -> u64 {
-        self.faults[o as usize].iter().sum()
-    }
-
-    /// Faults by path (all outcomes).
-    pub fn by_path(&self, p: FaultPath) -> u64 {
-        self.faults.iter().map(|r| r[p as usize]).sum()
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::mm::{
     slab::VmaCache,
     sync::{AtomicU64, Ordering, RwLock, RwLockReadGuard, RwLockWriteGuard},
     vma_tree::VmaTree,
-    vmstat::{Counters, NR_MAPS_EVENTS},
+    vmstat::{Counters, VmEvents},
 };
 use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
@@ -190,33 +190,12 @@ impl FileTable {
     }
 }
 
-/// Engine-wide event counter indices (summed per thread shard).
-pub mod ev {
-    /// `VMA_LOCK_SUCCESS`..`VMA_LOCK_MISS` are 0..4 (see `VmaLockEvent`).
-    pub const FAULT_BASE: usize = 4;
-    /// 7 outcomes x 3 paths.
-    pub const NR_FAULT_KINDS: usize =
-        crate::mm::mm_types::FaultOutcome::ALL.len() * crate::mm::mm_types::FaultPath::ALL.len();
-    /// Sum of `retries` over all faults.
-    pub const FAULT_RETRIES: usize = FAULT_BASE + NR_FAULT_KINDS;
-    /// First reuse-detected counter; one per [`crate::mm::fault::ReuseCheck`].
-    pub const REUSE_DETECTED: usize = FAULT_RETRIES + 1;
-    /// Number of reuse checks.
-    pub const NR_REUSE_CHECKS: usize = 4;
-    /// A VMA changed while a fault held its read lock (must stay 0).
-    pub const USE_AFTER_REUSE: usize = REUSE_DETECTED + NR_REUSE_CHECKS;
-    /// A fault locked a reused slot that legitimately maps the address now.
-    pub const BENIGN_REUSE: usize = USE_AFTER_REUSE + 1;
-    /// Number of events.
-    pub const NR_EVENTS: usize = BENIGN_REUSE + 1;
-}
-
 /// What every mm of one simulator shares.
 pub struct MmContext {
     /// The VMA cache.
     pub pool: Arc<VmaCache>,
-    /// Fault and lock events.
-    pub events: Counters<{ ev::NR_EVENTS }>,
+    /// Every event the engine counts ([`crate::mm::vmstat::VmEvent`]).
+    pub events: VmEvents,
     /// How faults lock.
     pub fault_lock: FaultLockMode,
     /// `vm.max_map_count`.
@@ -227,8 +206,6 @@ pub struct MmContext {
     pub pgtables: Arc<PgtableBudget>,
     /// How `/proc/PID/maps` is read (per-VMA locks or `mmap_lock`).
     pub maps_reader: MapsReader,
-    /// The maps readers' events (see [`crate::mm::vmstat::MapsEvent`]).
-    pub maps_events: Counters<NR_MAPS_EVENTS>,
     /// The page cache of every file (what fault-around maps).
     pub page_cache: crate::mm::filemap::PageCache,
     /// Mappers of fork-shared anonymous pages (see [`crate::mm::rmap`]).
@@ -244,13 +221,12 @@ impl MmContext {
     pub fn new(pool: Arc<VmaCache>, fault_lock: FaultLockMode, max_map_count: usize) -> Self {
         Self {
             pool,
-            events: Counters::new(),
+            events: VmEvents::default(),
             fault_lock,
             max_map_count,
             files: FileTable::default(),
             pgtables: Arc::new(PgtableBudget::default()),
             maps_reader: MapsReader::default(),
-            maps_events: Counters::new(),
             page_cache: Default::default(),
             anon_refs: Default::default(),
             next_anon_vma: CachePadded::new(AtomicU64::new(1)),

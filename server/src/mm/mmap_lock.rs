@@ -32,11 +32,11 @@
 
 #[cfg(not(vmasim_loom))]
 use crate::mm::{
-    mm_struct::{MmStruct, ev},
+    mm_struct::MmStruct,
     mm_types::ReuseCheck,
     rcu::{RcuReadGuard, rcu_read_lock},
     vma_tree::TreeEntry,
-    vmstat::{MapsEvent, VmaLockEvent},
+    vmstat::{MapsEvent, VmEvent, VmaLockEvent},
 };
 use crate::mm::{
     mm_types::{
@@ -251,7 +251,7 @@ pub(crate) struct LockedVma<'a> {
 #[cfg(not(vmasim_loom))]
 fn note_reuse(mm: &MmStruct, entry_gen: u64, vma: &Vma, check: ReuseCheck) {
     if vma.generation() != entry_gen {
-        mm.ctx.events.inc(ev::REUSE_DETECTED + check as usize);
+        mm.ctx.events.count_vm_event(VmEvent::ReuseDetected(check));
     }
 }
 
@@ -269,7 +269,8 @@ pub(crate) fn lock_vma_under_rcu<'a>(
     loop {
         let guard = rcu_read_lock();
         let Some(entry) = mm.mm_mt.mas_walk(addr, &guard) else {
-            ctx.events.inc(VmaLockEvent::VmaLockAbort as usize);
+            ctx.events
+                .count_vm_vma_lock_event(VmaLockEvent::VmaLockAbort);
             return None;
         };
         let vma = ctx.pool.get(entry.idx);
@@ -292,7 +293,8 @@ pub(crate) fn lock_vma_under_rcu<'a>(
                 if let Some(r) = race {
                     r.verdict_check(check);
                 }
-                ctx.events.inc(VmaLockEvent::VmaLockMiss as usize);
+                ctx.events
+                    .count_vm_vma_lock_event(VmaLockEvent::VmaLockMiss);
                 *retries += 1;
                 if *retries >= MAX_MISS_RETRIES {
                     // Upstream retries without a cap. This safety net only
@@ -300,7 +302,8 @@ pub(crate) fn lock_vma_under_rcu<'a>(
                     // replaces a VMA in the tree before it detaches it, so
                     // no ordinary run gets near it (tests assert MISS counts
                     // exactly, which this would break).
-                    ctx.events.inc(VmaLockEvent::VmaLockAbort as usize);
+                    ctx.events
+                        .count_vm_vma_lock_event(VmaLockEvent::VmaLockAbort);
                     return None;
                 }
                 continue;
@@ -316,7 +319,8 @@ pub(crate) fn lock_vma_under_rcu<'a>(
                         r.verdict_check(c);
                     }
                 }
-                ctx.events.inc(VmaLockEvent::VmaLockAbort as usize);
+                ctx.events
+                    .count_vm_vma_lock_event(VmaLockEvent::VmaLockAbort);
                 return None;
             }
         }
@@ -329,11 +333,12 @@ pub(crate) fn lock_vma_under_rcu<'a>(
                 r.verdict_check(ReuseCheck::Range);
             }
             vma.vma_end_read();
-            ctx.events.inc(VmaLockEvent::VmaLockAbort as usize);
+            ctx.events
+                .count_vm_vma_lock_event(VmaLockEvent::VmaLockAbort);
             return None;
         }
         if vma.generation() != entry.generation {
-            ctx.events.inc(ev::BENIGN_REUSE);
+            ctx.events.count_vm_event(VmEvent::BenignReuse);
         }
         // The generation is taken before the hook so that a reuse while the
         // lock is held (the race lab parks the reader here) is seen by
@@ -426,7 +431,8 @@ pub(crate) enum NextVma<'a> {
 /// (`vma_start_read_locked`), drop `mmap_lock`.
 pub(crate) fn lock_next_vma_under_mmap_lock(mm: &MmStruct, from_addr: u64) -> NextVma<'_> {
     let ctx = &*mm.ctx;
-    ctx.maps_events.inc(MapsEvent::MmapLockFallback as usize);
+    ctx.events
+        .count_vm_event(VmEvent::Maps(MapsEvent::MmapLockFallback));
     let _state = mm.mmap_read_lock();
     let guard = rcu_read_lock();
     // "Lookup the vma at the last position again under mmap_read_lock".
@@ -484,7 +490,8 @@ pub(crate) fn lock_next_vma<'a>(
             // was changing the tree may be a transient hole (see
             // `tree_may_have_moved`); ask again under mmap_lock.
             if tree_may_have_moved(&mm.seq, mmap_unlocked, mm_wr_seq) {
-                ctx.maps_events.inc(MapsEvent::UnstableTree as usize);
+                ctx.events
+                    .count_vm_event(VmEvent::Maps(MapsEvent::UnstableTree));
                 return fallback(mm, vmi, from_addr, guard);
             }
             return NextVma::End;
@@ -498,7 +505,8 @@ pub(crate) fn lock_next_vma<'a>(
             Err(StartReadError::Detached) => {
                 // "Retry immediately if the vma gets detached from under
                 // us": reset to search from the last address.
-                ctx.maps_events.inc(MapsEvent::DetachedRetry as usize);
+                ctx.events
+                    .count_vm_event(VmEvent::Maps(MapsEvent::DetachedRetry));
                 vmi.set(from_addr);
                 continue;
             }
@@ -525,7 +533,8 @@ pub(crate) fn lock_next_vma<'a>(
             && !skip
             && (!mmap_unlocked || mmap_lock_speculate_retry(&mm.seq, mm_wr_seq))
         {
-            ctx.maps_events.inc(MapsEvent::GapRecheck as usize);
+            ctx.events
+                .count_vm_event(VmEvent::Maps(MapsEvent::GapRecheck));
             let (unlocked2, seq2) = mmap_lock_speculate_try_begin(&mm.seq);
             vmi.set(from_addr);
             if vmi.vma_next(mm, guard).map(|x| x.idx) != Some(e.idx) {
@@ -539,12 +548,14 @@ pub(crate) fn lock_next_vma<'a>(
             // changed the tree while it ran (a maple-tree walk always sees
             // a hole-free tree; this one may not, see tree_may_have_moved).
             if tree_may_have_moved(&mm.seq, unlocked2, seq2) {
-                ctx.maps_events.inc(MapsEvent::UnstableTree as usize);
+                ctx.events
+                    .count_vm_event(VmEvent::Maps(MapsEvent::UnstableTree));
                 vma.vma_end_read();
                 return fallback(mm, vmi, from_addr, guard);
             }
         }
-        ctx.maps_events.inc(MapsEvent::VmaLocked as usize);
+        ctx.events
+            .count_vm_event(VmEvent::Maps(MapsEvent::VmaLocked));
         return NextVma::Locked(vma);
     }
 }

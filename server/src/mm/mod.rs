@@ -127,7 +127,6 @@ pub use slab::{CachePolicy, PoolStats, SLAB_SIZE, VmaCache};
 pub use {
     error::{Errno, MmError},
     exit::ExitStats,
-    fault::FaultStats,
     madvise::{
         MADV_DOFORK, MADV_DONTFORK, MADV_DONTNEED, MADV_FREE, MADV_KEEPONFORK, MADV_WIPEONFORK,
     },
@@ -140,7 +139,7 @@ pub use {
     proc_maps::{MapsEntry, render},
     sim::{DEFAULT_MAX_PGTABLES_BYTES, Maps, SimConfig, SimStats, Simulator, Task},
     task_mmu::check_maps_guarantees,
-    vmstat::{MapsEvent, NR_MAPS_EVENTS, NR_VMA_LOCK_EVENTS, VmaLockEvent},
+    vmstat::{FaultStats, MapsEvent, NR_MAPS_EVENTS, NR_VMA_LOCK_EVENTS, VmaLockEvent},
 };
 
 /// Bytes per page.

@@ -18,10 +18,10 @@ use crate::mm::{
     proc_maps::{MapsEntry, import_maps, parse_maps, render},
     slab::{CachePolicy, PoolStats, VmaCache},
     task_mmu::show_maps,
-    vmstat::NR_MAPS_EVENTS,
+    vmstat::{FaultStats, NR_MAPS_EVENTS},
 };
 use crate::mm::{
-    fault::{FaultStats, do_user_addr_fault, follow_pte},
+    fault::{do_user_addr_fault, follow_pte},
     mm_types::{Access, FaultLockMode, FaultResult},
 };
 use dashmap::DashMap;
@@ -324,15 +324,16 @@ impl Simulator {
     pub fn stats(&self) -> SimStats {
         let mms: Vec<Arc<MmStruct>> = self.tasks.iter().map(|e| e.value().clone()).collect();
         let pool = self.ctx.pool.stats();
+        let events = self.ctx.events.snapshot();
         SimStats {
-            faults: FaultStats::read(&self.ctx),
+            faults: FaultStats::from_events(&events),
             pool,
             processes: mms.len() as u64,
             processes_created: self.created.load(Ordering::Relaxed),
             vmas: pool.live,
             rss_pages: mms.iter().map(|m| m.rss_pages()).sum(),
             pgtables_bytes: self.ctx.pgtables.used(),
-            maps: self.ctx.maps_events.snapshot(),
+            maps: events.maps(),
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::mm::{
     race::InjectPoint,
     rcu::{RcuReadGuard, rcu_read_lock},
     sync::RwLockReadGuard,
-    vmstat::MapsEvent,
+    vmstat::{MapsEvent, VmEvent},
 };
 
 /// The maps of `mm`, structured, plus `(start_brk, brk)`, read as the
@@ -42,11 +42,15 @@ use crate::mm::{
 pub fn show_maps(mm: &MmStruct) -> (Vec<MapsEntry>, u64, u64) {
     match mm.ctx.maps_reader {
         MapsReader::MmapLock => {
-            mm.ctx.maps_events.inc(MapsEvent::ReadMmapLock as usize);
+            mm.ctx
+                .events
+                .count_vm_event(VmEvent::Maps(MapsEvent::ReadMmapLock));
             show_maps_mmap_lock(mm)
         }
         MapsReader::PerVma => {
-            mm.ctx.maps_events.inc(MapsEvent::ReadPerVma as usize);
+            mm.ctx
+                .events
+                .count_vm_event(VmEvent::Maps(MapsEvent::ReadPerVma));
             show_maps_per_vma(mm)
         }
     }
@@ -115,8 +119,8 @@ fn fallback_to_mmap_lock<'a>(
         return false;
     }
     mm.ctx
-        .maps_events
-        .inc(MapsEvent::RestUnderMmapLock as usize);
+        .events
+        .count_vm_event(VmEvent::Maps(MapsEvent::RestUnderMmapLock));
     // rcu_read_unlock(); mmap_read_lock(); (our tree walk still needs a
     // pinned guard, so it is re-pinned after the lock is taken).
     let state = guard.repin_after(|| mm.mmap_read_lock());
@@ -285,7 +289,7 @@ mod tests {
     }
 
     fn events(mm: &MmStruct) -> [u64; NR_MAPS_EVENTS] {
-        mm.ctx.maps_events.snapshot()
+        mm.ctx.events.snapshot().maps()
     }
 
     /// Three VMAs that cannot merge (different protections, gaps).

@@ -8,6 +8,7 @@
 //! a scrape) and may see a sum that is a few events old; that is the same
 //! contract as `/proc/vmstat`.
 
+use crate::mm::mm_types::{FaultOutcome, FaultPath, ReuseCheck};
 use crate::mm::sync::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
@@ -105,6 +106,26 @@ pub enum VmaLockEvent {
 /// Number of [`VmaLockEvent`]s.
 pub const NR_VMA_LOCK_EVENTS: usize = 4;
 
+impl VmaLockEvent {
+    /// Every event, in counter order.
+    pub const ALL: [VmaLockEvent; NR_VMA_LOCK_EVENTS] = [
+        VmaLockEvent::VmaLockSuccess,
+        VmaLockEvent::VmaLockAbort,
+        VmaLockEvent::VmaLockRetry,
+        VmaLockEvent::VmaLockMiss,
+    ];
+
+    /// The label value (`result` of `vmasim_vma_lock_total`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmaLockEvent::VmaLockSuccess => "success",
+            VmaLockEvent::VmaLockAbort => "abort",
+            VmaLockEvent::VmaLockRetry => "retry",
+            VmaLockEvent::VmaLockMiss => "miss",
+        }
+    }
+}
+
 /// What the `/proc/PID/maps` readers count (no kernel vmstat item counts
 /// them; these show how often each branch of `lock_next_vma` runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +198,156 @@ impl MapsEvent {
         MapsEvent::RestUnderMmapLock,
         MapsEvent::UnstableTree,
     ];
+}
+
+/// One event the engine counts: the kernel's `enum vm_event_item`. Its
+/// families (a lock event, a fault by outcome and path, a reuse by check, a
+/// maps reader step) expand to one counter per member, as the kernel's
+/// `FOR_ALL_ZONES(PGALLOC)` does; [`VmEvent::index`] is the one place that
+/// lays them out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmEvent {
+    /// `VMA_LOCK_SUCCESS`, `_ABORT`, `_RETRY`, `_MISS`.
+    VmaLock(VmaLockEvent),
+    /// A user fault, by what it did and which path served it.
+    Fault(FaultOutcome, FaultPath),
+    /// Walk retries plus `VM_FAULT_RETRY` restarts, summed over faults.
+    FaultRetries,
+    /// A check refused a reused VMA slot.
+    ReuseDetected(ReuseCheck),
+    /// A VMA changed under a held read lock (must stay 0).
+    UseAfterReuse,
+    /// A fault locked a reused slot that legitimately maps the address now.
+    BenignReuse,
+    /// A `/proc/PID/maps` reader's step.
+    Maps(MapsEvent),
+}
+
+const NR_FAULT_PATHS: usize = FaultPath::ALL.len();
+const FAULT_BASE: usize = NR_VMA_LOCK_EVENTS;
+const FAULT_RETRIES: usize = FAULT_BASE + FaultOutcome::ALL.len() * NR_FAULT_PATHS;
+const REUSE_BASE: usize = FAULT_RETRIES + 1;
+const USE_AFTER_REUSE: usize = REUSE_BASE + ReuseCheck::ALL.len();
+const BENIGN_REUSE: usize = USE_AFTER_REUSE + 1;
+const MAPS_BASE: usize = BENIGN_REUSE + 1;
+
+/// Number of counters [`VmEvent`] expands to.
+pub const NR_VM_EVENTS: usize = MAPS_BASE + NR_MAPS_EVENTS;
+
+impl VmEvent {
+    /// The event's counter.
+    #[inline]
+    const fn index(self) -> usize {
+        match self {
+            VmEvent::VmaLock(e) => e as usize,
+            VmEvent::Fault(o, p) => FAULT_BASE + o as usize * NR_FAULT_PATHS + p as usize,
+            VmEvent::FaultRetries => FAULT_RETRIES,
+            VmEvent::ReuseDetected(c) => REUSE_BASE + c as usize,
+            VmEvent::UseAfterReuse => USE_AFTER_REUSE,
+            VmEvent::BenignReuse => BENIGN_REUSE,
+            VmEvent::Maps(e) => MAPS_BASE + e as usize,
+        }
+    }
+}
+
+/// The engine's event counters (`vm_event_states`): one sharded counter per
+/// [`VmEvent`].
+#[derive(Default)]
+pub struct VmEvents(Counters<NR_VM_EVENTS>);
+
+impl VmEvents {
+    /// `count_vm_event`.
+    #[inline]
+    pub fn count_vm_event(&self, e: VmEvent) {
+        self.0.inc(e.index());
+    }
+
+    /// `count_vm_events`: add `n`.
+    #[inline]
+    pub fn count_vm_events(&self, e: VmEvent, n: u64) {
+        self.0.add(e.index(), n);
+    }
+
+    /// `count_vm_vma_lock_event`.
+    #[inline]
+    pub fn count_vm_vma_lock_event(&self, e: VmaLockEvent) {
+        self.count_vm_event(VmEvent::VmaLock(e));
+    }
+
+    /// Every counter's sum (`all_vm_events`).
+    pub fn snapshot(&self) -> VmEventCounts {
+        VmEventCounts(self.0.snapshot())
+    }
+}
+
+/// The sums of [`VmEvents`] at one moment, read by event.
+#[derive(Debug, Clone, Copy)]
+pub struct VmEventCounts([u64; NR_VM_EVENTS]);
+
+impl std::ops::Index<VmEvent> for VmEventCounts {
+    type Output = u64;
+    fn index(&self, e: VmEvent) -> &u64 {
+        &self.0[e.index()]
+    }
+}
+
+impl VmEventCounts {
+    /// The maps readers' events, indexed by [`MapsEvent`].
+    pub fn maps(&self) -> [u64; NR_MAPS_EVENTS] {
+        MapsEvent::ALL.map(|e| self[VmEvent::Maps(e)])
+    }
+}
+
+/// Lock-event and fault counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    /// `VMA_LOCK_SUCCESS`, `_ABORT`, `_RETRY`, `_MISS`, in
+    /// [`VmaLockEvent::ALL`] order.
+    pub vma_lock: [u64; NR_VMA_LOCK_EVENTS],
+    /// Faults by `[outcome][path]`.
+    pub faults: [[u64; FaultPath::ALL.len()]; FaultOutcome::ALL.len()],
+    /// Sum of retries.
+    pub retries: u64,
+    /// Reuses caught, by [`ReuseCheck`].
+    pub reuse_detected: [u64; ReuseCheck::ALL.len()],
+    /// VMAs that changed under a held read lock (must be 0).
+    pub use_after_reuse: u64,
+    /// Locked a reused slot that legitimately maps the address.
+    pub benign_reuse: u64,
+}
+
+impl FaultStats {
+    /// The fault counters of `s`.
+    pub fn from_events(s: &VmEventCounts) -> Self {
+        Self {
+            vma_lock: VmaLockEvent::ALL.map(|e| s[VmEvent::VmaLock(e)]),
+            faults: FaultOutcome::ALL.map(|o| FaultPath::ALL.map(|p| s[VmEvent::Fault(o, p)])),
+            retries: s[VmEvent::FaultRetries],
+            reuse_detected: ReuseCheck::ALL.map(|c| s[VmEvent::ReuseDetected(c)]),
+            use_after_reuse: s[VmEvent::UseAfterReuse],
+            benign_reuse: s[VmEvent::BenignReuse],
+        }
+    }
+
+    /// One `VMA_LOCK_*` count.
+    pub fn vma_lock(&self, e: VmaLockEvent) -> u64 {
+        self.vma_lock[e as usize]
+    }
+
+    /// Total faults.
+    pub fn total(&self) -> u64 {
+        self.faults.iter().flatten().sum()
+    }
+
+    /// Faults by outcome (all paths).
+    pub fn by_outcome(&self, o: FaultOutcome) -> u64 {
+        self.faults[o as usize].iter().sum()
+    }
+
+    /// Faults by path (all outcomes).
+    pub fn by_path(&self, p: FaultPath) -> u64 {
+        self.faults.iter().map(|r| r[p as usize]).sum()
+    }
 }
 
 #[cfg(all(test, not(vmasim_loom)))]

@@ -49,8 +49,9 @@ use crate::mm::rcu::rcu_read_lock;
 use crate::mm::slab::{CachePolicy, SLAB_SIZE, VmaCache, VmaIdx};
 use crate::mm::sync::Ordering;
 use crate::mm::{
-    fault::{FaultStats, do_user_addr_fault},
+    fault::do_user_addr_fault,
     mm_types::{Access, FaultLockMode, FaultResult, ReuseCheck},
+    vmstat::FaultStats,
 };
 use std::cell::Cell;
 use std::sync::atomic::AtomicU64;
@@ -670,7 +671,8 @@ impl Lab {
         let caught = lock(&self.hooks.caught).clone();
         let locks = lock(&self.hooks.locks).clone();
         let snaps = lock(&self.shared.snaps).clone();
-        let changed_under_lock = FaultStats::read(&self.ctx).use_after_reuse;
+        let changed_under_lock =
+            FaultStats::from_events(&self.ctx.events.snapshot()).use_after_reuse;
         let addr = self.shared.fault_addr.load(Ordering::Relaxed);
         let reused = locks
             .iter()

@@ -9,7 +9,7 @@
 //! through unmapped.
 
 use crate::mm::{
-    self, FaultResult, MapsEntry, MapsEvent, MmError, Simulator, TASK_SIZE,
+    self, FaultResult, MapsEntry, MapsEvent, MmError, Simulator, TASK_SIZE, VmaLockEvent,
     vm_flags::{VM_ACCESS_FLAGS, VM_MAYSHARE},
 };
 use crate::race_lab;
@@ -169,10 +169,10 @@ pub(super) fn stats_to_pb(sim: &Simulator) -> pb::StatsResponse {
     pb::StatsResponse {
         vma_cache: cfg.vma_cache.as_str().to_string(),
         fault_lock: cfg.fault_lock.as_str().to_string(),
-        vma_lock_success: f.vma_lock[0],
-        vma_lock_abort: f.vma_lock[1],
-        vma_lock_retry: f.vma_lock[2],
-        vma_lock_miss: f.vma_lock[3],
+        vma_lock_success: f.vma_lock(VmaLockEvent::VmaLockSuccess),
+        vma_lock_abort: f.vma_lock(VmaLockEvent::VmaLockAbort),
+        vma_lock_retry: f.vma_lock(VmaLockEvent::VmaLockRetry),
+        vma_lock_miss: f.vma_lock(VmaLockEvent::VmaLockMiss),
         mmap_lock_fallbacks: f.by_path(P::MmapLockFallback),
         faults: Some(pb::FaultTotals {
             faults: f.total(),
