@@ -217,6 +217,28 @@ impl Ops {
         self.sim.clone()
     }
 
+    /// A writer's engine work: `f` on `pid`'s address space on the
+    /// blocking pool, as part of the call ([`blocking`], `what` naming it
+    /// there), counted under `method` if it took effect after the call was
+    /// abandoned.
+    async fn on_task<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        method: &'static str,
+        pid: u32,
+        f: impl FnOnce(&Task) -> Result<T, mm::MmError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let sim = self.sim();
+        let telemetry = self.telemetry.clone();
+        blocking(what, move |ctx| {
+            let task = sim.task(pid).map_err(status_from)?;
+            let r = f(&task).map_err(status_from)?;
+            note_applied(ctx, &telemetry, method);
+            Ok(r)
+        })
+        .await
+    }
+
     pub(super) async fn spawn(&self, req: pb::SpawnRequest) -> Result<pb::SpawnResponse, Status> {
         let sim = self.sim();
         let start_brk = match req.start_brk {
@@ -278,15 +300,10 @@ impl Ops {
             file: req.file_id,
             offset: req.offset,
         };
-        let sim = self.sim();
-        let telemetry = self.telemetry.clone();
-        blocking("mmap", move |ctx| {
-            let task = sim.task(pid).map_err(status_from)?;
-            let addr = task.mmap(args).map_err(status_from)?;
-            note_applied(ctx, &telemetry, "Mmap");
-            Ok(pb::MmapResponse { addr })
-        })
-        .await
+        let addr = self
+            .on_task("mmap", "Mmap", pid, move |t| t.mmap(args))
+            .await?;
+        Ok(pb::MmapResponse { addr })
     }
 
     pub(super) async fn munmap(
@@ -295,17 +312,13 @@ impl Ops {
     ) -> Result<pb::MunmapResponse, Status> {
         let pid = check_pid(req.pid)?;
         check_length("length", req.length)?;
-        let sim = self.sim();
-        let telemetry = self.telemetry.clone();
-        blocking("munmap", move |ctx| {
-            let task = sim.task(pid).map_err(status_from)?;
-            task.munmap(req.addr, req.length).map_err(status_from)?;
-            note_applied(ctx, &telemetry, "Munmap");
-            Ok(pb::MunmapResponse {
-                vma_count: vma_count(&task),
+        let vma_count = self
+            .on_task("munmap", "Munmap", pid, move |t| {
+                t.munmap(req.addr, req.length)?;
+                Ok(vma_count(t))
             })
-        })
-        .await
+            .await?;
+        Ok(pb::MunmapResponse { vma_count })
     }
 
     pub(super) async fn mprotect(
@@ -314,18 +327,13 @@ impl Ops {
     ) -> Result<pb::MprotectResponse, Status> {
         let pid = check_pid(req.pid)?;
         check_length("length", req.length)?;
-        let sim = self.sim();
-        let telemetry = self.telemetry.clone();
-        blocking("mprotect", move |ctx| {
-            let task = sim.task(pid).map_err(status_from)?;
-            task.mprotect(req.addr, req.length, req.prot)
-                .map_err(status_from)?;
-            note_applied(ctx, &telemetry, "Mprotect");
-            Ok(pb::MprotectResponse {
-                vma_count: vma_count(&task),
+        let vma_count = self
+            .on_task("mprotect", "Mprotect", pid, move |t| {
+                t.mprotect(req.addr, req.length, req.prot)?;
+                Ok(vma_count(t))
             })
-        })
-        .await
+            .await?;
+        Ok(pb::MprotectResponse { vma_count })
     }
 
     pub(super) async fn mremap(
@@ -334,26 +342,19 @@ impl Ops {
     ) -> Result<pb::MremapResponse, Status> {
         let pid = check_pid(req.pid)?;
         check_length("new_length", req.new_length)?;
-        let sim = self.sim();
-        let telemetry = self.telemetry.clone();
-        blocking("mremap", move |ctx| {
-            let task = sim.task(pid).map_err(status_from)?;
-            let addr = task
-                .mremap(
+        let (addr, vma_count) = self
+            .on_task("mremap", "Mremap", pid, move |t| {
+                let addr = t.mremap(
                     req.addr,
                     req.old_length,
                     req.new_length,
                     req.flags,
                     req.new_addr,
-                )
-                .map_err(status_from)?;
-            note_applied(ctx, &telemetry, "Mremap");
-            Ok(pb::MremapResponse {
-                addr,
-                vma_count: vma_count(&task),
+                )?;
+                Ok((addr, vma_count(t)))
             })
-        })
-        .await
+            .await?;
+        Ok(pb::MremapResponse { addr, vma_count })
     }
 
     pub(super) async fn madvise(
@@ -361,31 +362,21 @@ impl Ops {
         req: pb::MadviseRequest,
     ) -> Result<pb::MadviseResponse, Status> {
         let pid = check_pid(req.pid)?;
-        let sim = self.sim();
-        let telemetry = self.telemetry.clone();
-        blocking("madvise", move |ctx| {
-            let task = sim.task(pid).map_err(status_from)?;
-            task.madvise(req.addr, req.length, req.advice)
-                .map_err(status_from)?;
-            note_applied(ctx, &telemetry, "Madvise");
-            Ok(pb::MadviseResponse {
-                vma_count: vma_count(&task),
+        let vma_count = self
+            .on_task("madvise", "Madvise", pid, move |t| {
+                t.madvise(req.addr, req.length, req.advice)?;
+                Ok(vma_count(t))
             })
-        })
-        .await
+            .await?;
+        Ok(pb::MadviseResponse { vma_count })
     }
 
     pub(super) async fn brk(&self, req: pb::BrkRequest) -> Result<pb::BrkResponse, Status> {
         let pid = check_pid(req.pid)?;
-        let sim = self.sim();
-        let telemetry = self.telemetry.clone();
-        blocking("brk", move |ctx| {
-            let task = sim.task(pid).map_err(status_from)?;
-            let (brk, start_brk) = task.brk(req.brk).map_err(status_from)?;
-            note_applied(ctx, &telemetry, "Brk");
-            Ok(pb::BrkResponse { brk, start_brk })
-        })
-        .await
+        let (brk, start_brk) = self
+            .on_task("brk", "Brk", pid, move |t| t.brk(req.brk))
+            .await?;
+        Ok(pb::BrkResponse { brk, start_brk })
     }
 
     /// One fault, inline: it is short, and on the per-VMA path it takes no
