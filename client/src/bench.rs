@@ -282,6 +282,7 @@ impl Slot {
                 flags: MapFlag::MapPrivate as u32 | MapFlag::MapAnonymous as u32,
                 file_id: 0,
                 offset: 0,
+                file_size: 0,
             })
             .await?
             .into_inner()

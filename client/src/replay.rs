@@ -481,6 +481,7 @@ impl Replayer<'_> {
                     flags: (flags | MAP_FIXED) & !MAP_FIXED_NOREPLACE,
                     file_id,
                     offset: if anon { 0 } else { *offset },
+                    file_size: 0,
                 };
                 match self.mmap(line, req).await {
                     Ok(a) if a == addr => self.applied(name),

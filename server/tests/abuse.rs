@@ -784,6 +784,7 @@ impl Call {
                 flags,
                 file_id,
                 offset,
+                file_size: 0,
             })),
             Call::Munmap(p, addr, length) => Req::Op(Op::Munmap(pb::MunmapRequest {
                 pid: case.pid(p),

@@ -485,6 +485,7 @@ fn file_mappings_merge_only_with_contiguous_offsets() {
         flags: MAP_PRIVATE | MAP_FIXED,
         file: 7,
         offset: off,
+        file_size: 0,
     };
     s.mmap(pid, f(0x1000_0000, 0)).unwrap();
     s.mmap(pid, f(0x1000_1000, P)).unwrap();

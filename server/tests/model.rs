@@ -395,6 +395,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         flags,
                         file: file_id,
                         offset: off * P,
+                        file_size: 0,
                     },
                 );
                 let overlap = (0..n).any(|k| m.pages.contains_key(&(addr + k * P)));

@@ -37,6 +37,10 @@ pub struct Args {
     /// Offset in the file (page aligned).
     #[arg(long, value_parser = parse_size, default_value = "0")]
     pub offset: u64,
+    /// The file's size (i_size), with --file-id: once a file has one, a
+    /// fault past its end is SIGBUS. 0: not given (the file is unbounded).
+    #[arg(long, value_parser = parse_size, default_value = "0")]
+    pub file_size: u64,
 }
 
 /// The `MAP_*` bits `mmap` sends. The defaults are `MAP_PRIVATE`, plus
@@ -73,6 +77,7 @@ pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
                 flags,
                 file_id: a.file_id.unwrap_or(0),
                 offset: a.offset,
+                file_size: a.file_size,
             })
             .await
         })

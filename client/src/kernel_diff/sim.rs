@@ -7,7 +7,7 @@
 
 use super::compare::{Backing, HUGETLB_PATH, SHMEM_PATH, Vma};
 use super::ops::Op;
-use super::{MAX_PROCS, NR_FILES, PAGE};
+use super::{FILE_SIZE, MAX_PROCS, NR_FILES, PAGE};
 use crate::connect::Client;
 use crate::error::CliError;
 use vmasim_proto::v1::{self as pb, Access, FaultOutcome};
@@ -65,6 +65,7 @@ async fn fill(c: &mut Client, pid: u32, addr: u64, count: u64) -> Result<u64, Cl
                     flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
                     file_id: 0,
                     offset: 0,
+                    file_size: 0,
                 })),
             };
             if tx.send(req).await.is_err() {
@@ -175,6 +176,10 @@ impl Sim {
                     flags,
                     file_id: file.map_or(0, |n| self.file_base + u64::from(n)),
                     offset,
+                    // The executor's memfds are FILE_SIZE long: a touch
+                    // past the end of one (a file mapping grown by
+                    // mremap) is SIGBUS on both sides.
+                    file_size: if file.is_some() { FILE_SIZE } else { 0 },
                 })
                 .await
                 .map(|r| r.into_inner().addr),

@@ -705,6 +705,7 @@ impl TraceWorker {
                     flags,
                     file_id: fid,
                     offset,
+                    file_size: 0,
                 };
                 match call!(OpKind::Mmap, Op::Mmap(req)) {
                     Ok(Reply::Mmap(m)) if m.addr == addr => {

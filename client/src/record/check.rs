@@ -567,6 +567,7 @@ impl Checker<'_> {
                         flags: ((flags | MAP_FIXED) & !MAP_FIXED_NOREPLACE) as u32,
                         file_id,
                         offset: if anon { 0 } else { a[5] },
+                        file_size: 0,
                     }
                 } else {
                     MmapRequest {
@@ -577,6 +578,7 @@ impl Checker<'_> {
                         flags: flags as u32,
                         file_id,
                         offset: if anon { 0 } else { a[5] },
+                        file_size: 0,
                     }
                 };
                 let len = req.length;

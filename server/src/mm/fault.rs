@@ -225,6 +225,7 @@ mod tests {
             flags: MAP_PRIVATE | MAP_FIXED,
             file: 1,
             offset: 0,
+            file_size: 0,
         };
         s.mmap(pid, args).unwrap();
         s.fault(pid, far, Access::Read).unwrap();
@@ -249,6 +250,7 @@ mod tests {
             flags: MAP_PRIVATE | MAP_FIXED | MAP_POPULATE,
             file: 2,
             offset: 0,
+            file_size: 0,
         };
         s.mmap(pid, args).unwrap();
         // The far page, plus one table's worth.

@@ -185,7 +185,7 @@ fn do_anonymous_page(vmf: &VmFault<'_>) -> Result<Step, NeedMmapLock> {
 
 /// `do_fault`: a file or shmem page (`->fault`, after `->map_pages`).
 fn do_fault(vmf: &VmFault<'_>) -> Result<Step, NeedMmapLock> {
-    if beyond_eof(vmf.f.vm_file, vmf.pgoff) {
+    if beyond_eof(vmf.mm, vmf.f.vm_file, vmf.pgoff) {
         // shmem_fault -> shmem_get_folio_gfp: an index at or past i_size
         // is -EINVAL, VM_FAULT_SIGBUS (a shared anonymous mapping grown by
         // mremap past its file). A read faults around first: the cached
@@ -282,9 +282,9 @@ fn do_fault_around(vmf: &VmFault<'_>) -> bool {
 }
 
 /// Is page `pgoff` past the end of `file`, where the simulation knows the
-/// size (the engine's own shmem files)?
-fn beyond_eof(file: u64, pgoff: u64) -> bool {
-    crate::mm::mm_struct::shmem_file_pages(file).is_some_and(|n| pgoff >= n)
+/// size (the engine's own shmem files, client files a mapping sized)?
+fn beyond_eof(mm: &MmStruct, file: u64, pgoff: u64) -> bool {
+    mm.ctx.files.size_pages(file).is_some_and(|n| pgoff >= n)
 }
 
 /// `filemap_map_pages`: map, read-only, every cached page of
@@ -296,9 +296,14 @@ fn filemap_map_pages(vmf: &VmFault<'_>, start_pgoff: u64, end_pgoff: u64) -> boo
     let cache = &mm.ctx.page_cache;
     let mut mapped_fault = false;
     let mut rss = 0;
+    // `end_pgoff = min(end_pgoff, file_end)`: nothing past i_size.
+    let end_pgoff = match mm.ctx.files.size_pages(f.vm_file) {
+        Some(0) => return false,
+        Some(n) => end_pgoff.min(n - 1),
+        None => end_pgoff,
+    };
     for pgoff in start_pgoff..=end_pgoff {
-        // `end_pgoff = min(end_pgoff, file_end)`: nothing past i_size.
-        if beyond_eof(f.vm_file, pgoff) || !cache.contains(f.vm_file, pgoff) {
+        if !cache.contains(f.vm_file, pgoff) {
             continue;
         }
         let addr = f.vm_start + ((pgoff - f.vm_pgoff) << PAGE_SHIFT);
@@ -534,6 +539,7 @@ mod tests {
                 flags: flags | MAP_FIXED,
                 file: 7,
                 offset: pgoff * P,
+                file_size: 0,
             },
         )
         .unwrap();
@@ -659,5 +665,64 @@ mod tests {
         read(&s, b, BASE + (4 << 20) + 3 * P);
         assert_eq!(rss(&s, b), 4);
         assert_eq!(s.context().page_cache.len(), 4);
+    }
+
+    /// A client file with a size (`MmapRequest.file_size`): `shmem_fault`
+    /// → `shmem_get_folio_gfp` refuses an index at or past `i_size`
+    /// (VM_FAULT_SIGBUS) for a read, a private write (`do_cow_fault`'s
+    /// source page) and a shared write alike, and `filemap_map_pages`
+    /// clamps `end_pgoff` to `file_end`; inside the file nothing changes.
+    #[test]
+    fn a_sized_file_faults_sigbus_past_its_end_and_fault_around_stops_there() {
+        let s = Simulator::new(SimConfig::default());
+        let a = s.spawn().unwrap();
+        let map = |pid, addr, flags, file_size| {
+            s.mmap(
+                pid,
+                MmapArgs {
+                    addr,
+                    len: 8 * P,
+                    prot: PROT_READ | PROT_WRITE,
+                    flags: flags | MAP_FIXED,
+                    file: 9,
+                    offset: 0,
+                    file_size,
+                },
+            )
+        };
+        // 5 pages of file under an 8-page VMA (as after mremap grew it).
+        map(a, BASE, MAP_SHARED, 5 * P).unwrap();
+        for pg in 0..5 {
+            assert_eq!(read(&s, a, BASE + pg * P), FaultOutcome::FilePage);
+        }
+        assert_eq!(read(&s, a, BASE + 5 * P), FaultOutcome::Sigbus);
+        assert_eq!(
+            s.fault(a, BASE + 7 * P, Access::Write).unwrap().outcome,
+            FaultOutcome::Sigbus
+        );
+        map(a, BASE + 8 * P, MAP_PRIVATE, 0).unwrap();
+        assert_eq!(
+            s.fault(a, BASE + 14 * P, Access::Write).unwrap().outcome,
+            FaultOutcome::Sigbus,
+            "the size stays with the file, given once"
+        );
+        // A fork child's read fault maps the 5 cached pages, none past EOF.
+        let b = s.fork(a).unwrap();
+        assert_eq!(read(&s, b, BASE + P), FaultOutcome::FilePage);
+        assert_eq!(rss(&s, b), 5);
+        // Truncation is not simulated; anonymous memory has no file size.
+        assert!(map(a, BASE + 16 * P, MAP_SHARED, 6 * P).is_err());
+        assert!(map(a, BASE + 16 * P, MAP_SHARED, 5 * P).is_ok());
+        let anon = s.mmap(
+            a,
+            MmapArgs {
+                len: P,
+                prot: PROT_READ,
+                flags: MAP_PRIVATE | MAP_ANONYMOUS,
+                file_size: P,
+                ..MmapArgs::default()
+            },
+        );
+        assert!(anon.is_err());
     }
 }

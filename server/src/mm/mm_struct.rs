@@ -50,6 +50,10 @@ pub struct FileInfo {
 #[derive(Default)]
 pub struct FileTable {
     files: DashMap<u64, Arc<FileInfo>>,
+    /// `i_size` in pages of the client files whose size a mapping gave
+    /// (see [`FileTable::set_size`]); at most [`MAX_SIZED_FILES`].
+    sizes: DashMap<u64, u64>,
+    nr_sized: std::sync::atomic::AtomicUsize,
     by_identity: DashMap<FileInfo, u64>,
     names: DashMap<u64, Arc<str>>,
     by_name: DashMap<Arc<str>, u64>,
@@ -99,7 +103,61 @@ pub const fn huge_page_shift(file: u64) -> Option<u32> {
     }
 }
 
+/// Most client files whose size the simulation remembers: each costs a
+/// table entry, and file ids are the client's to choose.
+pub const MAX_SIZED_FILES: usize = 65536;
+
 impl FileTable {
+    /// Record that client file `id` is `bytes` long (`i_size`), as the
+    /// mapping that says so finds it. From then on a fault at or past the
+    /// end is `VM_FAULT_SIGBUS` and fault-around stops at it
+    /// (`filemap_fault`, `shmem_get_folio_gfp`; `filemap_map_pages`'
+    /// `file_end`), as for the engine's own shmem files. Truncation is not
+    /// simulated: a different size for a file that has one is refused, and
+    /// so is a new file past [`MAX_SIZED_FILES`].
+    pub fn set_size(&self, id: u64, bytes: u64) -> Result<(), crate::mm::MmError> {
+        let pages = bytes.div_ceil(1 << crate::mm::PAGE_SHIFT);
+        if let Some(old) = self.sizes.get(&id) {
+            return if *old == pages {
+                Ok(())
+            } else {
+                Err(crate::mm::MmError::inval(
+                    "file_size",
+                    format!(
+                        "file {id} is {} bytes already (truncation is not simulated)",
+                        *old << crate::mm::PAGE_SHIFT
+                    ),
+                ))
+            };
+        }
+        // Relaxed: the bound is approximate by the number of racing
+        // first mappings; only memory use depends on it.
+        if self.nr_sized.load(Ordering::Relaxed) >= MAX_SIZED_FILES {
+            return Err(crate::mm::MmError::inval(
+                "file_size",
+                format!("sizes of {MAX_SIZED_FILES} files are known already, the most kept"),
+            ));
+        }
+        if self.sizes.insert(id, pages).is_none() {
+            self.nr_sized.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// `i_size` in pages of file `id`, if known: the engine's own shmem
+    /// files carry it in their id, a client file has it if a mapping gave
+    /// it ([`FileTable::set_size`]).
+    pub fn size_pages(&self, id: u64) -> Option<u64> {
+        shmem_file_pages(id).or_else(|| {
+            // Relaxed: a hint that skips the table when no size was given.
+            if self.nr_sized.load(Ordering::Relaxed) == 0 {
+                None
+            } else {
+                self.sizes.get(&id).map(|p| *p)
+            }
+        })
+    }
+
     /// How file `id` appears in maps.
     pub fn file(&self, id: u64) -> Arc<FileInfo> {
         if let Some(f) = self.files.get(&id) {

@@ -77,6 +77,9 @@ pub struct MmapArgs {
     pub file: u64,
     /// Byte offset in the file, page aligned.
     pub offset: u64,
+    /// The file's size in bytes (`i_size`), 0 if the caller does not say:
+    /// see [`FileTable::set_size`](crate::mm::mm_struct::FileTable::set_size).
+    pub file_size: u64,
 }
 
 /// `accountable_mapping`: private writable memory is charged against the
@@ -116,6 +119,12 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
             "file_id",
             "a file mapping needs a non-zero file id (or MAP_ANONYMOUS)",
         ));
+    }
+    if args.file_size != 0 {
+        if anon {
+            return Err(MmError::inval("file_size", "must be 0 with MAP_ANONYMOUS"));
+        }
+        mm.ctx.files.set_size(args.file, args.file_size)?;
     }
     // x86 sys_mmap: "if (off & ~PAGE_MASK) return -EINVAL", for anonymous
     // mappings too (whose offset is otherwise ignored).

@@ -179,6 +179,7 @@ mod tests {
                 flags: MAP_PRIVATE | MAP_FIXED | MAP_LOCKED,
                 file: 3,
                 offset: 0x2ac2000,
+                file_size: 0,
             },
         )
         .unwrap();

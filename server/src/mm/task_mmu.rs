@@ -283,6 +283,7 @@ mod tests {
                 flags: map::MAP_PRIVATE | map::MAP_ANONYMOUS | map::MAP_FIXED,
                 file: 0,
                 offset: 0,
+                file_size: 0,
             },
         )
         .unwrap();

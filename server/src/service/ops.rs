@@ -299,6 +299,7 @@ impl Ops {
             flags: req.flags,
             file: req.file_id,
             offset: req.offset,
+            file_size: req.file_size,
         };
         let addr = self
             .on_task("mmap", "Mmap", pid, move |t| t.mmap(args))

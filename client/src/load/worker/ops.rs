@@ -181,6 +181,7 @@ impl Worker {
                 flags,
                 file_id: file,
                 offset: 0,
+                file_size: 0,
             };
             match self.mmap(i, req, admitted).await? {
                 Step::Next => {}
@@ -264,6 +265,7 @@ impl Worker {
             flags,
             file_id,
             offset,
+            file_size: 0,
         };
         self.mmap(i, req, true).await
     }

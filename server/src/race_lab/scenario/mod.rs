@@ -61,6 +61,7 @@ pub(super) fn map_fixed(mm: &MmStruct, start: u64, prot: u32) {
             flags: map::MAP_PRIVATE | map::MAP_ANONYMOUS | map::MAP_FIXED,
             file: 0,
             offset: 0,
+            file_size: 0,
         },
     )
     .expect("race lab mmap");
