@@ -43,6 +43,19 @@ for other bits. Example:
   mremap 0x7f003fff0000 16K 32K MREMAP_MAYMOVE
   madvise 0x7f003fff0000 8K MADV_DONTNEED
 
+Where the machine unmaps file pages on its own (DAMON with a pageout scheme,
+page migration), a file VMA whose kernel Rss falls below the simulation's is
+read page by page and the pages the kernel lacks are dropped from the
+simulation too (MADV_DONTNEED there); the summary counts them. Elsewhere any
+Rss difference is a divergence.
+
+For chasing a divergence (environment variables):
+  VMASIM_KDIFF_CHECK_PAGEMAP=1  take every snapshot with PAGEMAP_SCAN and smaps
+                                and fail where they disagree
+  VMASIM_KDIFF_WATCH=N:A-B      report on stderr the command after which each
+                                page A..B (hex page offsets) of memfd N entered
+                                the kernel's page cache
+
 Linux on x86-64 only.";
 
 /// `--json` does not apply.
@@ -183,16 +196,16 @@ mod imp {
         ops: u64,
         counts: BTreeMap<String, u64>,
         outcomes: BTreeMap<String, u64>,
-        fault_around_skips: u64,
-        fault_around_skip_events: u64,
+        reclaimed_pages: u64,
+        reclaimed_vmas: u64,
         pagemap_rechecks: u64,
     }
 
     impl Totals {
         fn add(&mut self, r: &Runner, ops: u64) {
             self.ops += ops;
-            self.fault_around_skips += r.fault_around_skips();
-            self.fault_around_skip_events += r.fault_around_skip_events();
+            self.reclaimed_pages += r.reclaimed_pages();
+            self.reclaimed_vmas += r.reclaimed_vmas();
             self.pagemap_rechecks += r.pagemap_rechecks();
             for (k, v) in &r.counts {
                 *self.counts.entry(k.clone()).or_default() += v;
@@ -479,8 +492,12 @@ mod imp {
             s.push_str(&format!("    {k:<32} {v:>9}\n"));
         }
         s.push_str(&format!(
-            "  comparisons where the kernel mapped fewer cached file pages (fault-around skipped a busy folio): {} ({} distinct)\n",
-            t.fault_around_skips, t.fault_around_skip_events
+            "  file pages the kernel unmapped on its own (reclaim), dropped from the simulation too: {} in {} VMAs{}\n",
+            t.reclaimed_pages,
+            t.reclaimed_vmas,
+            crate::kernel_diff::reclaim::Reclaimers::detect()
+                .describe()
+                .map_or_else(String::new, |d| format!(" ({d})"))
         ));
         s.push_str(&format!(
             "  comparisons where PAGEMAP_SCAN's Rss/Anonymous differed from smaps' (smaps compared): {}\n",

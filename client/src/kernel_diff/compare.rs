@@ -103,27 +103,14 @@ pub fn kernel_vma(line: &str, rss_kb: Option<u64>, anon_kb: Option<u64>) -> Opti
     })
 }
 
-/// Shared-anonymous inode numbers of the two sides, paired on first sight,
-/// and the comparisons the run let pass (see [`diff_vma`]).
+/// Shared-anonymous inode numbers of the two sides, paired on first sight.
 #[derive(Debug, Default, Clone)]
 pub struct ShmemPairs {
     k2s: HashMap<u64, u64>,
     s2k: HashMap<u64, u64>,
-    /// Comparisons of a file-backed VMA whose kernel `Rss` was below the
-    /// simulation's with the same `Anonymous`.
-    pub fault_around_skips: u64,
-    /// The distinct shortfalls among them (VMA range, both `Rss`): one
-    /// skipped page stays visible in every later comparison of its VMA
-    /// until the VMA changes, so this counts events, not comparisons.
-    skip_events: std::collections::HashSet<(u64, u64, u64, u64)>,
 }
 
 impl ShmemPairs {
-    /// Distinct fault-around shortfalls (see `skip_events`).
-    pub fn fault_around_skip_events(&self) -> u64 {
-        self.skip_events.len() as u64
-    }
-
     fn pair(&mut self, k: u64, s: u64) -> bool {
         match (self.k2s.get(&k), self.s2k.get(&s)) {
             (None, None) => {
@@ -167,25 +154,19 @@ pub fn diff_vma(k: &Vma, s: &Vma, pairs: &mut ShmemPairs, rss: bool) -> Option<S
     if d.is_empty() && k.backing == Backing::Anon && k.text != s.text {
         d.push(format!("text {:?} vs {:?}", k.text, s.text));
     }
-    if rss && let (Some(a), Some(b)) = (k.rss_kb, s.rss_kb) {
-        // Fault-around is best effort: filemap_map_pages (next_uptodate_folio)
-        // skips a cached folio that is locked or being migrated at that
-        // moment -- by kswapd's LRU scan or compaction on a machine under
-        // memory pressure -- so the kernel may map fewer cached pages than
-        // the simulation, which has no such races. Never more: a kernel Rss
-        // above the simulation's, or a different Anonymous, is a divergence.
-        let file_backed = k.backing != Backing::Anon;
-        if a < b && file_backed && k.anon_kb == s.anon_kb {
-            pairs.fault_around_skips += 1;
-            pairs.skip_events.insert((k.start, k.end, a, b));
-        } else if a != b {
-            d.push(format!("Rss {a} kB vs {b} kB"));
-        }
-        if let (Some(a), Some(b)) = (k.anon_kb, s.anon_kb)
-            && a != b
-        {
-            d.push(format!("Anonymous {a} kB vs {b} kB"));
-        }
+    // Exact: where the machine unmaps file pages on its own, the runner
+    // has dropped them from the simulation first (see `reclaim`).
+    if rss
+        && let (Some(a), Some(b)) = (k.rss_kb, s.rss_kb)
+        && a != b
+    {
+        d.push(format!("Rss {a} kB vs {b} kB"));
+    }
+    if rss
+        && let (Some(a), Some(b)) = (k.anon_kb, s.anon_kb)
+        && a != b
+    {
+        d.push(format!("Anonymous {a} kB vs {b} kB"));
     }
     (!d.is_empty()).then(|| d.join(", "))
 }

@@ -626,6 +626,7 @@ impl Exec {
                 Ok(0)
             }
             b's' | b'v' => Ok(0),
+            b'n' => self.present_pages(a[0]),
             _ => die("unknown command"),
         };
         if let Some(w) = self.watch.as_mut() {
@@ -732,6 +733,39 @@ impl Exec {
             }
         }
         Ok(0)
+    }
+
+    /// Which of the 64 pages from `addr` are present in the page table
+    /// (`/proc/self/pagemap` bit 63), as a bitmap: bit i for page i. Asked
+    /// for where the kernel's `Rss` of a file VMA fell below the
+    /// simulation's (see `reclaim`).
+    fn present_pages(&mut self, addr: u64) -> Result<u64, i32> {
+        self.guard(addr, 1)?;
+        // SAFETY: our own pagemap, opened by the process it describes (as
+        // in snapshot_pagemap_scan) into a buffer of ours.
+        unsafe {
+            let fd = libc::open(
+                c"/proc/self/pagemap".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 {
+                return Err(errno());
+            }
+            let mut entries = [0u64; 64];
+            let r = libc::pread(
+                fd,
+                entries.as_mut_ptr().cast(),
+                std::mem::size_of_val(&entries),
+                ((addr / 4096) * 8) as i64,
+            );
+            let e = errno();
+            libc::close(fd);
+            if r < 0 {
+                return Err(e);
+            }
+            let n = r as usize / 8;
+            Ok((0..n).fold(0u64, |bits, i| bits | ((entries[i] >> 63) << i)))
+        }
     }
 
     /// `count` one-page private anonymous rw- mappings, one every two

@@ -20,6 +20,8 @@
 //! * [`compare`]: one structured model of a maps line for both sides and
 //!   the rules for "the same".
 //! * [`runner`]: applies a sequence to both and stops at a divergence.
+//! * [`reclaim`]: what on this machine unmaps file pages on its own
+//!   (DAMON pageout), so those pages are dropped from the simulation too.
 //! * [`shrink`]: delta debugging over a failing sequence.
 //!
 //! # The address-space layout both sides share
@@ -38,6 +40,7 @@ pub mod executor;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod kernel;
 pub mod ops;
+pub mod reclaim;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod runner;
 pub mod shrink;
@@ -54,8 +57,9 @@ pub const WINDOW_SIZE: u64 = 1 << 30;
 pub const WINDOW_END: u64 = WINDOW_START + WINDOW_SIZE;
 /// memfds the executor creates for file mappings (`file=0..3`).
 pub const NR_FILES: usize = 4;
-/// Size of each memfd: file mappings stay inside it, so a touch never
-/// meets SIGBUS.
+/// Size of each memfd. File mappings start inside it; one that `mremap`
+/// grows past the end meets SIGBUS there on both sides (the simulation is
+/// told the size: `MmapRequest.file_size`).
 pub const FILE_SIZE: u64 = 64 << 20;
 /// Processes (the first one and its fork descendants) alive at once.
 pub const MAX_PROCS: usize = 4;

@@ -6,11 +6,12 @@
 //! whose process is not alive (a shrunk sequence may have lost the `fork`
 //! that made it) are skipped on both sides.
 
-use super::compare::{ShmemPairs, Vma, diff_maps, kernel_vma, show};
+use super::compare::{Backing, ShmemPairs, Vma, diff_maps, kernel_vma, show};
 use super::kernel::{KReply, KResult, Kernel};
 use super::ops::{Op, ProcView, Step, kinds};
+use super::reclaim::{Reclaimers, absent_runs};
 use super::sim::{SResult, Sim};
-use super::{MAX_PROCS, WINDOW_END};
+use super::{MAX_PROCS, PAGE, WINDOW_END};
 use crate::connect::Client;
 use crate::error::{CliError, code_name};
 use std::collections::BTreeMap;
@@ -67,6 +68,11 @@ pub struct Runner {
     sim: Sim,
     pairs: ShmemPairs,
     pagemap_rechecks: u64,
+    reclaimers: Reclaimers,
+    /// Pages the kernel had unmapped on its own, dropped from the
+    /// simulation too, and the VMA shortfalls they came in.
+    reclaimed_pages: u64,
+    reclaimed_vmas: u64,
     /// What the generator may look at, per live process.
     pub views: Vec<Option<ProcView>>,
     lo: u64,
@@ -157,15 +163,15 @@ impl Runner {
         self.pagemap_rechecks
     }
 
-    /// Comparisons where the kernel mapped fewer cached file pages than the
-    /// simulation (fault-around skipping busy folios; see `diff_vma`).
-    pub fn fault_around_skips(&self) -> u64 {
-        self.pairs.fault_around_skips
+    /// File pages the kernel unmapped (or fault-around skipped) on its own,
+    /// dropped from the simulation too (see [`super::reclaim`]).
+    pub fn reclaimed_pages(&self) -> u64 {
+        self.reclaimed_pages
     }
 
-    /// Distinct VMAs-and-shortfalls among [`Self::fault_around_skips`].
-    pub fn fault_around_skip_events(&self) -> u64 {
-        self.pairs.fault_around_skip_events()
+    /// The VMA shortfalls those pages came in.
+    pub fn reclaimed_vmas(&self) -> u64 {
+        self.reclaimed_vmas
     }
 
     /// A fresh executor (`exe __kernel-diff-executor`) and its twin.
@@ -185,6 +191,9 @@ impl Runner {
             sim,
             pairs: ShmemPairs::default(),
             pagemap_rechecks: 0,
+            reclaimers: Reclaimers::detect(),
+            reclaimed_pages: 0,
+            reclaimed_vmas: 0,
             views,
             lo: ready.start_brk,
             hi: WINDOW_END,
@@ -273,6 +282,64 @@ impl Runner {
             self.pagemap_rechecks += 1;
         }
         Ok(again)
+    }
+
+    /// Where this machine unmaps file pages on its own ([`Reclaimers`]): a
+    /// file-backed VMA whose kernel `Rss` is below the simulation's, with
+    /// the same `Anonymous`, is read page by page (`n`) and each run of
+    /// pages the kernel lacks is dropped from the simulation with
+    /// `MADV_DONTNEED`, which zaps the PTEs and keeps the page cache as
+    /// `try_to_unmap` did. Returns the simulation's maps afterwards, which
+    /// are then compared exactly (a simulated page the kernel lacks for
+    /// another reason, an anonymous one say, still shows).
+    async fn mirror_reclaim(
+        &mut self,
+        p: usize,
+        kv: &[Vma],
+        sv: Vec<Vma>,
+    ) -> Result<Vec<Vma>, CliError> {
+        if !self.smaps {
+            return Ok(sv);
+        }
+        let short: Vec<(u64, u64)> = kv
+            .iter()
+            .zip(&sv)
+            .filter(|(k, s)| {
+                (k.start, k.end) == (s.start, s.end)
+                    && k.backing != Backing::Anon
+                    && k.anon_kb == s.anon_kb
+                    && matches!((k.rss_kb, s.rss_kb), (Some(a), Some(b)) if a < b)
+            })
+            .map(|(k, _)| (k.start, k.end))
+            .collect();
+        if short.is_empty() || !self.reclaimers.active() {
+            return Ok(sv);
+        }
+        for (start, end) in short {
+            let mut chunk = start;
+            while chunk < end {
+                let r =
+                    tokio::task::block_in_place(|| self.kernel.call(p, &format!("N {chunk:x}")))?;
+                let KResult::Ok(present) = r.result else {
+                    return Err(CliError::Other(format!(
+                        "kernel-diff: the executor could not read its pagemap at {chunk:#x}: {:?}",
+                        r.result
+                    )));
+                };
+                for (addr, len) in absent_runs(chunk, end, present, PAGE) {
+                    let advice = libc::MADV_DONTNEED as u32;
+                    self.sim
+                        .apply(p, &Op::Madvise { addr, len, advice }, 0)
+                        .await?;
+                }
+                chunk += 64 * PAGE;
+            }
+            self.reclaimed_vmas += 1;
+        }
+        let after = self.sim.maps(p, self.lo, self.hi).await?;
+        let rss = |v: &[Vma]| v.iter().filter_map(|x| x.rss_kb).sum::<u64>();
+        self.reclaimed_pages += (rss(&sv).saturating_sub(rss(&after))) / (PAGE / 1024);
+        Ok(after)
     }
 
     fn count(&mut self, key: String) {
@@ -364,6 +431,7 @@ impl Runner {
             return Ok(Some(div(d, &kv, &sv)));
         }
         let kv = self.recheck_rss(p, kv, &sv)?;
+        let sv = self.mirror_reclaim(p, &kv, sv).await?;
         if let Some(d) = diff_maps(&kv, &sv, &mut self.pairs, self.smaps) {
             return Ok(Some(div(format!("process {p}: {d}"), &kv, &sv)));
         }
@@ -372,6 +440,7 @@ impl Runner {
             let kcv = Self::kernel_vmas(&kc);
             let scv = self.sim.maps(child, self.lo, self.hi).await?;
             let kcv = self.recheck_rss(child, kcv, &scv)?;
+            let scv = self.mirror_reclaim(child, &kcv, scv).await?;
             if let Some(d) = diff_maps(&kcv, &scv, &mut self.pairs, self.smaps) {
                 return Ok(Some(div(
                     format!("fork child (process {child}): {d}"),
