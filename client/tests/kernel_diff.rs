@@ -161,3 +161,48 @@ fn script_runs_and_bad_scripts_name_the_line() {
         "{err}"
     );
 }
+
+/// Rules the random generator does not reach, as scripts checked against
+/// the kernel: `mremap` with `old_len` 0 duplicates a shared mapping, file
+/// or shmem (`remap_is_valid`, `move_vma` keeping the source), refuses a
+/// private one (EINVAL) and cannot grow in place (ENOMEM); a file mapping
+/// grown past the memfd's end faults SIGBUS there (`shmem_get_folio_gfp`,
+/// the simulation told the size by `MmapRequest.file_size`).
+#[test]
+fn scripted_rules_agree_with_the_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("rules.txt");
+    std::fs::write(
+        &script,
+        "mmap 0x7f003ff00000 16K rw- MAP_SHARED|MAP_FIXED file=1 offset=0x3000\n\
+         touch 0x7f003ff01000 write\n\
+         mremap 0x7f003ff01000 0 8K MREMAP_MAYMOVE|MREMAP_FIXED 0x7f003fe00000\n\
+         touch 0x7f003fe00000 read\n\
+         mremap 0x7f003ff00000 0 4K 0\n\
+         mremap 0x7f003ff02000 0 12K MREMAP_MAYMOVE\n\
+         mmap 0x7f003fd00000 8K rw- MAP_SHARED|MAP_ANONYMOUS|MAP_FIXED\n\
+         touch 0x7f003fd00000 write\n\
+         mremap 0x7f003fd00000 0 8K MREMAP_MAYMOVE|MREMAP_FIXED 0x7f003fc00000\n\
+         touch 0x7f003fc00000 read\n\
+         mmap 0x7f003fb00000 8K rw- MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED\n\
+         mremap 0x7f003fb00000 0 8K MREMAP_MAYMOVE\n\
+         # the last 2 pages of memfd 2, grown by 2 pages past its end\n\
+         mmap 0x7f003fa00000 8K rw- MAP_SHARED|MAP_FIXED file=2 offset=0x3ffe000\n\
+         mremap 0x7f003fa00000 8K 16K 0\n\
+         touch 0x7f003fa01000 write\n\
+         touch 0x7f003fa02000 read   # past the end: SIGBUS, EFAULT on both sides\n\
+         touch 0x7f003fa03000 write\n",
+    )
+    .unwrap();
+    let out = kernel_diff(&["--script", script.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("17 operations"), "{stdout}");
+    assert_eq!(count(&stdout, "EFAULT"), 2, "{stdout}");
+    assert_eq!(count(&stdout, "EINVAL"), 1, "{stdout}");
+    assert_eq!(count(&stdout, "ENOMEM"), 1, "{stdout}");
+}

@@ -227,18 +227,15 @@ fn check_prep_vma(w: &Writer<'_>, vrm: &mut Vrm, idx: VmaIdx) -> Result<(), MmEr
     if !expand && !vrm.implies_new_addr() {
         return Ok(());
     }
-    if vrm.old_len == 0 {
-        if f.vm_flags & (VM_SHARED | VM_MAYSHARE) == 0 {
-            // "attempted to duplicate a private mapping with mremap.
-            // This is not supported."
-            return Err(MmError::inval(
-                "old_length",
-                "0 duplicates a mapping, which private mappings cannot",
-            ));
-        }
+    // remap_is_valid: "!old_len is a special case where an attempt is
+    // made to 'duplicate' a mapping. This makes no sense for private
+    // mappings ... As a result, fail such attempts." A shared one is
+    // duplicated: move_vma copies the VMA to the new place with new_len
+    // and moves no page tables, and the source stays (see move_vma).
+    if vrm.old_len == 0 && f.vm_flags & (VM_SHARED | VM_MAYSHARE) == 0 {
         return Err(MmError::inval(
             "old_length",
-            "0 (duplicating a shared mapping) is not simulated",
+            "0 duplicates a mapping, which private mappings cannot",
         ));
     }
     if vrm.flags & MREMAP_DONTUNMAP != 0 && f.vm_flags & VM_DONTEXPAND != 0 {
@@ -497,9 +494,12 @@ fn move_vma(w: &mut Writer<'_>, idx: VmaIdx, vrm: &Vrm) -> Result<u64, MmError> 
             w.vma_start_write(old);
             v.set_fields(&of);
         }
-    } else {
+    } else if old_len != 0 {
         do_vmi_munmap(w, old_addr, old_addr + old_len)?;
     }
+    // A duplicate (old_len 0) keeps its source: unmap_source_vma's
+    // do_vmi_munmap of 0 bytes fails with EINVAL, which it ignores ("OOM:
+    // unable to split vma, just get accounts right").
     Ok(new_addr)
 }
 
@@ -568,6 +568,52 @@ mod tests {
         map(&s, pid, A, 2, PROT_READ | PROT_WRITE);
         map(&s, pid, A + 3 * P, 2, PROT_READ);
         (s, pid)
+    }
+
+    #[test]
+    fn old_len_zero_duplicates_a_shared_mapping_and_refuses_a_private_one() {
+        // remap_is_valid: !old_len "duplicates" a shared mapping: move_vma
+        // copies it (same file, pgoff of addr) with new_len and moves no
+        // page tables; the source stays as it was.
+        let s = Simulator::new(SimConfig::default());
+        let pid = s.spawn().unwrap();
+        s.mmap(
+            pid,
+            MmapArgs {
+                addr: A,
+                len: 4 * P,
+                prot: PROT_READ | PROT_WRITE,
+                flags: MAP_SHARED | MAP_FIXED,
+                file: 5,
+                offset: 3 * P,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        s.fault(pid, A + P, Access::Write).unwrap();
+        let dup = A + 0x100_000;
+        let flags = MREMAP_MAYMOVE | MREMAP_FIXED;
+        assert_eq!(s.mremap(pid, A + P, 0, 2 * P, flags, dup).unwrap(), dup);
+        let m = s.maps(pid).unwrap();
+        let e: Vec<_> = m
+            .entries
+            .iter()
+            .filter(|e| e.start >= A && e.end <= A + (1 << 24))
+            .map(|e| (e.start, e.end, e.offset, e.file_id))
+            .collect();
+        assert_eq!(
+            e,
+            vec![(A, A + 4 * P, 3 * P, 5), (dup, dup + 2 * P, 4 * P, 5)]
+        );
+        assert_eq!(m.rss_pages, 1, "no page table moved");
+        // Without MREMAP_MAYMOVE it cannot grow in place (the kept range
+        // ends before the VMA's end): ENOMEM.
+        assert!(s.mremap(pid, A, 0, P, 0, 0).is_err());
+        map(&s, pid, A + 0x200_000, 2, PROT_READ);
+        assert!(matches!(
+            s.mremap(pid, A + 0x200_000, 0, P, MREMAP_MAYMOVE, 0),
+            Err(MmError::InvalidArgument { .. })
+        ));
     }
 
     #[test]
