@@ -30,6 +30,11 @@
 //!    h2load at the same connections × streams, an independent transport
 //!    ceiling for the server. `vmasim fault rps / h2load rps` says how much
 //!    of the closed-loop figure the client itself costs (target ≥ 0.7).
+//!    The two are measured A-B-B-A in half-phases, vmasim's closed loop
+//!    again beside h2load rather than phase 1's figure from half a minute
+//!    earlier: on this shared machine the load drifts within a run, and a
+//!    ratio of two measurements taken apart measured the drift as much as
+//!    the client.
 //!    h2load counts HTTP/2 responses: a gRPC error still arrives as HTTP
 //!    200 with a `grpc-status` trailer, so the body is one the setup
 //!    checked succeeds.
@@ -209,22 +214,26 @@ pub struct BenchReport {
     pub h2load: Option<H2load>,
 }
 
-/// Unary `Fault` driven by h2load at the same connections x streams.
+/// Unary `Fault` driven by h2load at the same connections x streams,
+/// measured A-B-B-A against vmasim's own closed loop.
 #[derive(Debug, Clone, Serialize)]
 pub struct H2load {
-    /// The command run.
+    /// The command run (once per h2load half, the same each time).
     pub command: String,
     /// HTTP/2 connections (`-c`).
     pub connections: usize,
     /// Concurrent streams per connection (`-m`).
     pub streams: usize,
-    /// Requests per second h2load reports.
+    /// Requests per second h2load reports (mean of its two halves, which
+    /// last the same).
     pub rps: f64,
     /// Requests h2load counted as succeeded / failed or errored.
     pub succeeded: u64,
     /// Failed + errored requests.
     pub failed: u64,
-    /// vmasim's closed-loop unary `Fault` rps (phase 1) over h2load's.
+    /// vmasim's closed-loop unary `Fault` in the halves beside h2load's.
+    pub vmasim: Phase,
+    /// `vmasim.rps / rps`.
     pub ratio: f64,
     /// [`TARGET_VS_H2LOAD`].
     pub target_ratio: f64,
@@ -550,12 +559,12 @@ async fn phases(
     let h2 = match h2load_plan(o, target) {
         Some(streams) => {
             say(format!(
-                "[4/4] unary Fault driven by h2load, {} connection(s) x {streams} streams ...",
+                "[4/4] unary Fault driven by h2load, {} connection(s) x {streams} streams, A-B-B-A with vmasim's ...",
                 o.connections
             ));
             // h2load is an outside reference: if it cannot run, say why and
             // keep vmasim's own figures.
-            match run_h2load(o, target, &slots[0], streams, unary.fault.rps).await {
+            match vs_h2load(o, target, slots, streams).await {
                 Ok(h) => {
                     print!("{}", section_h2load(&h));
                     Some(h)
@@ -596,13 +605,62 @@ fn grpc_frame(msg: &impl prost::Message) -> Vec<u8> {
     out
 }
 
+/// Phase 4: vmasim's closed-loop unary `Fault`, h2load, h2load, vmasim
+/// again, each for half the duration (the first of each side after its
+/// warm-up), so that a drift in the machine's load hits both alike.
+async fn vs_h2load(
+    o: &BenchOptions,
+    target: &Target,
+    slots: &mut Vec<Slot>,
+    streams: usize,
+) -> Result<H2load, CliError> {
+    let half = o.duration / 2;
+    let mut vm = (Recorder::default(), Duration::ZERO);
+    let mut runs = Vec::new();
+    for (i, by_h2load) in [false, true, true, false].into_iter().enumerate() {
+        let warmup = if i < 2 { o.warmup } else { Duration::ZERO };
+        if by_h2load {
+            runs.push(run_h2load(o, target, &slots[0], streams, half, warmup).await?);
+        } else {
+            let (rec, d) = measure(slots, Kind::Fault, None, warmup, half).await;
+            vm.0.merge(&rec);
+            vm.1 += d;
+        }
+    }
+    let vmasim = Phase::new(&vm.0, vm.1);
+    check("unary Fault beside h2load", &vmasim)?;
+    // Both h2load runs last `half`: their mean rate is the rate of both.
+    let rps = runs.iter().map(|r| r.rps).sum::<f64>() / runs.len() as f64;
+    Ok(H2load {
+        command: runs[0].command.clone(),
+        connections: o.connections,
+        streams,
+        rps,
+        succeeded: runs.iter().map(|r| r.succeeded).sum(),
+        failed: runs.iter().map(|r| r.failed).sum(),
+        ratio: vmasim.rps / rps.max(1e-9),
+        vmasim,
+        target_ratio: TARGET_VS_H2LOAD,
+    })
+}
+
+/// What one h2load run reported.
+struct H2loadRun {
+    command: String,
+    rps: f64,
+    succeeded: u64,
+    failed: u64,
+}
+
+/// One h2load run of `duration` after `warmup` (`0`: none).
 async fn run_h2load(
     o: &BenchOptions,
     target: &Target,
     slot: &Slot,
     streams: usize,
-    vmasim_rps: f64,
-) -> Result<H2load, CliError> {
+    duration: Duration,
+    warmup: Duration,
+) -> Result<H2loadRun, CliError> {
     let req = FaultRequest {
         pid: slot.pid,
         addr: slot.addrs[0],
@@ -619,8 +677,8 @@ async fn run_h2load(
     let args: Vec<String> = vec![
         // Whole milliseconds: h2load takes a unit suffix, not fractions.
         "-D".into(),
-        format!("{}ms", o.duration.as_millis().max(1)),
-        format!("--warm-up-time={}ms", o.warmup.as_millis()),
+        format!("{}ms", duration.as_millis().max(1)),
+        format!("--warm-up-time={}ms", warmup.as_millis()),
         "-c".into(),
         o.connections.to_string(),
         "-m".into(),
@@ -636,12 +694,7 @@ async fn run_h2load(
         url,
     ];
     let command = format!("h2load {}", args.join(" "));
-    let out = wait_h2load(
-        &args,
-        o.duration + o.warmup + Duration::from_secs(30),
-        &command,
-    )
-    .await;
+    let out = wait_h2load(&args, duration + warmup + Duration::from_secs(30), &command).await;
     let _ = std::fs::remove_file(&path);
     let out = out?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -657,15 +710,11 @@ async fn run_h2load(
             "h2load: no request succeeded: {command}\n{text}"
         )));
     }
-    Ok(H2load {
+    Ok(H2loadRun {
         command,
-        connections: o.connections,
-        streams,
         rps,
         succeeded,
         failed,
-        ratio: vmasim_rps / rps.max(1e-9),
-        target_ratio: TARGET_VS_H2LOAD,
     })
 }
 
@@ -740,6 +789,12 @@ fn section_h2load(h: &H2load) -> String {
         o,
         "  h2load {:>12.0} rps ({} succeeded, {} failed)",
         h.rps, h.succeeded, h.failed
+    );
+    let _ = writeln!(
+        o,
+        "  vmasim {:>12.0} rps (closed loop, A-B-B-A with h2load){}",
+        h.vmasim.rps,
+        errors(&h.vmasim)
     );
     let _ = writeln!(
         o,
