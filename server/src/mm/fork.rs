@@ -1,6 +1,7 @@
-//! `fork`: `dup_mmap`, `vm_area_dup` and `vm_area_init_from`.
+//! `fork`: `dup_mmap` and `copy_page_range`; each VMA is copied by
+//! `vm_area_dup` (vma_init.rs).
 //!
-//! The review's second race lives here. `vm_area_dup` takes a slot from a
+//! The review's second race lives there. `vm_area_dup` takes a slot from a
 //! `SLAB_TYPESAFE_BY_RCU` cache, so a lockless reader may still hold it from
 //! its previous life. If the copy overwrote `vm_refcnt` with the parent's
 //! (attached) count, the new VMA would look attached before it is in any
@@ -13,19 +14,13 @@
 use crate::mm::MmError;
 use crate::mm::memory::rss_counter;
 use crate::mm::mm_struct::MmStruct;
-use crate::mm::mm_types::{VM_LOCK_SEQ_UNLOCKED, Vma, vm_flags::*};
+use crate::mm::mm_types::vm_flags::*;
 use crate::mm::pgtable::pte;
-use crate::mm::race::InjectPoint;
 use crate::mm::slab::VmaIdx;
 use crate::mm::sync::Ordering;
 use crate::mm::vma::Writer;
+use crate::mm::vma_init::vm_area_dup;
 use crate::mm::vma_tree::TreeEntry;
-
-/// `vm_area_init_from`: copy `src` into `dest` but leave `dest`'s lock
-/// (`vm_refcnt`, `vm_lock_seq`) alone.
-pub fn vm_area_init_from(src: &Vma, dest: &Vma) {
-    dest.set_fields(&src.fields());
-}
 
 /// `dup_mmap`: copy `parent`'s address space into the empty `child`.
 /// All or nothing: if a slot or the map count runs out, the child is left
@@ -63,26 +58,7 @@ pub fn dup_mmap(parent: &MmStruct, child: &MmStruct) -> Result<(), MmError> {
         // write-protected for COW.
         mpnt.vma_start_write(pw.w.seq());
         let tmp = pool.get(nidx);
-        // vm_area_dup
-        if race.is_some_and(|r| r.bugs().dup_copies_refcnt) {
-            // The v8 bug: a whole-struct copy, refcount included.
-            vm_area_init_from(mpnt, tmp);
-            tmp.vm_refcnt
-                .store(mpnt.vm_refcnt.load(Ordering::Relaxed), Ordering::Release);
-        } else {
-            vm_area_init_from(mpnt, tmp);
-        }
-        if let Some(r) = race {
-            r.hit(InjectPoint::InVmAreaDup, tmp);
-            if r.bugs().dup_copies_refcnt {
-                // ...then vma_lock_init(new, true): refcount_set(vm_refcnt,
-                // 0) and vm_lock_seq = UINT_MAX, whoever got in meanwhile.
-                tmp.vm_refcnt.store(0, Ordering::Release);
-                tmp.vm_lock_seq
-                    .store(VM_LOCK_SEQ_UNLOCKED, Ordering::Relaxed);
-                r.hit(InjectPoint::InVmaLockInit, tmp);
-            }
-        }
+        vm_area_dup(mpnt, tmp, race);
         let pf = mpnt.fields();
         let mut f = tmp.fields();
         f.vm_mm = child.id();

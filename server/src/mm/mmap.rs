@@ -3,7 +3,6 @@
 //! what a `MAP_FIXED` mapping replaces, merging with the neighbours,
 //! splitting — is `mm/vma.c`'s, in [`crate::mm::vma`].
 
-use crate::mm::mm_struct::{MmStruct, huge_page_shift};
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
 use crate::mm::vma::{
     Vmg, Writer, do_vmi_munmap, vm_area_alloc_new, vma_merge_new_range, vms_complete_munmap_vmas,
@@ -12,6 +11,7 @@ use crate::mm::vma::{
 use crate::mm::{
     MMAP_BASE, MMAP_MIN_ADDR, MmError, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, page_align, page_aligned,
 };
+use crate::mm::{file_table::huge_page_shift, mm_struct::MmStruct};
 
 /// `prot` bits (`PROT_*`; the proto crate owns the bits).
 pub mod prot {
@@ -78,7 +78,7 @@ pub struct MmapArgs {
     /// Byte offset in the file, page aligned.
     pub offset: u64,
     /// The file's size in bytes (`i_size`), 0 if the caller does not say:
-    /// see [`FileTable::set_size`](crate::mm::mm_struct::FileTable::set_size).
+    /// see [`FileTable::set_size`](crate::mm::file_table::FileTable::set_size).
     pub file_size: u64,
 }
 

@@ -32,7 +32,10 @@
 //!   barn, slabs; `typesafe` or `rcu` free policy.
 //! * `vma_tree`: the RCU-walkable VMA tree (the maple tree's role).
 //! * `pgtable`: a lock-free radix page table.
-//! * `mm_struct`: `mmap_lock`, `mm_lock_seq`, tree, page table, RSS.
+//! * `mm_struct`: `mmap_lock`, `mm_lock_seq`, tree, page table, RSS; the
+//!   `MmContext` every mm of a simulator shares.
+//! * `file_table`: file ids, imported files, the engine's shmem/hugetlb
+//!   files, anonymous-VMA names.
 //! * `vma`: `__split_vma`, `vma_merge_*`, `vma_modify`, the munmap
 //!   gather/complete steps (`mm/vma.c`).
 //! * `mmap`: `mmap`, `munmap`, `brk`: arguments, placement, populate.
@@ -45,7 +48,9 @@
 //! * `gup`: `populate_vma_page_range`, `__mm_populate`.
 //! * `filemap`: the page cache fault-around maps from.
 //! * `rmap`: mappers of fork-shared anonymous pages (COW reuse).
-//! * `fork`: `dup_mmap`, `vm_area_dup`, `vm_area_init_from`.
+//! * `vma_init`: `vm_area_dup`, `vm_area_init_from` (the slot itself comes
+//!   from `slab`'s `vm_area_alloc`).
+//! * `fork`: `dup_mmap`, `copy_page_range`.
 //! * `exit`: tearing an address space down, `exit_mmap`.
 //! * `proc_maps`: `/proc/PID/maps` rendering and import.
 //! * `task_mmu`: reading maps under per-VMA locks (6.17) or `mmap_lock`.
@@ -81,6 +86,8 @@ pub(crate) mod exit;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod fault;
 #[cfg(not(vmasim_loom))]
+pub(crate) mod file_table;
+#[cfg(not(vmasim_loom))]
 pub(crate) mod filemap;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod fork;
@@ -110,6 +117,8 @@ pub(crate) mod sim;
 pub(crate) mod task_mmu;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod vma;
+#[cfg(not(vmasim_loom))]
+pub(crate) mod vma_init;
 #[cfg(not(vmasim_loom))]
 pub(crate) mod vma_tree;
 

@@ -119,7 +119,7 @@ pub fn do_mremap(
 /// grow ("the underlying hugetlb reservation is not yet capable to handle
 /// split reservation").
 fn align_hugetlb(vrm: &mut Vrm, file: u64) -> Result<(), MmError> {
-    let Some(shift) = crate::mm::mm_struct::huge_page_shift(file) else {
+    let Some(shift) = crate::mm::file_table::huge_page_shift(file) else {
         return Ok(());
     };
     let h = 1u64 << shift;

@@ -11,12 +11,15 @@
 //! `gate_vma`, rendered last, inherited by fork, untouched by every
 //! operation); an empty Spawn has none.
 
-use crate::mm::mm_struct::{FileInfo, MM_ANONPAGES, MmStruct};
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
 use crate::mm::rcu::rcu_read_lock;
 use crate::mm::sync::Ordering;
 use crate::mm::vma::Writer;
 use crate::mm::{MmError, PAGE_SHIFT, TASK_SIZE, page_aligned};
+use crate::mm::{
+    file_table::FileInfo,
+    mm_struct::{MM_ANONPAGES, MmStruct},
+};
 use crate::mm::{memory::rss_counter, mmap::insert_vma_nomerge};
 use std::fmt::Write as _;
 

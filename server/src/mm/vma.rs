@@ -212,7 +212,7 @@ pub(crate) fn __split_vma(
     // ->may_split (hugetlb_vm_op_split): a hugetlb VMA splits only at a
     // huge page boundary.
     if f.vm_flags & crate::mm::mm_types::vm_flags::VM_HUGETLB != 0
-        && let Some(shift) = crate::mm::mm_struct::huge_page_shift(f.vm_file)
+        && let Some(shift) = crate::mm::file_table::huge_page_shift(f.vm_file)
         && addr & ((1 << shift) - 1) != 0
     {
         return Err(MmError::inval(
