@@ -14,8 +14,9 @@
 //! Like `madvise_walk_vmas`, holes in the range do not stop the walk: every
 //! mapped part gets the advice, then the call fails with ENOMEM.
 
+use crate::mm::file_table::huge_page_shift;
 use crate::mm::memory::zap_page_range;
-use crate::mm::mm_struct::{MmStruct, huge_page_shift};
+use crate::mm::mm_struct::MmStruct;
 use crate::mm::mm_types::vm_flags::*;
 use crate::mm::rcu::rcu_read_lock;
 use crate::mm::slab::VmaIdx;
