@@ -60,7 +60,7 @@ fuzz_target!(|ops: Vec<Op>| {
             let r: Result<(), tonic::Status> = match op {
                 Op::Spawn(t, start_brk) => svc.spawn(Request::new(pb::SpawnRequest { maps_text: t, start_brk })).await.map(drop),
                 Op::Mmap { pid, addr, len, prot, flags, file, off } => svc
-                    .mmap(Request::new(pb::MmapRequest { pid: pid_of(pid), addr, length: len, prot, flags, file_id: file, offset: off }))
+                    .mmap(Request::new(pb::MmapRequest { pid: pid_of(pid), addr, length: len, prot, flags, file_id: file, offset: off, file_size: 0 }))
                     .await
                     .map(drop),
                 Op::Munmap { pid, addr, len } => svc.munmap(Request::new(pb::MunmapRequest { pid: pid_of(pid), addr, length: len })).await.map(drop),
@@ -89,7 +89,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         let op = match x % 4 {
                             0 => Some(O::Fault(pb::FaultRequest { pid: pid_of(p), addr: a, access: (l % 4) as i32 })),
                             1 => Some(O::Munmap(pb::MunmapRequest { pid: pid_of(p), addr: a, length: l })),
-                            2 => Some(O::Mmap(pb::MmapRequest { pid: pid_of(p), addr: a, length: l, prot: x >> 2, flags: x >> 5, file_id: 0, offset: 0 })),
+                            2 => Some(O::Mmap(pb::MmapRequest { pid: pid_of(p), addr: a, length: l, prot: x >> 2, flags: x >> 5, file_id: 0, offset: 0, file_size: 0 })),
                             _ => None,
                         };
                         let r = svc.dispatch(pb::SessionRequest { id: i as u64, op }).await;
