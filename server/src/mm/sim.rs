@@ -18,7 +18,7 @@ use crate::mm::{
     proc_maps::{MapsEntry, import_maps, parse_maps, render},
     slab::{CachePolicy, PoolStats, VmaCache},
     task_mmu::show_maps,
-    vmstat::{FaultStats, NR_MAPS_EVENTS},
+    vmstat::{FaultStats, MapsEvent, NR_MAPS_EVENTS},
 };
 use crate::mm::{
     fault::{do_user_addr_fault, follow_pte},
@@ -89,6 +89,13 @@ pub struct SimStats {
     pub pgtables_bytes: u64,
     /// The maps readers' events, indexed by [`MapsEvent`].
     pub maps: [u64; NR_MAPS_EVENTS],
+}
+
+impl SimStats {
+    /// The count of maps reader event `e`.
+    pub fn maps_event(&self, e: MapsEvent) -> u64 {
+        self.maps[e as usize]
+    }
 }
 
 /// The maps of one process.

@@ -334,6 +334,11 @@ impl FaultStats {
         self.vma_lock[e as usize]
     }
 
+    /// Reuses caught by check `c`.
+    pub fn reuse_detected(&self, c: ReuseCheck) -> u64 {
+        self.reuse_detected[c as usize]
+    }
+
     /// Total faults.
     pub fn total(&self) -> u64 {
         self.faults.iter().flatten().sum()

@@ -208,16 +208,16 @@ pub(super) fn stats_to_pb(sim: &Simulator) -> pb::StatsResponse {
         // concept, as address_space.proto documents).
         reuse_detected: ReuseCheck::ALL
             .iter()
-            .map(|&c| (c.as_str().to_string(), f.reuse_detected[c as usize]))
+            .map(|&c| (c.as_str().to_string(), f.reuse_detected(c)))
             .collect(),
         maps_reader: cfg.maps_reader.as_str().to_string(),
         maps_reads: [MapsEvent::ReadPerVma, MapsEvent::ReadMmapLock]
             .iter()
-            .map(|&e| (e.as_str().to_string(), s.maps[e as usize]))
+            .map(|&e| (e.as_str().to_string(), s.maps_event(e)))
             .collect(),
         maps_vma_lock: MapsEvent::STEPS
             .iter()
-            .map(|&e| (e.as_str().to_string(), s.maps[e as usize]))
+            .map(|&e| (e.as_str().to_string(), s.maps_event(e)))
             .collect(),
     }
 }
