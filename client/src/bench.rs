@@ -39,6 +39,12 @@
 //!    200 with a `grpc-status` trailer, so the body is one the setup
 //!    checked succeeds.
 //!
+//! The measured unary calls (phases 1, 3 and 4, and `FaultBatch` in 2) go
+//! straight over one h2 connection per `--connections` ([`crate::direct`]):
+//! tonic's `Channel` costs a buffer task and a spawned task per call, which
+//! the closed loop measured as the client's cost, not the server's. Setup
+//! and the `Session` streams keep a `Channel` of their own.
+//!
 //! The admission (closed/open loop, coordinated-omission correction) and
 //! the measurements (HdrHistogram [`Recorder`]) are the load generator's
 //! ([`crate::load::shared::Shared`]); only the per-request work is
@@ -46,8 +52,9 @@
 //! shadow model, which would charge `Fault` client-side work the no-op
 //! does not do and skew the ratio.
 
-use crate::connect::{Client, Health, Target};
+use crate::connect::{Client, Target};
 use crate::demo::human;
+use crate::direct::{DirectClient, DirectHealth, Via};
 use crate::embedded::Cache;
 use crate::error::CliError;
 use crate::load::fault_thread::single_totals;
@@ -255,8 +262,12 @@ enum Kind {
 /// One worker's process and clients; moved into a task for each phase and
 /// handed back, so the process and the stream outlive the phases.
 struct Slot {
+    /// Setup, cleanup and the `Session` stream, through a `Channel`.
     client: Client,
-    health: Health,
+    /// The measured unary calls, on the same connection's [`Via`] (straight
+    /// over h2 on plain HTTP: see [`crate::direct`]).
+    unary: DirectClient,
+    health: DirectHealth,
     /// Lazily opened `Session` stream (phase 2).
     stream: Transport,
     pid: u32,
@@ -273,10 +284,12 @@ impl Slot {
     async fn setup(
         target: &Target,
         ch: tonic::transport::Channel,
+        via: &Via,
         pages: usize,
     ) -> Result<Self, CliError> {
-        let mut client = target.client(ch.clone())?;
-        let health = target.health_client(ch)?;
+        let mut client = target.client(ch)?;
+        let unary = via.client(target)?;
+        let health = via.health(target)?;
         let pid = client
             .spawn(SpawnRequest::default())
             .await?
@@ -310,6 +323,7 @@ impl Slot {
         let stream = Transport::new(client.clone(), true);
         Ok(Slot {
             client,
+            unary,
             health,
             stream,
             pid,
@@ -334,7 +348,7 @@ impl Slot {
                 let addr = self.addrs[self.next];
                 self.next = (self.next + 1) % self.addrs.len();
                 let r = self
-                    .client
+                    .unary
                     .fault(FaultRequest {
                         pid: self.pid,
                         addr,
@@ -360,7 +374,7 @@ impl Slot {
                 let r = if kind == Kind::Stream {
                     self.stream.call(Op::FaultBatch(req)).await
                 } else {
-                    self.client
+                    self.unary
                         .fault_batch(req)
                         .await
                         .map(|r| Reply::FaultBatch(r.into_inner()))
@@ -461,12 +475,12 @@ async fn run_on(o: &BenchOptions, target: &Target, name: String) -> Result<Bench
     ));
     let mut channels = Vec::new();
     for _ in 0..o.connections {
-        channels.push(target.channel().await?);
+        channels.push((target.channel().await?, Via::connect(target).await?));
     }
     let mut slots = Vec::new();
     for i in 0..o.concurrency {
-        let ch = channels[i % channels.len()].clone();
-        slots.push(Slot::setup(target, ch, o.batch).await?);
+        let (ch, via) = &channels[i % channels.len()];
+        slots.push(Slot::setup(target, ch.clone(), via, o.batch).await?);
     }
     let r = phases(o, target, &mut slots, &say).await;
     // Cleanup, best effort: an external server should not keep our processes.

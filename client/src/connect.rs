@@ -22,7 +22,7 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
 /// Largest reply the client accepts (a `Maps` of a process at
 /// `max_map_count` is ~6 MiB of text plus entries).
-const MAX_DECODE: usize = 64 << 20;
+pub(crate) const MAX_DECODE: usize = 64 << 20;
 
 /// The service client used everywhere in the crate.
 pub type Client = AddressSpaceClient<InterceptedService<Channel, Auth>>;

@@ -12,6 +12,8 @@
 //!   [`cmd`]: one file per subcommand, owning its arguments and its run,
 //!   all named once in `cmd/mod.rs`.
 //! * [`connect`]: endpoint, TLS, bearer-token interceptor, the client type.
+//! * [`direct`]: the bench's transport, straight over one h2 connection
+//!   (no `tower::Buffer`, no task per call).
 //! * [`error`]: the error type (thiserror) and its exit codes.
 //! * [`output`]: report files, opened before the work starts.
 //! * [`parse`]: addresses, sizes, protections, flags, durations; short
@@ -38,6 +40,7 @@ pub mod cli;
 pub mod cmd;
 pub mod connect;
 pub mod demo;
+pub mod direct;
 pub mod embedded;
 pub mod error;
 pub mod files;
