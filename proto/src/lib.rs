@@ -64,6 +64,7 @@
 //!     flags: MapFlag::MapPrivate as u32 | MapFlag::MapAnonymous as u32,
 //!     file_id: 0,
 //!     offset: 0,
+//!     file_size: 0,
 //! };
 //! assert_eq!(req.flags, 0x22); // MAP_PRIVATE | MAP_ANONYMOUS
 //! let bytes = req.encode_to_vec();
