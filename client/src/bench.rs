@@ -55,7 +55,6 @@
 use crate::connect::{Client, Target};
 use crate::demo::human;
 use crate::direct::{DirectClient, DirectHealth, Via};
-use crate::embedded::Cache;
 use crate::error::CliError;
 use crate::load::fault_thread::single_totals;
 use crate::load::mix::OpKind;
@@ -102,7 +101,9 @@ pub struct BenchOptions {
     /// Addresses per `FaultBatch` (also the pages each worker populates).
     pub batch: usize,
     /// VMA cache of the embedded server (unused with `--server`).
-    pub cache: Cache,
+    #[cfg(feature = "embedded")]
+    #[serde(serialize_with = "ser_cache")]
+    pub cache: crate::embedded::CachePolicy,
     /// Progress lines on stderr.
     #[serde(skip)]
     pub progress: bool,
@@ -116,10 +117,19 @@ impl Default for BenchOptions {
             concurrency: 8,
             connections: 1,
             batch: 1024,
-            cache: Cache::Typesafe,
+            #[cfg(feature = "embedded")]
+            cache: crate::embedded::CachePolicy::default(),
             progress: true,
         }
     }
+}
+
+#[cfg(feature = "embedded")]
+fn ser_cache<S: serde::Serializer>(
+    c: &crate::embedded::CachePolicy,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(c.as_str())
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -453,7 +463,7 @@ pub async fn run(o: &BenchOptions, server: Option<&Target>) -> Result<BenchRepor
         #[cfg(feature = "embedded")]
         None => {
             let srv = crate::embedded::Embedded::start(o.cache, false).await?;
-            let name = format!("embedded {} server on {}", o.cache.name(), srv.url);
+            let name = format!("embedded {} server on {}", o.cache.as_str(), srv.url);
             let r = run_on(o, &Target::plain(srv.url.clone()), name).await;
             srv.stop().await;
             r

@@ -21,7 +21,7 @@
 
 use crate::connect::Target;
 #[cfg(feature = "embedded")]
-use crate::embedded::{Cache, Embedded};
+use crate::embedded::{CachePolicy, Embedded};
 use crate::error::CliError;
 use crate::load::report::Summary;
 use crate::load::{self, LoadConfig};
@@ -138,17 +138,17 @@ pub async fn run(o: &DemoOptions, server: Option<&Target>) -> Result<String, Cli
         None => unreachable!("refused above"),
         #[cfg(feature = "embedded")]
         None => {
-            for cache in [Cache::Typesafe, Cache::Rcu] {
+            for cache in [CachePolicy::Typesafe, CachePolicy::Rcu] {
                 let srv = Embedded::start(cache, false).await?;
                 eprintln!(
                     "[{}] embedded server on {}, running for {:?} ...",
-                    cache.name(),
+                    cache.as_str(),
                     srv.url,
                     o.duration
                 );
                 let r = load::run(cfg.clone(), &Target::plain(srv.url.clone())).await;
                 srv.stop().await;
-                runs.push((cache.name().to_string(), Summary::new(&r?)));
+                runs.push((cache.as_str().to_string(), Summary::new(&r?)));
             }
         }
     }
@@ -160,7 +160,7 @@ pub async fn run(o: &DemoOptions, server: Option<&Target>) -> Result<String, Cli
     #[cfg(feature = "embedded")]
     if server.is_none() && !o.slow_reader.is_zero() {
         let mut slow = Vec::new();
-        for cache in [Cache::Typesafe, Cache::Rcu] {
+        for cache in [CachePolicy::Typesafe, CachePolicy::Rcu] {
             slow.push(run_slow_reader(o, cache).await?);
         }
         out.push('\n');
@@ -171,11 +171,11 @@ pub async fn run(o: &DemoOptions, server: Option<&Target>) -> Result<String, Cli
 
 /// One mode's slow-reader phase on a fresh embedded server.
 #[cfg(feature = "embedded")]
-async fn run_slow_reader(o: &DemoOptions, cache: Cache) -> Result<SlowReaderRun, CliError> {
+async fn run_slow_reader(o: &DemoOptions, cache: CachePolicy) -> Result<SlowReaderRun, CliError> {
     let srv = Embedded::start(cache, false).await?;
     eprintln!(
         "[{}] slow reader: one RCU read section held for {:?} while VMAs churn ...",
-        cache.name(),
+        cache.as_str(),
         o.slow_reader
     );
     let reader = crate::embedded::SlowReader::hold();
@@ -186,7 +186,7 @@ async fn run_slow_reader(o: &DemoOptions, cache: Cache) -> Result<SlowReaderRun,
     let s = Summary::new(&r?);
     let get = |k: &str| s.server.as_ref().map_or(0, |d| d.get(k));
     Ok(SlowReaderRun {
-        name: cache.name().to_string(),
+        name: cache.as_str().to_string(),
         frees: get("vma_frees"),
         call_rcu: (get("call_rcu"), get("call_rcu_avoided")),
         waiting: get("pool_slots_waiting"),

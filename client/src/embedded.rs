@@ -4,37 +4,16 @@
 //! This is the only place the client uses the server crate, and only with
 //! the default cargo feature `embedded`: everything else talks to the
 //! returned URL through the proto, exactly as it would to a remote
-//! server. [`Cache`] is here without the feature too: `bench --cache`
-//! parses the same in both builds.
+//! server. The cache policies are the engine's own [`CachePolicy`] (its
+//! `as_str` names are the ones `Stats.vma_cache` reports), so a build
+//! without the feature has no `--cache` to choose: there is no server of
+//! its own to give one.
 
-#[cfg(feature = "embedded")]
 use crate::error::CliError;
-#[cfg(feature = "embedded")]
-use vmasim_server::mm::{CachePolicy, FaultLockMode};
-#[cfg(feature = "embedded")]
-#[cfg(feature = "embedded")]
+pub use vmasim_server::mm::CachePolicy;
+use vmasim_server::mm::FaultLockMode;
 use vmasim_server::server::{LocalServer, ServerConfig, spawn_local};
 
-/// The VMA cache policy of an embedded server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-pub enum Cache {
-    /// `SLAB_TYPESAFE_BY_RCU`: freed slots are reused at once.
-    Typesafe,
-    /// Every free waits for a grace period (`call_rcu`).
-    Rcu,
-}
-
-impl Cache {
-    /// The name the server reports in `Stats.vma_cache`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Cache::Typesafe => "typesafe",
-            Cache::Rcu => "rcu",
-        }
-    }
-}
-
-#[cfg(feature = "embedded")]
 /// A running in-process server ([`spawn_local`]); stopped when dropped or
 /// by [`stop`].
 ///
@@ -45,16 +24,12 @@ pub struct Embedded {
     server: LocalServer,
 }
 
-#[cfg(feature = "embedded")]
 impl Embedded {
     /// Starts a fresh server with the given VMA cache and fault locking
     /// (`mmap_lock_only`: every fault takes mmap_lock) on 127.0.0.1:0.
-    pub async fn start(cache: Cache, mmap_lock_only: bool) -> Result<Self, CliError> {
+    pub async fn start(cache: CachePolicy, mmap_lock_only: bool) -> Result<Self, CliError> {
         let mut cfg = ServerConfig::default();
-        cfg.sim.vma_cache = match cache {
-            Cache::Typesafe => CachePolicy::Typesafe,
-            Cache::Rcu => CachePolicy::Rcu,
-        };
+        cfg.sim.vma_cache = cache;
         cfg.sim.fault_lock = if mmap_lock_only {
             FaultLockMode::MmapLock
         } else {
@@ -82,7 +57,6 @@ impl Embedded {
     }
 }
 
-#[cfg(feature = "embedded")]
 /// A thread of this process inside one RCU read-side critical section
 /// (`rcu_read_lock` held) until dropped: the slow reader of `vmasim demo`.
 /// The embedded servers' RCU is the process's crossbeam-epoch collector,
@@ -92,7 +66,6 @@ pub struct SlowReader {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-#[cfg(feature = "embedded")]
 impl SlowReader {
     /// Enter the read section on a new thread; returns once it is held.
     pub fn hold() -> Self {
@@ -113,7 +86,6 @@ impl SlowReader {
     }
 }
 
-#[cfg(feature = "embedded")]
 impl Drop for SlowReader {
     fn drop(&mut self) {
         drop(self.release.take());

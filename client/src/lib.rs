@@ -41,6 +41,7 @@ pub mod cmd;
 pub mod connect;
 pub mod demo;
 pub mod direct;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod error;
 pub mod files;

@@ -5,7 +5,7 @@
 
 use assert_cmd::Command;
 use common::TestServer;
-use vmasim_client::embedded::Cache;
+use vmasim_client::embedded::CachePolicy;
 
 mod common;
 
@@ -97,7 +97,7 @@ fn bench_on_embedded_server_prints_sections_and_json() {
 
 #[test]
 fn bench_against_a_server_url() {
-    let srv = TestServer::start(Cache::Rcu);
+    let srv = TestServer::start(CachePolicy::Rcu);
     let stdout = run_ok(vmasim().args(["--server", &srv.url]).args(QUICK));
     assert!(stdout.contains(&srv.url), "{stdout}");
     // With h2load installed (Debian nghttp2-client), the same unary call is

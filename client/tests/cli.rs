@@ -4,11 +4,11 @@
 use assert_cmd::Command;
 use common::TestServer;
 use std::path::Path;
-use vmasim_client::embedded::Cache;
+use vmasim_client::embedded::CachePolicy;
 
 mod common;
 
-fn server(cache: Cache) -> TestServer {
+fn server(cache: CachePolicy) -> TestServer {
     TestServer::start(cache)
 }
 
@@ -39,7 +39,7 @@ fn fails(s: &TestServer, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn rpc_commands_round_trip() {
-    let s = server(Cache::Typesafe);
+    let s = server(CachePolicy::Typesafe);
     assert_eq!(ok(&s, &["health"]), "SERVING\n");
     let pid = ok(&s, &["spawn"]).trim().to_string();
     assert!(pid.parse::<u32>().unwrap() > 0);
@@ -175,7 +175,7 @@ fn rpc_commands_round_trip() {
 
 #[test]
 fn race_lab_front_end() {
-    let s = server(Cache::Typesafe);
+    let s = server(CachePolicy::Typesafe);
     let list = ok(&s, &["race", "--list"]);
     let name = list
         .split_whitespace()
@@ -196,7 +196,7 @@ fn race_lab_front_end() {
 
 #[test]
 fn errors_exit_non_zero_with_the_status() {
-    let s = server(Cache::Rcu);
+    let s = server(CachePolicy::Rcu);
     // Unknown pid.
     let (code, err) = fails(&s, &["maps", "999999"]);
     assert_eq!(code, 5);
@@ -255,7 +255,7 @@ fn errors_exit_non_zero_with_the_status() {
 
 #[test]
 fn load_verify_passes_for_every_profile() {
-    let s = server(Cache::Typesafe);
+    let s = server(CachePolicy::Typesafe);
     for (profile, extra) in [
         ("fault-heavy", vec![]),
         ("churn", vec!["--stream"]),
@@ -333,7 +333,7 @@ fn assert_well_formed(html: &str) {
 
 #[test]
 fn load_writes_html_json_and_csv_reports() {
-    let s = server(Cache::Rcu);
+    let s = server(CachePolicy::Rcu);
     let dir = tempfile::tempdir().unwrap();
     let html = dir.path().join("report.html");
     let json = dir.path().join("report.json");
@@ -406,7 +406,7 @@ fn load_writes_html_json_and_csv_reports() {
 
 #[test]
 fn demo_against_a_given_server() {
-    let s = server(Cache::Typesafe);
+    let s = server(CachePolicy::Typesafe);
     let out = ok(&s, &["demo", "--duration", "1s", "--concurrency", "2"]);
     assert!(
         out.contains("simulated faults/s") && out.contains("typesafe"),

@@ -6,7 +6,7 @@
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
 use common::TestServer;
-use vmasim_client::embedded::Cache;
+use vmasim_client::embedded::CachePolicy;
 
 mod common;
 
@@ -110,7 +110,7 @@ fn max_map_count_scenario_agrees_with_the_kernel() {
 
 #[test]
 fn against_a_server_url() {
-    let srv = TestServer::start(Cache::Typesafe);
+    let srv = TestServer::start(CachePolicy::Typesafe);
     let out = kernel_diff(&["--server", &srv.url, "--ops", "2000", "--seed", "9", "-q"]);
     assert!(
         out.status.success(),

@@ -8,12 +8,12 @@
 
 use common::TestServer;
 use std::path::{Path, PathBuf};
-use vmasim_client::embedded::Cache;
+use vmasim_client::embedded::CachePolicy;
 
 mod common;
 
 fn server() -> TestServer {
-    TestServer::start(Cache::Typesafe)
+    TestServer::start(CachePolicy::Typesafe)
 }
 
 /// Runs vmasim; returns (exit code, stdout, stderr).

@@ -12,12 +12,12 @@
 
 use common::TestServer;
 use std::path::PathBuf;
-use vmasim_client::embedded::Cache;
+use vmasim_client::embedded::CachePolicy;
 
 mod common;
 
 fn server() -> TestServer {
-    TestServer::start(Cache::Typesafe)
+    TestServer::start(CachePolicy::Typesafe)
 }
 
 fn data(name: &str) -> PathBuf {

@@ -33,8 +33,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1024)]
     pub batch: usize,
     /// VMA cache of the embedded server (ignored with --server).
-    #[arg(long, value_enum, default_value = "typesafe")]
-    pub cache: crate::embedded::Cache,
+    #[cfg(feature = "embedded")]
+    #[arg(long, value_enum, default_value_t = crate::embedded::CachePolicy::default())]
+    pub cache: crate::embedded::CachePolicy,
     /// Also write the figures as JSON.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -48,6 +49,7 @@ pub async fn run(a: &Args, ctx: &Ctx) -> Result<(), CliError> {
         concurrency: a.concurrency,
         connections: a.connections,
         batch: a.batch,
+        #[cfg(feature = "embedded")]
         cache: a.cache,
         progress: true,
     };

@@ -6,7 +6,7 @@
 //! Each test binary uses a part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
-use vmasim_client::embedded::{Cache, Embedded};
+use vmasim_client::embedded::{CachePolicy, Embedded};
 use vmasim_server::server::ServerConfig;
 
 /// An in-process server on 127.0.0.1:0, on a runtime of its own for the
@@ -22,7 +22,7 @@ pub struct TestServer {
 
 impl TestServer {
     /// A default server with the given VMA cache.
-    pub fn start(cache: Cache) -> Self {
+    pub fn start(cache: CachePolicy) -> Self {
         Self::run(Embedded::start(cache, false))
     }
 
