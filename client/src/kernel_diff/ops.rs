@@ -35,24 +35,45 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vmasim_proto::v1::{Advice, MapFlag, MremapFlag};
 
+/// The arguments of an [`Op::Mmap`]: the call's own, with `file` a memfd
+/// index. A struct of its own (as [`MremapOp`]) because the op's
+/// translators (script text, executor command, RPC) read it whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MmapOp {
+    /// Address (hint or exact).
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// `PROT_*`.
+    pub prot: u32,
+    /// `MAP_*`, passed through unchanged.
+    pub flags: u32,
+    /// memfd index, `None` for `fd = -1`.
+    pub file: Option<u8>,
+    /// File offset in bytes.
+    pub offset: u64,
+}
+
+/// The arguments of an [`Op::Mremap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MremapOp {
+    /// Start of the old range.
+    pub old: u64,
+    /// Old length.
+    pub old_len: u64,
+    /// New length.
+    pub new_len: u64,
+    /// `MREMAP_*`, passed through unchanged.
+    pub flags: u32,
+    /// Destination (`MREMAP_FIXED`) or hint (`MREMAP_DONTUNMAP`).
+    pub new_addr: u64,
+}
+
 /// One operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// `mmap(addr, len, prot, flags, fd, offset)`; `file` is a memfd index.
-    Mmap {
-        /// Address (hint or exact).
-        addr: u64,
-        /// Length in bytes.
-        len: u64,
-        /// `PROT_*`.
-        prot: u32,
-        /// `MAP_*`, passed through unchanged.
-        flags: u32,
-        /// memfd index, `None` for `fd = -1`.
-        file: Option<u8>,
-        /// File offset in bytes.
-        offset: u64,
-    },
+    /// `mmap(addr, len, prot, flags, fd, offset)`.
+    Mmap(MmapOp),
     /// `munmap(addr, len)`.
     Munmap {
         /// Start.
@@ -84,18 +105,7 @@ pub enum Op {
         write: bool,
     },
     /// `mremap(old, old_len, new_len, flags, new_addr)`.
-    Mremap {
-        /// Start of the old range.
-        old: u64,
-        /// Old length.
-        old_len: u64,
-        /// New length.
-        new_len: u64,
-        /// `MREMAP_*`, passed through unchanged.
-        flags: u32,
-        /// Destination (`MREMAP_FIXED`) or hint (`MREMAP_DONTUNMAP`).
-        new_addr: u64,
-    },
+    Mremap(MremapOp),
     /// `madvise(addr, len, advice)`.
     Madvise {
         /// Start.
@@ -270,28 +280,23 @@ impl std::fmt::Display for Step {
             write!(f, "@{} ", self.proc)?;
         }
         match &self.op {
-            Op::Mmap {
-                addr,
-                len,
-                prot,
-                flags,
-                file,
-                offset,
-            } => {
+            Op::Mmap(m) => {
                 write!(
                     f,
-                    "mmap {addr:#x} {len:#x} {} {}",
-                    format_prot(*prot),
-                    format_flags(*flags)
+                    "mmap {:#x} {:#x} {} {}",
+                    m.addr,
+                    m.len,
+                    format_prot(m.prot),
+                    format_flags(m.flags)
                 )?;
-                if *prot & !7 != 0 {
-                    write!(f, "|prot={prot:#x}")?;
+                if m.prot & !7 != 0 {
+                    write!(f, "|prot={:#x}", m.prot)?;
                 }
-                if let Some(n) = file {
+                if let Some(n) = m.file {
                     write!(f, " file={n}")?;
                 }
-                if *offset != 0 || file.is_some() {
-                    write!(f, " offset={offset:#x}")?;
+                if m.offset != 0 || m.file.is_some() {
+                    write!(f, " offset={:#x}", m.offset)?;
                 }
                 Ok(())
             }
@@ -309,20 +314,17 @@ impl std::fmt::Display for Step {
                     if *write { "write" } else { "read" }
                 )
             }
-            Op::Mremap {
-                old,
-                old_len,
-                new_len,
-                flags,
-                new_addr,
-            } => {
+            Op::Mremap(r) => {
                 write!(
                     f,
-                    "mremap {old:#x} {old_len:#x} {new_len:#x} {}",
-                    format_mremap_flags(*flags)
+                    "mremap {:#x} {:#x} {:#x} {}",
+                    r.old,
+                    r.old_len,
+                    r.new_len,
+                    format_mremap_flags(r.flags)
                 )?;
-                if *new_addr != 0 {
-                    write!(f, " {new_addr:#x}")?;
+                if r.new_addr != 0 {
+                    write!(f, " {:#x}", r.new_addr)?;
                 }
                 Ok(())
             }
@@ -394,14 +396,14 @@ fn parse_step(line: &str) -> Result<Step, String> {
                     _ => return Err(format!("unknown mmap argument `{kv}`")),
                 }
             }
-            Op::Mmap {
+            Op::Mmap(MmapOp {
                 addr: addr(args[0])?,
                 len: parse_size(args[1])?,
                 prot: parse_prot(args[2])? | extra_prot,
                 flags: parse_flags(&flags_s)?,
                 file,
                 offset,
-            }
+            })
         }
         "munmap" => {
             need(2)?;
@@ -446,13 +448,13 @@ fn parse_step(line: &str) -> Result<Step, String> {
         }
         "mremap" => {
             need(3)?;
-            Op::Mremap {
+            Op::Mremap(MremapOp {
                 old: addr(args[0])?,
                 old_len: parse_size(args[1])?,
                 new_len: parse_size(args[2])?,
                 flags: args.get(3).map_or(Ok(0), |s| parse_mremap_flags(s))?,
                 new_addr: args.get(4).map_or(Ok(0), |s| addr(s))?,
-            }
+            })
         }
         "madvise" => {
             need(3)?;
@@ -481,13 +483,13 @@ fn parse_step(line: &str) -> Result<Step, String> {
 pub fn kinds(op: &Op) -> Vec<String> {
     let mut k = Vec::new();
     match op {
-        Op::Mmap {
+        Op::Mmap(MmapOp {
             addr,
             flags,
             file,
             prot,
             ..
-        } => {
+        }) => {
             k.push("mmap".into());
             let shared = match flags & MAP_SHARED_VALIDATE {
                 1 | 3 => "shared",
@@ -522,12 +524,12 @@ pub fn kinds(op: &Op) -> Vec<String> {
         }
         Op::Brk { .. } | Op::BrkQuery => k.push("brk".into()),
         Op::Touch { write, .. } => k.push(if *write { "touch:write" } else { "touch:read" }.into()),
-        Op::Mremap {
+        Op::Mremap(MremapOp {
             old_len,
             new_len,
             flags,
             ..
-        } => {
+        }) => {
             k.push("mremap".into());
             let (o, n) = (old_len.div_ceil(PAGE), new_len.div_ceil(PAGE));
             k.push(
@@ -914,13 +916,13 @@ impl Generator {
         }
         out.push((
             true,
-            Op::Mremap {
+            Op::Mremap(MremapOp {
                 old,
                 old_len,
                 new_len,
                 flags,
                 new_addr,
-            },
+            }),
         ));
         if self.chance(0.5) {
             let mut after = self.touches(old, old + old_len.max(PAGE), 2, None);
@@ -1072,14 +1074,14 @@ impl Generator {
                 offset = self.rng.random_range(1..16) * PAGE;
             }
         }
-        Op::Mmap {
+        Op::Mmap(MmapOp {
             addr,
             len,
             prot: self.rng.random_range(0..8),
             flags,
             file,
             offset,
-        }
+        })
     }
 
     /// Operations for the `vm.max_map_count` scenario: `fill` the window

@@ -221,29 +221,24 @@ impl Runner {
 
     fn command(&self, op: &Op, child: usize) -> String {
         match *op {
-            Op::Mmap {
-                addr,
-                len,
-                prot,
-                flags,
-                file,
-                offset,
-            } => format!(
-                "m {addr:x} {len:x} {prot:x} {flags:x} {:x} {offset:x}",
-                file.map_or(0, |n| u64::from(n) + 1)
+            Op::Mmap(ref m) => format!(
+                "m {:x} {:x} {:x} {:x} {:x} {:x}",
+                m.addr,
+                m.len,
+                m.prot,
+                m.flags,
+                m.file.map_or(0, |n| u64::from(n) + 1),
+                m.offset
             ),
             Op::Munmap { addr, len } => format!("u {addr:x} {len:x}"),
             Op::Mprotect { addr, len, prot } => format!("p {addr:x} {len:x} {prot:x}"),
             Op::Brk { off } => format!("b {:x}", self.start_brk.wrapping_add_signed(off)),
             Op::BrkQuery => "b 0".into(),
             Op::Touch { addr, write } => format!("t {addr:x} {}", u8::from(write)),
-            Op::Mremap {
-                old,
-                old_len,
-                new_len,
-                flags,
-                new_addr,
-            } => format!("r {old:x} {old_len:x} {new_len:x} {flags:x} {new_addr:x}"),
+            Op::Mremap(ref r) => format!(
+                "r {:x} {:x} {:x} {:x} {:x}",
+                r.old, r.old_len, r.new_len, r.flags, r.new_addr
+            ),
             Op::Madvise { addr, len, advice } => format!("a {addr:x} {len:x} {advice:x}"),
             Op::Fork => format!("f {child:x}"),
             Op::Exit => "x".into(),
@@ -383,8 +378,8 @@ impl Runner {
             *self.counts.entry(k).or_default() += 1;
         }
         // Where an mremap left the mapping, which only the result says.
-        if let (Op::Mremap { old, .. }, KResult::Ok(a)) = (&step.op, kr.result) {
-            let k = if a == *old {
+        if let (Op::Mremap(r), KResult::Ok(a)) = (&step.op, kr.result) {
+            let k = if a == r.old {
                 "mremap:stayed"
             } else {
                 "mremap:moved"

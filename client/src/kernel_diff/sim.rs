@@ -160,26 +160,19 @@ impl Sim {
         let pid = self.pid(proc)?;
         let c = &mut self.client;
         let r: Result<u64, tonic::Status> = match *op {
-            Op::Mmap {
-                addr,
-                len,
-                prot,
-                flags,
-                file,
-                offset,
-            } => c
+            Op::Mmap(ref m) => c
                 .mmap(pb::MmapRequest {
                     pid,
-                    addr,
-                    length: len,
-                    prot,
-                    flags,
-                    file_id: file.map_or(0, |n| self.file_base + u64::from(n)),
-                    offset,
+                    addr: m.addr,
+                    length: m.len,
+                    prot: m.prot,
+                    flags: m.flags,
+                    file_id: m.file.map_or(0, |n| self.file_base + u64::from(n)),
+                    offset: m.offset,
                     // The executor's memfds are FILE_SIZE long: a touch
                     // past the end of one (a file mapping grown by
                     // mremap) is SIGBUS on both sides.
-                    file_size: if file.is_some() { FILE_SIZE } else { 0 },
+                    file_size: if m.file.is_some() { FILE_SIZE } else { 0 },
                 })
                 .await
                 .map(|r| r.into_inner().addr),
@@ -230,20 +223,14 @@ impl Sim {
                 }
                 Ok(0)
             }
-            Op::Mremap {
-                old,
-                old_len,
-                new_len,
-                flags,
-                new_addr,
-            } => c
+            Op::Mremap(ref r) => c
                 .mremap(pb::MremapRequest {
                     pid,
-                    addr: old,
-                    old_length: old_len,
-                    new_length: new_len,
-                    flags,
-                    new_addr,
+                    addr: r.old,
+                    old_length: r.old_len,
+                    new_length: r.new_len,
+                    flags: r.flags,
+                    new_addr: r.new_addr,
                 })
                 .await
                 .map(|r| r.into_inner().addr),
