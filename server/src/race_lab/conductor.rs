@@ -492,13 +492,55 @@ impl Lab {
         }
     }
 
-    /// Join the threads, judge, and build the report.
-    pub(super) fn finish(mut self, buggy: bool, description: &str) -> RaceReport {
+    /// Join the role threads; a panic on one goes on on the conductor's.
+    fn join(&mut self) {
         for h in self.handles.drain(..) {
             if let Err(p) = h.join() {
                 std::panic::resume_unwind(p);
             }
         }
+    }
+
+    /// The report: the timeline so far and the verdict given.
+    fn report(
+        self,
+        buggy: bool,
+        description: &str,
+        verdict: Verdict,
+        caught_by: String,
+        summary: String,
+    ) -> RaceReport {
+        let timeline = std::mem::take(&mut *lock(&self.shared.timeline));
+        RaceReport {
+            // Filled in by `run` from the registry: a name is written once.
+            name: String::new(),
+            buggy,
+            description: description.to_string(),
+            timeline,
+            verdict,
+            caught_by,
+            summary,
+        }
+    }
+
+    /// Join the threads and build the report with a verdict the scenario
+    /// judged itself (the maps scenarios judge the printed lines, not the
+    /// reader's locks).
+    pub(super) fn finish_judged(
+        mut self,
+        buggy: bool,
+        description: &str,
+        verdict: Verdict,
+        caught_by: &str,
+        summary: String,
+    ) -> RaceReport {
+        self.join();
+        self.report(buggy, description, verdict, caught_by.to_string(), summary)
+    }
+
+    /// Join the threads, judge, and build the report.
+    pub(super) fn finish(mut self, buggy: bool, description: &str) -> RaceReport {
+        self.join();
         let caught = lock(&self.hooks.caught).clone();
         let locks = lock(&self.hooks.locks).clone();
         let snaps = lock(&self.shared.snaps).clone();
@@ -574,17 +616,7 @@ impl Lab {
                 format!("caught by {by}: {how}, which sees the address space as it really is."),
             )
         };
-        let timeline = std::mem::take(&mut *lock(&self.shared.timeline));
-        RaceReport {
-            // Filled in by `run` from the registry: a name is written once.
-            name: String::new(),
-            buggy,
-            description: description.to_string(),
-            timeline,
-            verdict,
-            caught_by,
-            summary,
-        }
+        self.report(buggy, description, verdict, caught_by, summary)
     }
 }
 

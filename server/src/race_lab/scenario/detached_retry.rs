@@ -25,27 +25,17 @@ fn run(buggy: bool) -> RaceReport {
     };
     let mut lab = Lab::new(Bugs::default());
     let a = lab.mm("A");
-    let addr = R1 + IN;
-    map_fixed(&a, R1, RW);
-    let x = slot_at(&a, addr);
-    lab.watch(x);
-    lab.record(
-        Role::Writer,
-        format!("A maps X at [{R1:#x}, {:#x}) in slot {}", R1 + LEN, x.0),
-    );
-    lab.spawn_reader(&a, addr, &[InjectPoint::AfterRcuWalk]);
-    lab.expect_parked(Role::Reader, InjectPoint::AfterRcuWalk);
-    map_fixed(&a, R1, prot::PROT_READ);
+    lab.map_watched(&a, R1, "A maps X", "");
+    lab.stop_reader_at(&a, R1 + IN, InjectPoint::AfterRcuWalk);
+    let x2 = lab.map_slot(&a, R1, prot::PROT_READ);
     lab.record(
         Role::Writer,
         format!(
             "mmap(MAP_FIXED) maps X' (read-only) over X in slot {}: X is detached \
              (vm_refcnt 0) and freed",
-            slot_at(&a, addr).0
+            x2.0
         ),
     );
-    lab.resume(Role::Reader, &[]);
-    let r = lab.expect_done(Role::Reader);
-    lab.record(Role::Reader, r);
+    lab.run_to_end(Role::Reader);
     lab.finish(buggy, description)
 }

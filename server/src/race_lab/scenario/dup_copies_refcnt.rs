@@ -39,18 +39,9 @@ fn run(buggy: bool) -> RaceReport {
     });
     let a = lab.mm("A");
     let b = lab.mm("B");
-    let addr = R1 + IN;
-    map_fixed(&a, R1, RW);
-    let x = slot_at(&a, addr);
-    lab.watch(x);
-    lab.record(
-        Role::Writer,
-        format!("A maps X at [{R1:#x}, {:#x}) in slot {}", R1 + LEN, x.0),
-    );
-    lab.spawn_reader(&a, addr, &[InjectPoint::BetweenSeqCheckAndInc]);
-    lab.expect_parked(Role::Reader, InjectPoint::BetweenSeqCheckAndInc);
-    map_fixed(&a, R1, RW);
-    let p = slot_at(&a, addr);
+    let x = lab.map_watched(&a, R1, "A maps X", "");
+    lab.stop_reader_at(&a, R1 + IN, InjectPoint::BetweenSeqCheckAndInc);
+    let p = lab.map_slot(&a, R1, RW);
     lab.record(
         Role::Writer,
         format!(
@@ -59,16 +50,11 @@ fn run(buggy: bool) -> RaceReport {
             p.0, x.0
         ),
     );
-    let (pa, pb) = (a.clone(), b.clone());
-    lab.spawn(
-        Role::Forker,
-        &[InjectPoint::InVmAreaDup],
-        move || match dup_mmap(&pa, &pb) {
-            Ok(()) => "dup_mmap done: B has its copy of P; A's and B's mmap_lock released".into(),
-            Err(e) => format!("dup_mmap failed: {e}"),
-        },
+    lab.stop_fork_in_dup(
+        &a,
+        &b,
+        "dup_mmap done: B has its copy of P; A's and B's mmap_lock released",
     );
-    lab.expect_parked(Role::Forker, InjectPoint::InVmAreaDup);
     lab.resume(
         Role::Reader,
         &[InjectPoint::AfterRcuWalk, InjectPoint::AfterReadLock],
@@ -81,11 +67,8 @@ fn run(buggy: bool) -> RaceReport {
             lab.expect_parked(Role::Forker, InjectPoint::InVmaLockInit);
             // ...so nothing makes the fork wait: it sets vm_mm = B and
             // attaches the VMA (0 -> 1) with the reader still inside.
-            let f = lab.expect_done_after_resume(Role::Forker);
-            lab.record(Role::Forker, f);
-            lab.resume(Role::Reader, &[]);
-            let r = lab.expect_done(Role::Reader);
-            lab.record(Role::Reader, r);
+            lab.run_to_end(Role::Forker);
+            lab.run_to_end(Role::Reader);
             lab.record(
                 Role::Reader,
                 format!(
@@ -100,17 +83,12 @@ fn run(buggy: bool) -> RaceReport {
         Event::Parked(InjectPoint::AfterRcuWalk) => {
             // Refused and walking again: P is write-locked by the fork,
             // so let the fork finish before the reader checks it.
-            let f = lab.expect_done_after_resume(Role::Forker);
-            lab.record(Role::Forker, f);
-            lab.resume(Role::Reader, &[]);
-            let r = lab.expect_done(Role::Reader);
-            lab.record(Role::Reader, r);
+            lab.run_to_end(Role::Forker);
+            lab.run_to_end(Role::Reader);
         }
         Event::Done(r) => {
             lab.record(Role::Reader, r);
-            lab.resume(Role::Forker, &[]);
-            let f = lab.expect_done(Role::Forker);
-            lab.record(Role::Forker, f);
+            lab.run_to_end(Role::Forker);
         }
         e => panic!("race lab: unexpected reader event {e:?}"),
     }

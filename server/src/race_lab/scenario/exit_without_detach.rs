@@ -54,8 +54,7 @@ fn run(buggy: bool) -> RaceReport {
             slot_at(&d, R4).0
         ),
     );
-    lab.spawn_reader(&a, addr, &[InjectPoint::BetweenSeqCheckAndInc]);
-    lab.expect_parked(Role::Reader, InjectPoint::BetweenSeqCheckAndInc);
+    lab.stop_reader_at(&a, addr, InjectPoint::BetweenSeqCheckAndInc);
     lab.as_role(Role::Exiter, || exit_mmap(&a))
         .expect("race lab exit");
     lab.record(
@@ -63,16 +62,7 @@ fn run(buggy: bool) -> RaceReport {
         "exit_mmap done: A is dead, its tree empty; Y's slot is first on the free list, \
          then X's",
     );
-    let (pd, pe) = (d.clone(), e.clone());
-    lab.spawn(
-        Role::Forker,
-        &[InjectPoint::InVmAreaDup],
-        move || match dup_mmap(&pd, &pe) {
-            Ok(()) => "dup_mmap done: E has copies of D's two VMAs".into(),
-            Err(e) => format!("dup_mmap failed: {e}"),
-        },
-    );
-    lab.expect_parked(Role::Forker, InjectPoint::InVmAreaDup);
+    lab.stop_fork_in_dup(&d, &e, "dup_mmap done: E has copies of D's two VMAs");
     lab.record(
         Role::Forker,
         format!(
@@ -94,24 +84,16 @@ fn run(buggy: bool) -> RaceReport {
                 "copied D's second VMA into the slot the reader holds (vm_mm = E); \
                  vma_start_write waits for the reader",
             );
-            lab.resume(Role::Reader, &[]);
-            let r = lab.expect_done(Role::Reader);
-            let f = lab.expect_done(Role::Forker);
-            lab.record(Role::Reader, r);
-            lab.record(Role::Forker, f);
+            lab.release_and_record(Role::Reader, Role::Forker);
         }
         Event::Parked(InjectPoint::AfterRcuWalk) => {
             // Not expected (A's tree is empty), but harmless: finish in order.
-            lab.resume(Role::Reader, &[]);
-            let r = lab.expect_done(Role::Reader);
-            lab.record(Role::Reader, r);
-            let f = lab.expect_done_after_resume(Role::Forker);
-            lab.record(Role::Forker, f);
+            lab.run_to_end(Role::Reader);
+            lab.run_to_end(Role::Forker);
         }
         Event::Done(r) => {
             lab.record(Role::Reader, r);
-            let f = lab.expect_done_after_resume(Role::Forker);
-            lab.record(Role::Forker, f);
+            lab.run_to_end(Role::Forker);
         }
         e => panic!("race lab: unexpected reader event {e:?}"),
     }

@@ -34,7 +34,6 @@ pub(super) use crate::mm::{
     mm_types::MapsReader,
     task_mmu::{check_maps_guarantees, show_maps},
 };
-pub(super) use std::sync::{Arc, Mutex};
 
 /// `rwxp` of `vma`.
 pub(super) fn perms(vma: &Vma) -> String {
@@ -112,30 +111,4 @@ pub(super) fn lines(e: &[MapsEntry]) -> String {
         .map(str::trim_end)
         .collect::<Vec<_>>()
         .join(" | ")
-}
-
-/// Join the threads and build the report.
-pub(super) fn finish(
-    mut lab: Lab,
-    buggy: bool,
-    description: &str,
-    verdict: Verdict,
-    caught_by: &str,
-    summary: String,
-) -> RaceReport {
-    for h in lab.handles.drain(..) {
-        if let Err(p) = h.join() {
-            std::panic::resume_unwind(p);
-        }
-    }
-    RaceReport {
-        // Filled in by `run` from the registry.
-        name: String::new(),
-        buggy,
-        description: description.to_string(),
-        timeline: std::mem::take(&mut *lock(&lab.shared.timeline)),
-        verdict,
-        caught_by: caught_by.to_string(),
-        summary,
-    }
 }

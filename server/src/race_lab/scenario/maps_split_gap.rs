@@ -70,9 +70,7 @@ fn run(buggy: bool) -> RaceReport {
         ),
     );
     let ran_recheck = !buggy;
-    lab.resume(Role::Reader, &[]);
-    let r = lab.expect_done(Role::Reader);
-    lab.record(Role::Reader, r);
+    lab.run_to_end(Role::Reader);
     let printed = std::mem::take(&mut *lock(&out));
     let judged = check_maps_guarantees(
         &printed,
@@ -106,5 +104,5 @@ fn run(buggy: bool) -> RaceReport {
             ),
         ),
     };
-    finish(lab, buggy, description, verdict, caught_by, summary)
+    lab.finish_judged(buggy, description, verdict, caught_by, summary)
 }

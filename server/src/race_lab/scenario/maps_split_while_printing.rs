@@ -58,11 +58,7 @@ fn run(buggy: bool) -> RaceReport {
             LEN / 2
         ),
     );
-    lab.resume(Role::Reader, &[]);
-    let r = lab.expect_done(Role::Reader);
-    let w = lab.expect_done(Role::Writer);
-    lab.record(Role::Reader, r);
-    lab.record(Role::Writer, w);
+    lab.release_and_record(Role::Reader, Role::Writer);
     let printed = std::mem::take(&mut *lock(&out));
     let after = show_maps(&a).0;
     let judged = check_maps_guarantees(
@@ -91,5 +87,5 @@ fn run(buggy: bool) -> RaceReport {
             format!("{why}: the reader printed {}", lines(&printed)),
         ),
     };
-    finish(lab, buggy, description, verdict, "", summary)
+    lab.finish_judged(buggy, description, verdict, "", summary)
 }

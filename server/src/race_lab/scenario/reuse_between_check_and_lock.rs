@@ -42,64 +42,34 @@ fn run(buggy: bool) -> RaceReport {
     let c = lab.mm("C");
 
     // (a) Reuse by another mm at the same range.
-    let addr = R1 + IN;
-    map_fixed(&a, R1, RW);
-    let x = slot_at(&a, addr);
-    lab.watch(x);
-    lab.record(
-        Role::Writer,
-        format!("(a) A maps X at [{R1:#x}, {:#x}) in slot {}", R1 + LEN, x.0),
-    );
-    lab.spawn_reader(&a, addr, &[InjectPoint::BetweenSeqCheckAndInc]);
-    lab.expect_parked(Role::Reader, InjectPoint::BetweenSeqCheckAndInc);
-    do_munmap(&a, R1, LEN).expect("race lab munmap");
-    lab.record(
-        Role::Writer,
-        "(a) munmap(X): X is write-locked, detached (vm_refcnt 0) and freed",
-    );
-    map_fixed(&c, R1, RW);
+    lab.map_watched(&a, R1, "(a) A maps X", "");
+    lab.stop_reader_at(&a, R1 + IN, InjectPoint::BetweenSeqCheckAndInc);
+    lab.munmap(&a, R1, "(a) ", "X");
+    let reused = lab.map_slot(&c, R1, RW);
     lab.record(
         Role::Writer,
         format!(
             "(a) C maps the same range and gets slot {} (attached, vm_mm = C)",
-            slot_at(&c, addr).0
+            reused.0
         ),
     );
-    lab.resume(Role::Reader, &[]);
-    let r = lab.expect_done(Role::Reader);
+    let r = lab.expect_done_after_resume(Role::Reader);
     lab.record(Role::Reader, format!("(a) {r}"));
 
     // (b) Reuse by the same mm at another range.
-    let addr = R2 + IN;
-    map_fixed(&a, R2, RW);
-    let x2 = slot_at(&a, addr);
-    lab.watch(x2);
-    lab.record(
-        Role::Writer,
-        format!(
-            "(b) A maps X2 at [{R2:#x}, {:#x}) in slot {} (the timeline now watches it)",
-            R2 + LEN,
-            x2.0
-        ),
-    );
-    lab.spawn_reader(&a, addr, &[InjectPoint::BetweenSeqCheckAndInc]);
-    lab.expect_parked(Role::Reader, InjectPoint::BetweenSeqCheckAndInc);
-    do_munmap(&a, R2, LEN).expect("race lab munmap");
-    lab.record(
-        Role::Writer,
-        "(b) munmap(X2): X2 is write-locked, detached (vm_refcnt 0) and freed",
-    );
-    map_fixed(&a, R3, RW);
+    lab.map_watched(&a, R2, "(b) A maps X2", " (the timeline now watches it)");
+    lab.stop_reader_at(&a, R2 + IN, InjectPoint::BetweenSeqCheckAndInc);
+    lab.munmap(&a, R2, "(b) ", "X2");
+    let reused = lab.map_slot(&a, R3, RW);
     lab.record(
         Role::Writer,
         format!(
             "(b) A maps Z at [{R3:#x}, {:#x}) and gets slot {} (attached, vm_mm = A)",
             R3 + LEN,
-            slot_at(&a, R3).0
+            reused.0
         ),
     );
-    lab.resume(Role::Reader, &[]);
-    let r = lab.expect_done(Role::Reader);
+    let r = lab.expect_done_after_resume(Role::Reader);
     lab.record(Role::Reader, format!("(b) {r}"));
     lab.finish(buggy, description)
 }

@@ -29,20 +29,8 @@ fn run(buggy: bool) -> RaceReport {
     let mut lab = Lab::new(Bugs::default());
     let a = lab.mm("A");
     let c = lab.mm("C");
-    let addr = R1 + IN;
-    map_fixed(&a, R1, RW);
-    let x = slot_at(&a, addr);
-    lab.watch(x);
-    lab.record(
-        Role::Writer,
-        format!(
-            "A maps X at [{R1:#x}, {:#x}) in slot {}: attached, vm_refcnt 1",
-            R1 + LEN,
-            x.0
-        ),
-    );
-    lab.spawn_reader(&a, addr, &[InjectPoint::AfterReadLock]);
-    lab.expect_parked(Role::Reader, InjectPoint::AfterReadLock);
+    let x = lab.map_watched(&a, R1, "A maps X", ": attached, vm_refcnt 1");
+    lab.stop_reader_at(&a, R1 + IN, InjectPoint::AfterReadLock);
     if buggy {
         munmap_without_waiting(&a, R1);
         lab.record(
@@ -50,16 +38,15 @@ fn run(buggy: bool) -> RaceReport {
             "munmap(X) without waiting: vm_lock_seq set, X removed from the tree, \
              vm_refcnt forced to 0 under the reader, slot freed",
         );
-        map_fixed(&c, R1, RW);
+        let reused = lab.map_slot(&c, R1, RW);
         lab.record(
             Role::Writer,
             format!(
                 "C maps the same range and gets slot {} while the reader still uses it",
-                slot_at(&c, addr).0
+                reused.0
             ),
         );
-        lab.resume(Role::Reader, &[]);
-        let r = lab.expect_done(Role::Reader);
+        let r = lab.expect_done_after_resume(Role::Reader);
         lab.record(
             Role::Reader,
             format!("{r}; its vma_end_read dropped C's attach reference: C's VMA is in C's tree with vm_refcnt 0"),
@@ -75,9 +62,7 @@ fn run(buggy: bool) -> RaceReport {
             Role::Writer,
             "munmap(X): vma_start_write added VMA_LOCK_OFFSET and waits for the reader",
         );
-        lab.resume(Role::Reader, &[]);
-        let r = lab.expect_done(Role::Reader);
-        let w = lab.expect_done(Role::Writer);
+        let (r, w) = lab.release(Role::Reader, Role::Writer);
         lab.record(Role::Reader, format!("{r}; vma_end_read let the writer in"));
         lab.record(Role::Writer, w);
     }
