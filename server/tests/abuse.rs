@@ -23,7 +23,7 @@
 //! every process it created, so cases are independent (and shrink cleanly).
 
 mod common;
-use common::PAGE;
+use common::{PAGE, maps, spawn_maps};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -1038,16 +1038,8 @@ fn oversized_message_is_refused_and_changes_nothing() {
     let h = Harness::start();
     RT.block_on(async {
         let mut c = h.client.clone();
-        let pid = c
-            .spawn(pb::SpawnRequest {
-                maps_text: TARGET_MAPS.into(),
-                start_brk: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pid;
-        let before = c.maps(pb::MapsRequest { pid }).await.unwrap().into_inner();
+        let pid = spawn_maps(&mut c, TARGET_MAPS).await;
+        let before = maps(&mut c, pid).await;
         // 5 MiB of maps text; then 700 Ki addresses of ~8 bytes each.
         let e = c
             .spawn(pb::SpawnRequest {
@@ -1069,7 +1061,7 @@ fn oversized_message_is_refused_and_changes_nothing() {
             .unwrap_err();
         assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
         assert!(e.message().contains("too large"), "{e:?}");
-        let after = c.maps(pb::MapsRequest { pid }).await.unwrap().into_inner();
+        let after = maps(&mut c, pid).await;
         assert_eq!(before, after);
         assert_eq!(h.sim.pids(), vec![pid]);
         c.exit(pb::ExitRequest { pid }).await.unwrap();

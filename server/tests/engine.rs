@@ -3,6 +3,9 @@
 //! mprotect's all-or-nothing rule, brk, fork/COW, exit, max_map_count,
 //! pool exhaustion, and the maps format.
 
+mod common;
+use common::sim::{anon, fixed};
+
 use vmasim_server::mm::{
     Access, CachePolicy, FaultOutcome, FaultPath, MMAP_BASE, MmError, MmapArgs, SimConfig,
     Simulator, TASK_SIZE, map::*, prot::*,
@@ -12,25 +15,6 @@ const P: u64 = 4096;
 
 fn sim() -> Simulator {
     Simulator::new(SimConfig::default())
-}
-
-fn anon(len: u64) -> MmapArgs {
-    MmapArgs {
-        len,
-        prot: PROT_READ | PROT_WRITE,
-        flags: MAP_PRIVATE | MAP_ANONYMOUS,
-        ..Default::default()
-    }
-}
-
-fn fixed(addr: u64, len: u64, prot: u32) -> MmapArgs {
-    MmapArgs {
-        addr,
-        len,
-        prot,
-        flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-        ..Default::default()
-    }
 }
 
 fn layout(s: &Simulator, pid: u32) -> Vec<(u64, u64, String)> {

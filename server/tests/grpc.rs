@@ -7,14 +7,16 @@ mod common;
 use common::{MAP_FIXED, MAP_FIXED_NOREPLACE, PAGE, PRIVATE_ANON, RW};
 
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::{Code, Request};
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb, session_reply, session_request};
 use vmasim_server::mm::{SimConfig, TASK_SIZE};
 use vmasim_server::server::{SERVICE_NAME, ServerConfig};
 
-use common::{TestServer, http_get, metric, mmap_anon, spawn};
+use common::{
+    TestServer, anon_request, fixed_request, health_status, http_get, maps, metric, mmap_anon,
+    spawn, stats,
+};
 
 /// `promtool check metrics` must accept the exposition (skipped, loudly,
 /// where Debian's `prometheus` package is not installed).
@@ -57,14 +59,6 @@ fn small_cfg() -> ServerConfig {
         },
         ..ServerConfig::default()
     }
-}
-
-async fn maps(c: &mut AddressSpaceClient<Channel>, pid: u32) -> pb::MapsResponse {
-    c.maps(pb::MapsRequest { pid }).await.unwrap().into_inner()
-}
-
-async fn stats(c: &mut AddressSpaceClient<Channel>) -> pb::StatsResponse {
-    c.stats(pb::StatsRequest {}).await.unwrap().into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -548,43 +542,26 @@ async fn limits_are_resource_exhausted() {
     let pid = spawn(&mut c).await;
     let base = 0x1000_0000;
     for i in 0..4 {
-        c.mmap(pb::MmapRequest {
+        c.mmap(fixed_request(
             pid,
-            addr: base + i * 2 * PAGE,
-            length: if i == 3 { 3 * PAGE } else { PAGE },
-            prot: RW,
-            flags: PRIVATE_ANON | MAP_FIXED,
-            ..Default::default()
-        })
+            base + i * 2 * PAGE,
+            if i == 3 { 3 * PAGE } else { PAGE },
+        ))
         .await
         .unwrap();
     }
     let mut c2 = c.clone();
     // do_mmap refuses only when map_count > max_map_count: at the limit (4)
     // one more mapping is allowed, the next is not.
-    c.mmap(pb::MmapRequest {
-        pid,
-        addr: base + 100 * PAGE,
-        length: PAGE,
-        prot: RW,
-        flags: PRIVATE_ANON | MAP_FIXED,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    c.mmap(fixed_request(pid, base + 100 * PAGE, PAGE))
+        .await
+        .unwrap();
     fails!(
         c,
         pid,
         Code::ResourceExhausted,
         "max_map_count",
-        c2.mmap(pb::MmapRequest {
-            pid,
-            addr: base + 200 * PAGE,
-            length: PAGE,
-            prot: RW,
-            flags: PRIVATE_ANON | MAP_FIXED,
-            ..Default::default()
-        })
+        c2.mmap(fixed_request(pid, base + 200 * PAGE, PAGE))
     );
     // Unmapping the middle of the last (three-page) VMA would split it in
     // two while the count is at or above the limit.
@@ -631,16 +608,9 @@ async fn limits_are_resource_exhausted() {
     let mut c = srv.client().await;
     let pid = spawn(&mut c).await;
     for i in 0..64 {
-        c.mmap(pb::MmapRequest {
-            pid,
-            addr: base + i * 2 * PAGE,
-            length: PAGE,
-            prot: RW,
-            flags: PRIVATE_ANON | MAP_FIXED,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        c.mmap(fixed_request(pid, base + i * 2 * PAGE, PAGE))
+            .await
+            .unwrap();
     }
     let mut c2 = c.clone();
     fails!(
@@ -648,14 +618,7 @@ async fn limits_are_resource_exhausted() {
         pid,
         Code::ResourceExhausted,
         "VMA cache exhausted",
-        c2.mmap(pb::MmapRequest {
-            pid,
-            addr: base + 1000 * PAGE,
-            length: PAGE,
-            prot: RW,
-            flags: PRIVATE_ANON | MAP_FIXED,
-            ..Default::default()
-        })
+        c2.mmap(fixed_request(pid, base + 1000 * PAGE, PAGE))
     );
     fails!(
         c,
@@ -694,16 +657,8 @@ async fn auth_token_required_except_for_health() {
     assert!(good.spawn(pb::SpawnRequest::default()).await.is_ok());
     assert_eq!(srv.sim.pids().len(), 1, "rejected calls did nothing");
 
-    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-    let h = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: SERVICE_NAME.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        h.status(),
+        health_status(ch.clone(), SERVICE_NAME).await,
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
 
@@ -740,16 +695,7 @@ async fn session_stream_mixes_ops_and_survives_errors() {
                 access: 1,
             }),
         ),
-        op(
-            2,
-            Op::Mmap(pb::MmapRequest {
-                pid,
-                length: 0,
-                prot: RW,
-                flags: PRIVATE_ANON,
-                ..Default::default()
-            }),
-        ),
+        op(2, Op::Mmap(anon_request(pid, 0))),
         pb::SessionRequest { id: 3, op: None },
         op(
             4,
@@ -866,16 +812,12 @@ async fn health_and_reflection() {
     use tonic_health::pb::health_check_response::ServingStatus;
     let srv = TestServer::start(small_cfg()).await;
     let ch = srv.channel().await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     for service in ["", SERVICE_NAME] {
-        let h = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(h.status(), ServingStatus::Serving, "{service:?}");
+        assert_eq!(
+            health_status(ch.clone(), service).await,
+            ServingStatus::Serving,
+            "{service:?}"
+        );
     }
 
     {
@@ -958,16 +900,7 @@ async fn shutdown_finishes_in_flight_calls_and_flips_health() {
     });
     locked_rx.recv().unwrap();
     let mut c2 = c.clone();
-    let in_flight = tokio::spawn(async move {
-        c2.mmap(pb::MmapRequest {
-            pid,
-            length: PAGE,
-            prot: RW,
-            flags: PRIVATE_ANON,
-            ..Default::default()
-        })
-        .await
-    });
+    let in_flight = tokio::spawn(async move { c2.mmap(anon_request(pid, PAGE)).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!in_flight.is_finished());
 
@@ -1029,14 +962,7 @@ async fn concurrency_limit_refuses_excess_but_not_health() {
     }
     let e = refused.expect("the slow call never took the slot");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-    let h = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(h.into_inner().status(), ServingStatus::Serving);
+    assert_eq!(health_status(ch.clone(), "").await, ServingStatus::Serving);
     drop(slow);
     // The slot comes back once the call is gone.
     let mut ok = false;
@@ -1108,16 +1034,7 @@ async fn concurrent_traffic_adds_up() {
                 })
                 .await
                 .unwrap();
-                c.mmap(pb::MmapRequest {
-                    pid,
-                    addr: hole,
-                    length: 2 * PAGE,
-                    prot: RW,
-                    flags: PRIVATE_ANON | MAP_FIXED,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+                c.mmap(fixed_request(pid, hole, 2 * PAGE)).await.unwrap();
                 c.mprotect(pb::MprotectRequest {
                     pid,
                     addr: hole,
@@ -1127,7 +1044,7 @@ async fn concurrent_traffic_adds_up() {
                 .await
                 .unwrap();
                 // A maps read (per-VMA locks) while the faulter runs.
-                let m = c.maps(pb::MapsRequest { pid }).await.unwrap().into_inner();
+                let m = maps(&mut c, pid).await;
                 assert!(!m.entries.is_empty());
                 let child = c
                     .fork(pb::ForkRequest { pid })

@@ -217,17 +217,9 @@ async fn unread_replies_are_bounded_by_the_reply_budget() {
     })
     .await;
     let mut c = srv.client().await;
-    let pid = c
-        .spawn(pb::SpawnRequest {
-            maps_text: many_vmas(20_000),
-            start_brk: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pid;
+    let pid = spawn_maps(&mut c, many_vmas(20_000)).await;
     let one = {
-        let m = c.maps(pb::MapsRequest { pid }).await.unwrap().into_inner();
+        let m = maps(&mut c, pid).await;
         prost::Message::encoded_len(&m)
     };
     assert!(one > 1 << 20, "{one}");
@@ -324,15 +316,7 @@ async fn deadlines_do_not_bypass_the_concurrency_limit() {
     })
     .await;
     let mut c = srv.client().await;
-    let pid = c
-        .spawn(pb::SpawnRequest {
-            maps_text: many_vmas(30_000),
-            start_brk: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pid;
+    let pid = spawn_maps(&mut c, many_vmas(30_000)).await;
     let threads = || {
         std::fs::read_to_string("/proc/self/status")
             .unwrap()
@@ -412,15 +396,7 @@ async fn expired_forks_and_spawns_leave_no_orphans() {
     let srv = TestServer::start(ServerConfig::default()).await;
     let mut c = srv.client().await;
     let text = many_vmas(30_000);
-    let pid = c
-        .spawn(pb::SpawnRequest {
-            maps_text: text.clone(),
-            start_brk: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pid;
+    let pid = spawn_maps(&mut c, text.clone()).await;
     let mut received = vec![pid];
     let created_before = srv.sim.stats().processes_created;
     for i in 0..20 {
@@ -557,15 +533,7 @@ async fn connections_are_capped_and_timed_out() {
 async fn abandoned_calls_are_counted_as_cancelled() {
     let srv = TestServer::start(ServerConfig::default()).await;
     let mut c = srv.client().await;
-    let pid = c
-        .spawn(pb::SpawnRequest {
-            maps_text: many_vmas(30_000),
-            start_brk: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pid;
+    let pid = spawn_maps(&mut c, many_vmas(30_000)).await;
     for _ in 0..5 {
         let _ = tokio::time::timeout(
             std::time::Duration::from_millis(1),
@@ -761,7 +729,7 @@ async fn half_open_connections_at_the_fd_limit() {
         accept_errors <= pauses + 10.0,
         "{accept_errors} accept failures in {elapsed:?}: accept is not backing off"
     );
-    let (status, _, log) = srv.terminate().await;
+    let Exited { status, log, .. } = srv.terminate().await;
     assert!(status.success(), "{status}\n{log}");
 }
 
@@ -903,7 +871,7 @@ async fn watch_streams_on_one_connection_are_bounded() {
         }
     })
     .await;
-    let (status, _, log) = srv.terminate().await;
+    let Exited { status, log, .. } = srv.terminate().await;
     assert!(status.success(), "{status}\n{log}");
 }
 
@@ -919,15 +887,7 @@ async fn watch_streams_on_one_connection_are_bounded() {
 async fn shutdown_does_not_wait_for_peers_that_never_read() {
     let srv = BinServer::start(&["--request-timeout", "60s"], None).await;
     let mut c = srv.client().await;
-    let pid = c
-        .spawn(pb::SpawnRequest {
-            maps_text: many_vmas(20_000),
-            start_brk: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pid;
+    let pid = spawn_maps(&mut c, many_vmas(20_000)).await;
     let mut peers = Vec::new();
     // Watch streams, never read, no window.
     let mut w = raw::connect(srv.grpc).await;
@@ -985,7 +945,9 @@ async fn shutdown_does_not_wait_for_peers_that_never_read() {
             && metric(&text, "vmasim_reply_buffer_bytes", &[]) > 0.0
     })
     .await;
-    let (status, took, log) = srv.terminate().await;
+    let Exited {
+        status, took, log, ..
+    } = srv.terminate().await;
     println!(
         "shutdown with {} misbehaving peers took {took:.2?}",
         peers.len()
@@ -1010,7 +972,7 @@ async fn shutdown_does_not_wait_for_peers_that_never_read() {
 async fn pids_do_not_repeat_across_restarts() {
     let first = BinServer::start(&[], None).await;
     let old = spawn(&mut first.client().await).await;
-    let (status, _, log) = first.terminate().await;
+    let Exited { status, log, .. } = first.terminate().await;
     assert!(status.success(), "{log}");
     let second = BinServer::start(&[], None).await;
     let mut c = second.client().await;
@@ -1018,6 +980,6 @@ async fn pids_do_not_repeat_across_restarts() {
     assert_ne!(old, new, "the restarted server handed out pid {old} again");
     let e = c.exit(pb::ExitRequest { pid: old }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    let (status, _, log) = second.terminate().await;
+    let Exited { status, log, .. } = second.terminate().await;
     assert!(status.success(), "{log}");
 }

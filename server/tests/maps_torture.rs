@@ -22,11 +22,12 @@
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 use vmasim_server::mm::{
-    MapsEvent, MapsReader, MmapArgs, SimConfig, Simulator, check_maps_guarantees, map::*, prot::*,
-    render,
+    MapsEvent, MapsReader, SimConfig, Simulator, check_maps_guarantees, prot::*, render,
 };
+
+mod common;
+use common::sim::{fixed, torture_duration};
 
 const P: u64 = 4096;
 const STABLE: u64 = 0x1000_0000;
@@ -35,24 +36,6 @@ const SPLIT: u64 = 0x2000_0000;
 const SPLIT_PAGES: u64 = 64;
 const CHURN: u64 = 0x3000_0000;
 const CHURN_PAGES: u64 = 64;
-
-fn duration() -> Duration {
-    let secs = std::env::var("VMASIM_TORTURE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2u64);
-    Duration::from_secs(secs)
-}
-
-fn fixed(addr: u64, pages: u64, prot: u32) -> MmapArgs {
-    MmapArgs {
-        addr,
-        len: pages * P,
-        prot,
-        flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-        ..Default::default()
-    }
-}
 
 /// A random `[start, start + pages)` inside a zone of `zone_pages`.
 fn sub_range(rng: &mut StdRng, base: u64, zone_pages: u64) -> (u64, u64) {
@@ -67,9 +50,9 @@ fn torture(reader: MapsReader) {
         ..SimConfig::default()
     }));
     let pid = sim.spawn().unwrap();
-    sim.mmap(pid, fixed(STABLE, STABLE_PAGES, PROT_READ | PROT_EXEC))
+    sim.mmap(pid, fixed(STABLE, STABLE_PAGES * P, PROT_READ | PROT_EXEC))
         .unwrap();
-    sim.mmap(pid, fixed(SPLIT, SPLIT_PAGES, PROT_READ | PROT_WRITE))
+    sim.mmap(pid, fixed(SPLIT, SPLIT_PAGES * P, PROT_READ | PROT_WRITE))
         .unwrap();
     let always = [
         (STABLE, STABLE + STABLE_PAGES * P),
@@ -112,7 +95,7 @@ fn torture(reader: MapsReader) {
                     } else {
                         PROT_READ | PROT_WRITE
                     };
-                    sim.mmap(pid, fixed(a, n, prot)).unwrap();
+                    sim.mmap(pid, fixed(a, n * P, prot)).unwrap();
                 } else {
                     sim.munmap(pid, a, n * P).unwrap();
                 }
@@ -154,7 +137,7 @@ fn torture(reader: MapsReader) {
             }
         }));
     }
-    std::thread::sleep(duration());
+    std::thread::sleep(torture_duration());
     stop.store(true, Ordering::Relaxed);
     for h in hs {
         h.join().unwrap();

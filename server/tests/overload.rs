@@ -24,7 +24,7 @@
 //! Timeouts here only catch hangs; nothing asserts how fast anything is.
 
 mod common;
-use common::{MAP_FIXED, PAGE, PRIVATE_ANON, RW};
+use common::{PAGE, PRIVATE_ANON};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,10 +46,11 @@ const POOL: u32 = 256;
 /// clients and every request in flight. Far above what the tests need (a
 /// few tens of MiB); it catches unbounded buffering, not small growth.
 const RSS_BOUND_MIB: u64 = 512;
-/// Guard against hangs only.
-const HANG: Duration = Duration::from_secs(20);
 
-use common::{TestServer, many_vmas, mmap_anon, rss_mib, spawn};
+use common::{
+    Exited, HANG, TestServer, anon_request, fixed_request, health_status, many_vmas, maps,
+    mmap_anon, mmap_request, rss_mib, spawn, spawn_maps, stats,
+};
 
 fn overload_cfg() -> ServerConfig {
     ServerConfig {
@@ -109,7 +110,7 @@ async fn stop_poller(p: (watch::Sender<bool>, JoinHandle<u64>)) -> u64 {
 
 /// Bytes mapped in `pid`.
 async fn mapped(c: &mut AddressSpaceClient<Channel>, pid: u32) -> u64 {
-    let m = c.maps(pb::MapsRequest { pid }).await.unwrap().into_inner();
+    let m = maps(c, pid).await;
     m.entries.iter().map(|e| e.end - e.start).sum()
 }
 
@@ -147,15 +148,7 @@ async fn one_call(
                 Outcome::Batch(r.totals.unwrap().faults)
             })
         } else {
-            c.mmap(pb::MmapRequest {
-                pid,
-                length: PAGE,
-                prot: RW,
-                flags: PRIVATE_ANON,
-                ..Default::default()
-            })
-            .await
-            .map(|_| Outcome::Mmap)
+            c.mmap(anon_request(pid, PAGE)).await.map(|_| Outcome::Mmap)
         }
     };
     match tokio::time::timeout(HANG, call).await {
@@ -293,10 +286,6 @@ async fn excess_calls_are_refused_at_once_and_accepted_calls_complete() {
     srv.shutdown().await;
 }
 
-async fn stats(c: &mut AddressSpaceClient<Channel>) -> pb::StatsResponse {
-    c.stats(pb::StatsRequest {}).await.unwrap().into_inner()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_exhaustion_is_resource_exhausted_and_recovers() {
     const PROCS: u64 = 4;
@@ -320,14 +309,7 @@ async fn pool_exhaustion_is_resource_exhausted_and_recovers() {
             for i in 0..PER_PROC {
                 let r = tokio::time::timeout(
                     HANG,
-                    c.mmap(pb::MmapRequest {
-                        pid,
-                        addr: 0x1000_0000 + i * 2 * PAGE,
-                        length: PAGE,
-                        prot: RW,
-                        flags: PRIVATE_ANON | MAP_FIXED,
-                        ..Default::default()
-                    }),
+                    c.mmap(fixed_request(pid, 0x1000_0000 + i * 2 * PAGE, PAGE)),
                 )
                 .await
                 .expect("mmap hung");
@@ -528,14 +510,10 @@ async fn stalled_session_is_bounded_and_freed_on_drop() {
         .unwrap()
         .into_inner();
     assert_eq!(f.outcome(), pb::FaultOutcome::AnonZeroFill);
-    let h = HealthClient::new(srv.channel().await)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: SERVICE_NAME.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(h.status(), ServingStatus::Serving);
+    assert_eq!(
+        health_status(srv.channel().await, SERVICE_NAME).await,
+        ServingStatus::Serving
+    );
     check_rss("with a stalled stream");
 
     // The stalled stream holds no concurrency slot (its operations are
@@ -659,25 +637,9 @@ async fn every_case_at_once_stays_under_the_memory_bound() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let srv = Arc::new(common::BinServer::start(&flags, None).await);
     let mut c = srv.client().await;
-    let big20 = c
-        .spawn(pb::SpawnRequest {
-            maps_text: many_vmas(20_000),
-            start_brk: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pid;
+    let big20 = spawn_maps(&mut c, many_vmas(20_000)).await;
     let text30 = many_vmas(30_000);
-    let big30 = c
-        .spawn(pb::SpawnRequest {
-            maps_text: text30.clone(),
-            start_brk: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pid;
+    let big30 = spawn_maps(&mut c, text30.clone()).await;
     // Processes clients received and did not exit.
     let alive = Arc::new(Mutex::new(vec![big20, big30]));
     let _ = srv.metrics_text().await;
@@ -707,13 +669,7 @@ async fn every_case_at_once_stays_under_the_memory_bound() {
         alive.lock().unwrap().push(pid);
         let alive = alive.clone();
         let base = c
-            .mmap(pb::MmapRequest {
-                pid,
-                length: 64 << 40,
-                prot: 0x1,
-                flags: PRIVATE_ANON | 0x4000,
-                ..Default::default()
-            })
+            .mmap(mmap_request(pid, 64 << 40, 0x1, PRIVATE_ANON | 0x4000))
             .await
             .unwrap()
             .into_inner()
@@ -859,13 +815,7 @@ async fn every_case_at_once_stays_under_the_memory_bound() {
                 alive.lock().unwrap().push(pid);
                 let r: Result<(), tonic::Status> = async {
                     let a = c
-                        .mmap(pb::MmapRequest {
-                            pid,
-                            length: 16 * PAGE,
-                            prot: RW,
-                            flags: PRIVATE_ANON,
-                            ..Default::default()
-                        })
+                        .mmap(anon_request(pid, 16 * PAGE))
                         .await?
                         .into_inner()
                         .addr;
@@ -990,7 +940,9 @@ async fn every_case_at_once_stays_under_the_memory_bound() {
         bound / MIB
     );
     let srv = Arc::into_inner(srv).expect("the server handle is shared still");
-    let (status, took, log) = srv.terminate().await;
+    let Exited {
+        status, took, log, ..
+    } = srv.terminate().await;
     println!("SIGTERM to exit: {took:.2?}");
     assert!(status.success(), "{status}\n{log}");
     assert!(

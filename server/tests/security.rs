@@ -22,23 +22,16 @@
 //! `BearerAuth`); timing is not measured here.
 
 mod common;
-use common::{PAGE, PRIVATE_ANON, RW};
+use common::{BinServer, Exited, HANG, PAGE, TestServer, anon_request, health_status};
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb, session_request::Op};
-use vmasim_server::server::{SERVICE_NAME, ServerConfig, TlsPem, spawn_local};
-
-/// Guard against hangs only.
-const HANG: Duration = Duration::from_secs(20);
+use vmasim_server::server::{SERVICE_NAME, ServerConfig, TlsPem};
 
 /// Adds `authorization: Bearer TOKEN`.
 fn bearer(token: &'static str) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
@@ -94,7 +87,7 @@ async fn must_fail(ch: Result<Channel, String>, what: &str) {
 async fn tls_end_to_end_with_token_auth() {
     const TOKEN: &str = "tls-t0ken-42";
     let (cert, key) = self_signed();
-    let server = spawn_local(ServerConfig {
+    let server = TestServer::start(ServerConfig {
         tls: Some(TlsPem {
             cert: cert.clone().into_bytes(),
             key: key.into_bytes(),
@@ -102,9 +95,8 @@ async fn tls_end_to_end_with_token_auth() {
         auth_token: Some(TOKEN.into()),
         ..ServerConfig::default()
     })
-    .await
-    .unwrap();
-    let (addr, sim) = (server.grpc, server.simulator().clone());
+    .await;
+    let (addr, sim) = (server.grpc, server.sim.clone());
 
     let trusted = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&cert))
@@ -120,13 +112,7 @@ async fn tls_end_to_end_with_token_auth() {
         .into_inner()
         .pid;
     let a = c
-        .mmap(pb::MmapRequest {
-            pid,
-            length: 4 * PAGE,
-            prot: RW,
-            flags: PRIVATE_ANON,
-            ..Default::default()
-        })
+        .mmap(anon_request(pid, 4 * PAGE))
         .await
         .unwrap()
         .into_inner()
@@ -179,14 +165,10 @@ async fn tls_end_to_end_with_token_auth() {
     assert_eq!(sim.pids().len(), procs, "rejected calls did nothing");
 
     // Health needs no token.
-    let h = HealthClient::new(ch.clone())
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: SERVICE_NAME.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(h.status(), ServingStatus::Serving);
+    assert_eq!(
+        health_status(ch.clone(), SERVICE_NAME).await,
+        ServingStatus::Serving
+    );
 
     // Clients that must not get through.
     let plain = async {
@@ -217,87 +199,17 @@ async fn tls_end_to_end_with_token_auth() {
 
     // The trusted connection still works after all that.
     c.exit(pb::ExitRequest { pid }).await.unwrap();
-    tokio::time::timeout(HANG, server.shutdown())
-        .await
-        .expect("shutdown hung")
-        .unwrap();
-}
-
-/// Lines a child writes, collected by a reader thread.
-/// Reads `r` line by line into `out` until EOF; join the handle to know
-/// every line is in.
-fn collect(
-    r: impl std::io::Read + Send + 'static,
-    out: Arc<Mutex<Vec<String>>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            match line {
-                Ok(l) => out.lock().unwrap().push(l),
-                Err(_) => return,
-            }
-        }
-    })
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_never_appears_in_the_logs() {
     const TOKEN: &str = "s3cr3t-XYZ";
     const WRONG: &str = "s3cr3t-XYz-wr0ng";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmasim-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--auth-token",
-            TOKEN,
-            "--log-format",
-            "json",
-        ])
-        .env("RUST_LOG", "trace")
-        .env_remove("VMASIM_AUTH_TOKEN")
-        .env_remove("VMASIM_AUTH_TOKEN_FILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (stdout, stderr) = (Arc::default(), Arc::<Mutex<Vec<String>>>::default());
-    let readers = [
-        collect(child.stdout.take().unwrap(), Arc::clone(&stdout)),
-        collect(child.stderr.take().unwrap(), Arc::clone(&stderr)),
-    ];
-
-    // The bound address, from the "serving gRPC" line.
-    let start = Instant::now();
-    let addr: SocketAddr = loop {
-        let found = stderr.lock().unwrap().iter().find_map(|l| {
-            if !l.contains("serving gRPC") {
-                return None;
-            }
-            let rest = l.split("\"grpc_addr\":\"").nth(1)?;
-            rest.split('"').next()?.parse().ok()
-        });
-        if let Some(a) = found {
-            break a;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "server exited early ({status}):\n{}",
-                stderr.lock().unwrap().join("\n")
-            );
-        }
-        assert!(start.elapsed() < HANG, "no `serving gRPC` line");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let srv = BinServer::start_logging(&["--auth-token", TOKEN], "trace").await;
 
     // Authenticated calls, rejected calls, a stream, health.
-    let ch = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = srv.endpoint().connect().await.unwrap();
     let mut good = AddressSpaceClient::with_interceptor(ch.clone(), bearer(TOKEN));
     let pid = good
         .spawn(pb::SpawnRequest::default())
@@ -306,13 +218,7 @@ async fn token_never_appears_in_the_logs() {
         .into_inner()
         .pid;
     let a = good
-        .mmap(pb::MmapRequest {
-            pid,
-            length: PAGE,
-            prot: RW,
-            flags: PRIVATE_ANON,
-            ..Default::default()
-        })
+        .mmap(anon_request(pid, PAGE))
         .await
         .unwrap()
         .into_inner()
@@ -344,41 +250,20 @@ async fn token_never_appears_in_the_logs() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
-    let h = HealthClient::new(ch.clone())
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: SERVICE_NAME.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(h.status(), ServingStatus::Serving);
+    assert_eq!(
+        health_status(ch.clone(), SERVICE_NAME).await,
+        ServingStatus::Serving
+    );
     good.exit(pb::ExitRequest { pid }).await.unwrap();
     drop((good, ch));
 
     // SIGTERM: graceful shutdown, exit 0.
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > HANG {
-            let _ = child.kill();
-            panic!("server did not exit after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    // The pipes reach EOF now that the server has exited: once the readers
-    // are joined, every line it wrote has been collected.
-    for r in readers {
-        r.join().expect("log reader panicked");
-    }
-    let out = stdout.lock().unwrap().join("\n");
-    let err = stderr.lock().unwrap().join("\n");
+    let Exited {
+        status,
+        log: err,
+        stdout: out,
+        ..
+    } = srv.terminate().await;
     assert_eq!(status.code(), Some(0), "exit status {status}:\n{err}");
 
     // The logs are real: trace level from every layer, JSON.

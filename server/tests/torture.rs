@@ -16,9 +16,10 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use vmasim_server::mm::{
-    Access, CachePolicy, FaultOutcome, MmapArgs, SimConfig, Simulator, map::*, prot::*,
-};
+use vmasim_server::mm::{Access, CachePolicy, FaultOutcome, SimConfig, Simulator, prot::*};
+
+mod common;
+use common::sim::{fixed, torture_duration};
 
 const P: u64 = 4096;
 const STABLE: u64 = 0x1000_0000;
@@ -28,14 +29,6 @@ const CHURN_PAGES: u64 = 64;
 const UNMAPPED: u64 = 0x3000_0000;
 const PROCS: usize = 4;
 
-fn duration() -> Duration {
-    let secs = std::env::var("VMASIM_TORTURE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2u64);
-    Duration::from_secs(secs)
-}
-
 fn torture(policy: CachePolicy) {
     let sim = Arc::new(Simulator::new(SimConfig {
         vma_cache: policy,
@@ -44,17 +37,8 @@ fn torture(policy: CachePolicy) {
     let pids: Vec<u32> = (0..PROCS)
         .map(|_| {
             let pid = sim.spawn().unwrap();
-            sim.mmap(
-                pid,
-                MmapArgs {
-                    addr: STABLE,
-                    len: STABLE_PAGES * P,
-                    prot: PROT_READ | PROT_WRITE,
-                    flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            sim.mmap(pid, fixed(STABLE, STABLE_PAGES * P, PROT_READ | PROT_WRITE))
+                .unwrap();
             pid
         })
         .collect();
@@ -108,17 +92,7 @@ fn torture(policy: CachePolicy) {
                 let prot = rng.random_range(0..8);
                 match rng.random_range(0..10) {
                     0..=3 => {
-                        sim.mmap(
-                            pid,
-                            MmapArgs {
-                                addr,
-                                len,
-                                prot,
-                                flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-                                ..Default::default()
-                            },
-                        )
-                        .unwrap();
+                        sim.mmap(pid, fixed(addr, len, prot)).unwrap();
                     }
                     4..=5 => sim.munmap(pid, addr, len).unwrap(),
                     6..=7 => {
@@ -138,7 +112,7 @@ fn torture(policy: CachePolicy) {
         }));
     }
     let t0 = Instant::now();
-    while t0.elapsed() < duration() {
+    while t0.elapsed() < torture_duration() {
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, Ordering::Relaxed);

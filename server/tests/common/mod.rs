@@ -1,7 +1,8 @@
 //! The shared integration-test harness: one real server on `127.0.0.1:0`
-//! (gRPC and `/metrics`), clients on fresh connections, the process's own
-//! resident memory, and a metric reader. Test files `mod common;` it and
-//! use what they need.
+//! (gRPC and `/metrics`), clients on fresh connections, the requests most
+//! tests make, the process's own resident memory, and a metric reader;
+//! [`sim`] for the tests that drive the engine without a server. Test
+//! files `mod common;` it and use what they need.
 
 #![allow(dead_code)]
 
@@ -10,10 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use vmasim_proto::v1::address_space_client::AddressSpaceClient;
 use vmasim_proto::v1::{self as pb};
 use vmasim_server::mm::Simulator;
 use vmasim_server::server::{LocalServer, ServerConfig, spawn_local};
+
+pub mod sim;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -94,6 +99,18 @@ impl TestServer {
     }
 }
 
+/// The health service's answer to a check of `service` on `ch`.
+pub async fn health_status(ch: Channel, service: &str) -> ServingStatus {
+    HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
 /// `GET path` on `addr` over HTTP/1.1: the response head and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -170,6 +187,52 @@ pub async fn spawn(c: &mut AddressSpaceClient<Channel>) -> u32 {
         .pid
 }
 
+/// A process imported from `maps_text`; its pid.
+pub async fn spawn_maps(c: &mut AddressSpaceClient<Channel>, maps_text: impl Into<String>) -> u32 {
+    c.spawn(pb::SpawnRequest {
+        maps_text: maps_text.into(),
+        start_brk: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pid
+}
+
+pub async fn maps(c: &mut AddressSpaceClient<Channel>, pid: u32) -> pb::MapsResponse {
+    c.maps(pb::MapsRequest { pid }).await.unwrap().into_inner()
+}
+
+pub async fn stats(c: &mut AddressSpaceClient<Channel>) -> pb::StatsResponse {
+    c.stats(pb::StatsRequest {}).await.unwrap().into_inner()
+}
+
+/// `mmap(NULL, len, prot, flags)` in `pid`, as a request.
+pub fn mmap_request(pid: u32, len: u64, prot: u32, flags: u32) -> pb::MmapRequest {
+    pb::MmapRequest {
+        pid,
+        length: len,
+        prot,
+        flags,
+        ..Default::default()
+    }
+}
+
+/// A private anonymous read-write mapping of `len` bytes anywhere, as a
+/// request (for the tests that look at the call's error or send it on
+/// another client).
+pub fn anon_request(pid: u32, len: u64) -> pb::MmapRequest {
+    mmap_request(pid, len, RW, PRIVATE_ANON)
+}
+
+/// [`anon_request`] at `addr` with `MAP_FIXED`.
+pub fn fixed_request(pid: u32, addr: u64, len: u64) -> pb::MmapRequest {
+    pb::MmapRequest {
+        addr,
+        ..mmap_request(pid, len, RW, PRIVATE_ANON | MAP_FIXED)
+    }
+}
+
 /// A private anonymous read-write mapping of `len` bytes anywhere.
 pub async fn mmap_anon(c: &mut AddressSpaceClient<Channel>, pid: u32, len: u64) -> u64 {
     mmap(c, pid, len, RW, PRIVATE_ANON).await
@@ -182,17 +245,11 @@ pub async fn mmap(
     prot: u32,
     flags: u32,
 ) -> u64 {
-    c.mmap(pb::MmapRequest {
-        pid,
-        length: len,
-        prot,
-        flags,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .addr
+    c.mmap(mmap_request(pid, len, prot, flags))
+        .await
+        .unwrap()
+        .into_inner()
+        .addr
 }
 
 /// A hand-written HTTP/2 client for the cases a well-behaved client cannot
@@ -323,21 +380,61 @@ pub async fn get_metrics(addr: SocketAddr) -> String {
 
 /// The `vmasim-server` binary as a child process, for what needs the real
 /// process: its own resident memory and CPU time, an open-file limit of
-/// its own, SIGTERM. `VMASIM_SERVER_BIN` runs another build of it (the
-/// README's release figures: `target/release/vmasim-server`).
+/// its own, its logs, SIGTERM. `VMASIM_SERVER_BIN` runs another build of
+/// it (the README's release figures: `target/release/vmasim-server`).
 pub struct BinServer {
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
     pub pid: u32,
     child: Option<std::process::Child>,
-    log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// stderr (the JSON log) and stdout, line by line.
+    log: Lines,
+    stdout: Lines,
+    /// The threads reading them: joined, they have every line.
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+type Lines = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// How a [`BinServer`] ended ([`BinServer::terminate`]).
+pub struct Exited {
+    pub status: std::process::ExitStatus,
+    /// From SIGTERM to the exit.
+    pub took: Duration,
+    /// Everything it wrote to stderr (the log) and to stdout.
+    pub log: String,
+    pub stdout: String,
+}
+
+/// A reader thread collecting `r`'s lines into `out` until EOF.
+fn collect_lines(
+    r: impl std::io::Read + Send + 'static,
+    out: Lines,
+) -> std::thread::JoinHandle<()> {
+    use std::io::BufRead;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines() {
+            match line {
+                Ok(l) => out.lock().unwrap().push(l),
+                Err(_) => return,
+            }
+        }
+    })
 }
 
 impl BinServer {
     /// Start it on free loopback ports with `args`, and, if given, an
-    /// open-file limit (soft and hard) of `nofile`.
+    /// open-file limit (soft and hard) of `nofile`; it logs at `info`.
     pub async fn start(args: &[&str], nofile: Option<u64>) -> Self {
-        use std::io::BufRead;
+        Self::launch(args, nofile, "info").await
+    }
+
+    /// [`BinServer::start`] with `RUST_LOG=rust_log` and no fd limit.
+    pub async fn start_logging(args: &[&str], rust_log: &str) -> Self {
+        Self::launch(args, None, rust_log).await
+    }
+
+    async fn launch(args: &[&str], nofile: Option<u64>, rust_log: &str) -> Self {
         use std::os::unix::process::CommandExt;
         // A relative VMASIM_SERVER_BIN is taken from the workspace root
         // (tests run in server/).
@@ -365,11 +462,11 @@ impl BinServer {
             "json",
         ])
         .args(args)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .env_remove("VMASIM_AUTH_TOKEN")
         .env_remove("VMASIM_AUTH_TOKEN_FILE")
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
         if let Some(n) = nofile {
             // SAFETY: setrlimit is a plain system call, async-signal-safe,
@@ -385,17 +482,11 @@ impl BinServer {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
-        let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                match line {
-                    Ok(l) => sink.lock().unwrap().push(l),
-                    Err(_) => return,
-                }
-            }
-        });
+        let (log, stdout) = (Lines::default(), Lines::default());
+        let readers = vec![
+            collect_lines(child.stderr.take().unwrap(), log.clone()),
+            collect_lines(child.stdout.take().unwrap(), stdout.clone()),
+        ];
         let find = |what: &str, field: &str| -> Option<SocketAddr> {
             log.lock().unwrap().iter().find_map(|l| {
                 if !l.contains(what) {
@@ -428,6 +519,8 @@ impl BinServer {
             pid: child.id(),
             child: Some(child),
             log,
+            stdout,
+            readers,
         }
     }
 
@@ -491,9 +584,9 @@ impl BinServer {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// SIGTERM, then wait (bounded by [`HANG`]) for the exit: its status,
-    /// how long it took, and the log.
-    pub async fn terminate(mut self) -> (std::process::ExitStatus, Duration, String) {
+    /// SIGTERM, then wait (bounded by [`HANG`]) for the exit and for every
+    /// line it wrote.
+    pub async fn terminate(mut self) -> Exited {
         use nix::sys::signal::{Signal, kill};
         let mut child = self.child.take().unwrap();
         let start = std::time::Instant::now();
@@ -512,9 +605,17 @@ impl BinServer {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         let took = start.elapsed();
-        // Let the log reader catch the last lines.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        (status, took, self.log())
+        // The pipes reach EOF now that the server has exited: once the
+        // readers are joined, every line it wrote has been collected.
+        for r in self.readers.drain(..) {
+            r.join().expect("log reader panicked");
+        }
+        Exited {
+            status,
+            took,
+            log: self.log(),
+            stdout: self.stdout.lock().unwrap().join("\n"),
+        }
     }
 }
 
