@@ -15,6 +15,12 @@
 //!
 //! The difference between the two runs of one build, divided by the
 //! fault count, is the instructions per fault, set-up excluded.
+//!
+//! The set-up is `setup` of `benches/fault.rs` (`fault_single`): the same
+//! populated anonymous VMA, read-faulted page after page, so the count is
+//! of the path that benchmark times; change both together. It is written
+//! twice because an example and a bench share no module but the library,
+//! and a bench-only helper does not belong on the engine's facade.
 
 use std::hint::black_box;
 use vmasim_server::mm::{Access, MmapArgs, SimConfig, Simulator, map::*, prot::*};
