@@ -50,19 +50,28 @@ pub struct MapsEntry {
     pub anon_pages: u64,
 }
 
+/// The `rwxp` column of a VMA with `vm_flags`, as `show_vma_header_prefix`
+/// prints it (`s` for `VM_MAYSHARE`, not `VM_SHARED`).
+pub(crate) fn perms(vm_flags: u64) -> String {
+    let c = |bit, ch| if vm_flags & bit != 0 { ch } else { '-' };
+    [
+        c(VM_READ, 'r'),
+        c(VM_WRITE, 'w'),
+        c(VM_EXEC, 'x'),
+        if vm_flags & VM_MAYSHARE != 0 {
+            's'
+        } else {
+            'p'
+        },
+    ]
+    .into_iter()
+    .collect()
+}
+
 impl MapsEntry {
     /// The `rwxp` column.
     pub fn perms(&self) -> String {
-        let f = self.vm_flags;
-        let c = |bit, ch| if f & bit != 0 { ch } else { '-' };
-        [
-            c(VM_READ, 'r'),
-            c(VM_WRITE, 'w'),
-            c(VM_EXEC, 'x'),
-            if f & VM_MAYSHARE != 0 { 's' } else { 'p' },
-        ]
-        .into_iter()
-        .collect()
+        perms(self.vm_flags)
     }
 
     /// The line as the kernel prints it, with the newline.

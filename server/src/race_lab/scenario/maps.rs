@@ -25,29 +25,14 @@
 use super::*;
 pub(super) use crate::mm::mm_struct::MmStruct;
 pub(super) use crate::mm::mm_types::Vma;
-pub(super) use crate::mm::mm_types::vm_flags::{VM_EXEC, VM_MAYSHARE, VM_READ, VM_WRITE};
 pub(super) use crate::mm::mmap::prot;
 pub(super) use crate::mm::mprotect::do_mprotect;
-pub(super) use crate::mm::proc_maps::{MapsEntry, render};
+pub(super) use crate::mm::proc_maps::{MapsEntry, perms, render};
 pub(super) use crate::mm::race::InjectPoint;
 pub(super) use crate::mm::{
     mm_types::MapsReader,
     task_mmu::{check_maps_guarantees, show_maps},
 };
-
-/// `rwxp` of `vma`.
-pub(super) fn perms(vma: &Vma) -> String {
-    let f = vma.vm_flags();
-    let c = |bit, ch| if f & bit != 0 { ch } else { '-' };
-    [
-        c(VM_READ, 'r'),
-        c(VM_WRITE, 'w'),
-        c(VM_EXEC, 'x'),
-        if f & VM_MAYSHARE != 0 { 's' } else { 'p' },
-    ]
-    .into_iter()
-    .collect()
-}
 
 /// Timeline text for the maps reader's injection points.
 pub(in crate::race_lab) fn describe(sh: &Shared, p: InjectPoint, vma: &Vma) -> String {
@@ -56,7 +41,7 @@ pub(in crate::race_lab) fn describe(sh: &Shared, p: InjectPoint, vma: &Vma) -> S
         "slot {slot} [{:#x}, {:#x}) {}",
         vma.vm_start(),
         vma.vm_end(),
-        perms(vma)
+        perms(vma.vm_flags())
     );
     match p {
         InjectPoint::MapsAfterVmaNext => {
