@@ -57,40 +57,7 @@ impl Embedded {
     }
 }
 
-/// A thread of this process inside one RCU read-side critical section
-/// (`rcu_read_lock` held) until dropped: the slow reader of `vmasim demo`.
-/// The embedded servers' RCU is the process's crossbeam-epoch collector,
-/// so while it is held no grace period completes for them.
-pub struct SlowReader {
-    release: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl SlowReader {
-    /// Enter the read section on a new thread; returns once it is held.
-    pub fn hold() -> Self {
-        let (held_tx, held_rx) = std::sync::mpsc::channel();
-        let (release, release_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let guard = vmasim_server::mm::rcu_read_lock();
-            let _ = held_tx.send(());
-            // Returns when the sender is dropped as well as on a message.
-            let _ = release_rx.recv();
-            drop(guard);
-        });
-        let _ = held_rx.recv();
-        SlowReader {
-            release: Some(release),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for SlowReader {
-    fn drop(&mut self) {
-        drop(self.release.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// The slow reader of `vmasim demo`: the engine's [`SlowReader`]. The
+/// embedded servers' RCU is this process's crossbeam-epoch collector, so
+/// while it is held no grace period completes for them.
+pub use vmasim_server::mm::SlowReader;

@@ -146,6 +146,7 @@ pub use {
     mremap::{MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE},
     pgtable::TABLE_BYTES,
     proc_maps::{MapsEntry, render},
+    rcu::SlowReader,
     sim::{DEFAULT_MAX_PGTABLES_BYTES, Maps, SimConfig, SimStats, Simulator, Task},
     task_mmu::check_maps_guarantees,
     vmstat::{FaultStats, MapsEvent, NR_MAPS_EVENTS, NR_VMA_LOCK_EVENTS, VmaLockEvent},

@@ -27,6 +27,50 @@ pub fn rcu_read_lock() -> RcuReadGuard {
     crossbeam_epoch::pin()
 }
 
+/// A thread inside one RCU read-side critical section until dropped: the
+/// slow reader (a big `/proc/PID/maps` read, a reader preempted in its
+/// section) that holds every grace period back. With the `rcu` policy
+/// freed VMAs then wait and the cache carves new slabs; with `typesafe`
+/// they are reused at once. Used by `vmasim demo` and the tests that show
+/// it.
+#[cfg(not(vmasim_loom))]
+pub struct SlowReader {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(not(vmasim_loom))]
+impl SlowReader {
+    /// Enter the read section on a new thread; returns once it is held.
+    pub fn hold() -> Self {
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let guard = rcu_read_lock();
+            let _ = held_tx.send(());
+            // Returns when the sender is dropped as well as on a message.
+            let _ = release_rx.recv();
+            drop(guard);
+        });
+        let _ = held_rx.recv();
+        SlowReader {
+            release: Some(release),
+            thread: Some(thread),
+        }
+    }
+}
+
+#[cfg(not(vmasim_loom))]
+impl Drop for SlowReader {
+    /// Leave the read section and wait for the thread.
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[derive(Default)]
 struct GpState {
     /// Markers queued so far; marker `n` is the n-th grace period asked for.
@@ -196,14 +240,7 @@ mod tests {
     fn pinned_reader_holds_back_call_rcu() {
         let rcu = Rcu::new();
         let ran = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let reader = std::thread::spawn(move || {
-            let _g = rcu_read_lock();
-            tx.send(()).unwrap();
-            done_rx.recv().unwrap();
-        });
-        rx.recv().unwrap();
+        let reader = SlowReader::hold();
         {
             let g = rcu_read_lock();
             let ran = ran.clone();
@@ -220,8 +257,7 @@ mod tests {
             "ran while a reader was pinned"
         );
         assert_eq!(rcu.callbacks_pending(), 1);
-        done_tx.send(()).unwrap();
-        reader.join().unwrap();
+        drop(reader);
         assert!(rcu.rcu_barrier(10_000));
         assert_eq!(ran.load(Ordering::SeqCst), 1);
     }

@@ -1021,7 +1021,7 @@ impl VmaCache {
 #[cfg(all(test, not(vmasim_loom)))]
 mod tests {
     use super::*;
-    use crate::mm::rcu::rcu_read_lock;
+    use crate::mm::rcu::SlowReader;
 
     /// Run `f` on a new thread whose sheaf set is not the caller's (threads
     /// take shards round robin, so a nested thread gets the next one).
@@ -1125,14 +1125,7 @@ mod tests {
     /// new slabs, while `typesafe` keeps reusing and its slab count is flat.
     #[test]
     fn pinned_reader_grows_rcu_waiting_but_not_typesafe_slabs() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let reader = std::thread::spawn(move || {
-            let _g = rcu_read_lock();
-            tx.send(()).unwrap();
-            done_rx.recv().unwrap();
-        });
-        rx.recv().unwrap();
+        let reader = SlowReader::hold();
         let ts = VmaCache::new(CachePolicy::Typesafe, 1 << 16);
         let rcu = VmaCache::new(CachePolicy::Rcu, 1 << 16);
         for round in 1..=1000u64 {
@@ -1151,8 +1144,7 @@ mod tests {
         assert_eq!(rcu.stats().alloc_reused, 0);
         assert_eq!(rcu.stats().call_rcu, 1000);
         assert_eq!(ts.stats().call_rcu_avoided, 1000);
-        done_tx.send(()).unwrap();
-        reader.join().unwrap();
+        drop(reader);
         assert!(rcu.rcu().rcu_barrier(100_000));
         let s = rcu.stats();
         assert_eq!((s.waiting, s.live), (0, 0));
