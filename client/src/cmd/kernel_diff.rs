@@ -199,6 +199,7 @@ mod imp {
         reclaimed_pages: u64,
         reclaimed_vmas: u64,
         pagemap_rechecks: u64,
+        rss_rereads: u64,
     }
 
     impl Totals {
@@ -207,6 +208,7 @@ mod imp {
             self.reclaimed_pages += r.reclaimed_pages();
             self.reclaimed_vmas += r.reclaimed_vmas();
             self.pagemap_rechecks += r.pagemap_rechecks();
+            self.rss_rereads += r.rss_rereads();
             for (k, v) in &r.counts {
                 *self.counts.entry(k.clone()).or_default() += v;
             }
@@ -502,6 +504,10 @@ mod imp {
         s.push_str(&format!(
             "  comparisons where PAGEMAP_SCAN's Rss/Anonymous differed from smaps' (smaps compared): {}\n",
             t.pagemap_rechecks
+        ));
+        s.push_str(&format!(
+            "  file-VMA Rss shortfalls the kernel's pagemap contradicted a moment later (kernel read again): {}\n",
+            t.rss_rereads
         ));
         s
     }
