@@ -628,11 +628,13 @@ pub struct Generator {
 /// time in proportion to the VMAs there, and left alone the hot area keeps
 /// gaining them (mmap is drawn 300 times in 1100, munmap 140): by 100,000
 /// operations a process had 2,700 VMAs and each operation cost 8× what it
-/// did at the start, so 1M operations would not end. Past this count one
+/// did at the start, so 1M operations would not end (held at 1,000, a
+/// 1M-op run still took 10,000 operations per 50 s). Past this count one
 /// step in five unmaps 1 MiB from a random VMA's start, which holds the
-/// count near it. The crowded end is the limit scenario's (`--limit`), at
-/// `vm.max_map_count`.
-pub const PRUNE_ABOVE: usize = 1000;
+/// count near it; 500 VMAs in the 16 MiB the generator works in are still
+/// one every 32 KiB. The crowded end is the limit scenario's (`--limit`),
+/// at `vm.max_map_count`.
+pub const PRUNE_ABOVE: usize = 500;
 
 impl Generator {
     /// A generator seeded with `seed`, leaving out the `without` families.
