@@ -13,6 +13,11 @@
 //! its recording rule (`vma_reuse_rate` is `vmasim:vma_reuse_rate:ratio_rate1m`).
 //! The test `names_follow_the_metrics` checks the rule on the server's own
 //! metric names.
+//!
+//! Also the `FaultTotals` arithmetic every fault-counting caller shares
+//! (`add_totals`, `single_totals`) and `ser_counts`, so that the load
+//! generator's modules, which all report through these, import this file
+//! and it imports none of them.
 
 use crate::error::CliError;
 use serde_json::{Map, Value, json};
@@ -131,7 +136,7 @@ pub struct StatsDelta {
     /// Server's fault locking mode.
     pub fault_lock: String,
     /// Counter increments (gauges: the value after); a JSON object.
-    #[serde(serialize_with = "crate::load::report::ser_counts")]
+    #[serde(serialize_with = "ser_counts")]
     pub values: Vec<(String, u64)>,
     /// reused / (reused + fresh) VMA allocations, 0..1
     /// (`vmasim:vma_reuse_rate:ratio_rate1m`).
@@ -246,6 +251,43 @@ pub fn ratio(a: u64, b: u64) -> f64 {
 /// A 0..1 ratio as a percentage with one decimal.
 pub fn pct(r: f64) -> String {
     format!("{:.1}%", r * 100.0)
+}
+
+/// `[(name, n)]` as the JSON object `{name: n}`, in order.
+pub fn ser_counts<S: serde::Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(v.len()))?;
+    for (k, n) in v {
+        m.serialize_entry(k, n)?;
+    }
+    m.end()
+}
+
+/// A fault's reply as batch totals.
+pub fn single_totals(f: &vmasim_proto::v1::FaultResponse) -> FaultTotals {
+    use vmasim_proto::v1::{FaultOutcome as O, FaultPath as P};
+    let mut t = FaultTotals {
+        faults: 1,
+        retries: u64::from(f.retries),
+        ..Default::default()
+    };
+    match O::try_from(f.outcome) {
+        Ok(O::AnonZeroFill) => t.anon_zero_fill = 1,
+        Ok(O::FilePage) => t.file_page = 1,
+        Ok(O::CowBreak) => t.cow_break = 1,
+        Ok(O::AlreadyPresent) => t.already_present = 1,
+        Ok(O::SegvMaperr) => t.segv_maperr = 1,
+        Ok(O::SegvAccerr) => t.segv_accerr = 1,
+        Ok(O::Sigbus) => t.sigbus = 1,
+        _ => {}
+    }
+    match P::try_from(f.path) {
+        Ok(P::PerVmaLock) => t.per_vma_lock = 1,
+        Ok(P::MmapLockFallback) => t.mmap_lock_fallback = 1,
+        Ok(P::MmapLock) => t.mmap_lock = 1,
+        _ => {}
+    }
+    t
 }
 
 /// Sums `b` into `a` (fault totals of several batches).

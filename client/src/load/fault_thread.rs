@@ -8,7 +8,7 @@ use crate::load::mix::OpKind;
 use crate::load::recorder::Recorder;
 use crate::load::shared::Shared;
 use crate::load::worker::{Layout, MMAP_MIN_ADDR, TASK_SIZE};
-use crate::stats::add_totals;
+use crate::stats::{add_totals, single_totals};
 use crate::transport::Transport;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -16,39 +16,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tonic::Code;
+use vmasim_proto::v1::Access;
 use vmasim_proto::v1::session_reply::Result as Reply;
-use vmasim_proto::v1::{Access, FaultTotals};
 
 /// What a fault thread expects: its layout copy may be one operation old,
 /// so the owner may have exited the process (`NOT_FOUND`).
 const RACED_WITH_EXIT: &str = "fault thread raced with the owner's exit";
-
-/// A fault's reply as batch totals.
-pub(crate) fn single_totals(f: &vmasim_proto::v1::FaultResponse) -> FaultTotals {
-    use vmasim_proto::v1::{FaultOutcome as O, FaultPath as P};
-    let mut t = FaultTotals {
-        faults: 1,
-        retries: u64::from(f.retries),
-        ..Default::default()
-    };
-    match O::try_from(f.outcome) {
-        Ok(O::AnonZeroFill) => t.anon_zero_fill = 1,
-        Ok(O::FilePage) => t.file_page = 1,
-        Ok(O::CowBreak) => t.cow_break = 1,
-        Ok(O::AlreadyPresent) => t.already_present = 1,
-        Ok(O::SegvMaperr) => t.segv_maperr = 1,
-        Ok(O::SegvAccerr) => t.segv_accerr = 1,
-        Ok(O::Sigbus) => t.sigbus = 1,
-        _ => {}
-    }
-    match P::try_from(f.path) {
-        Ok(P::PerVmaLock) => t.per_vma_lock = 1,
-        Ok(P::MmapLockFallback) => t.mmap_lock_fallback = 1,
-        Ok(P::MmapLock) => t.mmap_lock = 1,
-        _ => {}
-    }
-    t
-}
 
 /// A worker that only faults in an owner's processes (`--threads`).
 pub struct FaultThread {

@@ -18,7 +18,7 @@ use crate::error::code_name;
 use crate::load::LoadResult;
 use crate::load::mix::OpKind;
 use crate::load::recorder::Recorder;
-use crate::stats::{StatsDelta, pct};
+use crate::stats::{StatsDelta, pct, ser_counts};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -179,16 +179,6 @@ pub struct Summary {
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
-}
-
-/// `[(name, n)]` as the JSON object `{name: n}`, in order.
-pub fn ser_counts<S: serde::Serializer>(v: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut m = s.serialize_map(Some(v.len()))?;
-    for (k, n) in v {
-        m.serialize_entry(k, n)?;
-    }
-    m.end()
 }
 
 impl Latency {

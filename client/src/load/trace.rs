@@ -30,7 +30,6 @@
 //! on its end); the first difference is a divergence (exit 10).
 
 use crate::load::LoadConfig;
-use crate::load::fault_thread::single_totals;
 use crate::load::mix::OpKind;
 use crate::load::recorder::Recorder;
 use crate::load::shared::Shared;
@@ -38,6 +37,7 @@ use crate::load::worker::WorkerOutput;
 use crate::record::check::diff_maps;
 use crate::record::format::{self, Event, FileRef, MapsLine};
 use crate::stats::add_totals;
+use crate::stats::single_totals;
 use crate::transport::Transport;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

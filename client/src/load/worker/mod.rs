@@ -21,12 +21,12 @@
 
 use crate::load::LoadConfig;
 use crate::load::divergence::Divergence;
-use crate::load::fault_thread::single_totals;
 use crate::load::mix::OpKind;
 use crate::load::recorder::Recorder;
 use crate::load::shadow::{Backing, PAGE, ShadowMm};
 use crate::load::shared::{Shared, expected_failures, expected_reason, unreachable};
 use crate::stats::add_totals;
+use crate::stats::single_totals;
 use crate::transport::Transport;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
