@@ -5,8 +5,8 @@
 
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
 use crate::mm::vma::{
-    Vmg, Writer, do_vmi_munmap, vm_area_alloc_new, vma_merge_new_range, vms_complete_munmap_vmas,
-    vms_gather_munmap_vmas,
+    Vmg, Writer, do_vmi_munmap, munmap_range, vm_area_alloc_new, vma_merge_new_range,
+    vms_complete_munmap_vmas, vms_gather_munmap_vmas,
 };
 use crate::mm::{
     MMAP_BASE, MMAP_MIN_ADDR, MmError, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, page_align, page_aligned,
@@ -201,37 +201,7 @@ pub fn do_mmap(mm: &MmStruct, args: MmapArgs) -> Result<u64, MmError> {
         });
     }
     if fixed {
-        // __get_unmapped_area on a MAP_FIXED address: past TASK_SIZE is
-        // ENOMEM, unaligned is EINVAL, below mmap_min_addr is
-        // security_mmap_addr's EPERM (cap_mmap_addr: a process without
-        // CAP_SYS_RAWIO, as the simulation's processes are).
-        // hugetlb_get_unmapped_area: a MAP_FIXED address off the huge
-        // page size is EINVAL, before __get_unmapped_area's checks.
-        if let Some(shift) = huge_shift
-            && hint & ((1 << shift) - 1) != 0
-        {
-            return Err(MmError::inval(
-                "addr",
-                format!(
-                    "{hint:#x} is not aligned to the huge page size ({:#x})",
-                    1u64 << shift
-                ),
-            ));
-        }
-        if hint > TASK_SIZE - len {
-            return Err(MmError::NoSpace { len });
-        }
-        if !page_aligned(hint) {
-            return Err(MmError::inval(
-                "addr",
-                format!("{hint:#x} is not page aligned"),
-            ));
-        }
-        if hint < MMAP_MIN_ADDR {
-            return Err(MmError::Permission(format!(
-                "addr {hint:#x} is below mmap_min_addr ({MMAP_MIN_ADDR:#x})"
-            )));
-        }
+        get_unmapped_area_fixed(hint, len, huge_shift)?;
     }
     // The map type is checked after placement and MAP_FIXED_NOREPLACE, as
     // do_mmap does; compute it now, fail at that point.
@@ -533,6 +503,45 @@ fn thp_get_unmapped_area(w: &Writer<'_>, len: u64) -> Option<u64> {
     })
 }
 
+/// `__get_unmapped_area` on a `MAP_FIXED` address (mmap's, and mremap's
+/// `vrm_set_new_addr` for `MREMAP_FIXED`): past TASK_SIZE is ENOMEM,
+/// unaligned is EINVAL, below mmap_min_addr is security_mmap_addr's EPERM
+/// (cap_mmap_addr: a process without CAP_SYS_RAWIO, as the simulation's
+/// processes are). hugetlb_get_unmapped_area: an address off the huge page
+/// size is EINVAL, before those checks.
+pub(crate) fn get_unmapped_area_fixed(
+    hint: u64,
+    len: u64,
+    huge_shift: Option<u32>,
+) -> Result<u64, MmError> {
+    if let Some(shift) = huge_shift
+        && hint & ((1 << shift) - 1) != 0
+    {
+        return Err(MmError::inval(
+            "addr",
+            format!(
+                "{hint:#x} is not aligned to the huge page size ({:#x})",
+                1u64 << shift
+            ),
+        ));
+    }
+    if hint > TASK_SIZE - len {
+        return Err(MmError::NoSpace { len });
+    }
+    if !page_aligned(hint) {
+        return Err(MmError::inval(
+            "addr",
+            format!("{hint:#x} is not page aligned"),
+        ));
+    }
+    if hint < MMAP_MIN_ADDR {
+        return Err(MmError::Permission(format!(
+            "addr {hint:#x} is below mmap_min_addr ({MMAP_MIN_ADDR:#x})"
+        )));
+    }
+    Ok(hint)
+}
+
 /// `arch_get_unmapped_area_topdown` (arch/x86/kernel/sys_x86_64.c): the
 /// hint if `[hint, hint + len)` is free (`mmap_address_hint_valid`, then
 /// `find_vma`), else top-down below `mmap_base`, else bottom-up above it.
@@ -600,22 +609,7 @@ pub(crate) fn get_unmapped_area(w: &Writer<'_>, hint: u64, len: u64) -> Result<u
 
 /// `munmap` (`__vm_munmap` -> `do_vmi_munmap`).
 pub fn do_munmap(mm: &MmStruct, start: u64, len: u64) -> Result<(), MmError> {
-    if !page_aligned(start) {
-        return Err(MmError::inval(
-            "addr",
-            format!("{start:#x} is not page aligned"),
-        ));
-    }
-    if len == 0 {
-        return Err(MmError::inval("length", "must be greater than 0"));
-    }
-    if start > TASK_SIZE || len > TASK_SIZE - start {
-        return Err(MmError::inval(
-            "length",
-            format!("range {start:#x}+{len:#x} goes beyond user space ({TASK_SIZE:#x})"),
-        ));
-    }
-    let end = start + page_align(len).expect("len <= TASK_SIZE");
+    let end = munmap_range(start, len)?;
     let mut w = Writer::lock(mm)?;
     do_vmi_munmap(&mut w, start, end)
 }

@@ -23,11 +23,13 @@
 
 use crate::mm::mm_struct::MmStruct;
 use crate::mm::mm_types::{VmaFields, vm_flags::*};
-use crate::mm::mmap::{get_unmapped_area, get_unmapped_area_vmflags, mm_populate};
+use crate::mm::mmap::{
+    get_unmapped_area, get_unmapped_area_fixed, get_unmapped_area_vmflags, mm_populate,
+};
 use crate::mm::slab::VmaIdx;
 use crate::mm::sync::Ordering;
 use crate::mm::vma::{
-    Vmg, Writer, do_vmi_munmap, vm_area_alloc_new, vma_merge_new_range, vma_pages,
+    Vmg, Writer, do_vmi_munmap, munmap_range, vm_area_alloc_new, vma_merge_new_range, vma_pages,
 };
 use crate::mm::{MmError, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, page_aligned};
 
@@ -57,9 +59,12 @@ impl Vrm {
         self.flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0
     }
 
-    /// `vrm_overlaps`.
+    /// `vrm_overlaps`, in the kernel's `unsigned long` arithmetic: an old
+    /// range ending past `u64::MAX` wraps to a small end and overlaps
+    /// nothing (it is mapped nowhere either, so the lookup gives EFAULT).
     fn overlaps(&self) -> bool {
-        self.addr + self.old_len > self.new_addr && self.new_addr + self.new_len > self.addr
+        self.addr.wrapping_add(self.old_len) > self.new_addr
+            && self.new_addr.wrapping_add(self.new_len) > self.addr
     }
 }
 
@@ -272,7 +277,9 @@ fn check_prep_vma(w: &Writer<'_>, vrm: &mut Vrm, idx: VmaIdx) -> Result<(), MmEr
 /// needed), keeping the gaps between them; the range must start mapped.
 fn remap_move(w: &mut Writer<'_>, vrm: &mut Vrm) -> Result<u64, MmError> {
     let start = vrm.addr;
-    let end = vrm.addr + vrm.old_len;
+    // Wraps as the kernel's does: an `end` below `start` makes
+    // for_each_vma_range find nothing, and the call fails with EFAULT.
+    let end = vrm.addr.wrapping_add(vrm.old_len);
     let mut target = vrm.new_addr;
     let mut res = None;
     let mut last_end = 0;
@@ -282,7 +289,10 @@ fn remap_move(w: &mut Writer<'_>, vrm: &mut Vrm) -> Result<u64, MmError> {
     // cursor stops at `end` even when a move merged the destination into
     // a VMA reaching back into the range (a DONTUNMAP source right before
     // its destination).
-    while let Some(e) = w.vma_find(cursor, end).filter(|_| cursor < end) {
+    while cursor < end {
+        let Some(e) = w.vma_find(cursor, end) else {
+            break;
+        };
         let f = w.fields(e.idx);
         // "No gap permitted at the start of the range."
         if res.is_none() && start < f.vm_start {
@@ -341,14 +351,19 @@ fn mremap_to(w: &mut Writer<'_>, vrm: &mut Vrm) -> Result<u64, MmError> {
     }
     if vrm.new_len < vrm.old_len {
         // shrink_vma(drop_lock = false), then move what is left.
-        do_vmi_munmap(w, vrm.addr + vrm.new_len, vrm.addr + vrm.old_len)?;
+        shrink_vma(w, vrm)?;
         lookup(w, vrm)?;
         vrm.old_len = vrm.new_len;
     }
     let vma = lookup(w, vrm)?;
-    // vrm_set_new_addr: MAP_FIXED takes the address as is; a DONTUNMAP
-    // address is a hint (get_unmapped_area with it).
-    if vrm.flags & MREMAP_FIXED == 0 {
+    // vrm_set_new_addr: get_unmapped_area with MAP_FIXED for
+    // MREMAP_FIXED (whose checks can still refuse the address: below
+    // mmap_min_addr is EPERM, after the destination was unmapped), with
+    // the address as a hint for DONTUNMAP.
+    if vrm.flags & MREMAP_FIXED != 0 {
+        let huge = crate::mm::file_table::huge_page_shift(w.fields(vma.idx).vm_file);
+        get_unmapped_area_fixed(vrm.new_addr, vrm.new_len, huge)?;
+    } else {
         vrm.new_addr = unmapped_area_for(w, vma.idx, vrm.new_addr, vrm.new_len)?;
     }
     move_vma(w, vma.idx, vrm)
@@ -375,7 +390,7 @@ fn mremap_at(w: &mut Writer<'_>, vrm: &mut Vrm, idx: VmaIdx) -> Result<u64, MmEr
     }
     if vrm.new_len < vrm.old_len {
         // shrink_vma: "Can always be done in-place."
-        do_vmi_munmap(w, vrm.addr + vrm.new_len, vrm.addr + vrm.old_len)?;
+        shrink_vma(w, vrm)?;
         return Ok(vrm.addr);
     }
     // expand_vma: in place if [addr, old_len) ends the VMA and the space
@@ -396,6 +411,16 @@ fn mremap_at(w: &mut Writer<'_>, vrm: &mut Vrm, idx: VmaIdx) -> Result<u64, MmEr
     }
     vrm.new_addr = unmapped_area_for(w, idx, 0, vrm.new_len)?;
     move_vma(w, idx, vrm)
+}
+
+/// `shrink_vma`: unmap `[addr + new_len, addr + old_len)` through
+/// `do_vmi_munmap(start, delta)`, whose argument checks make an `old_len`
+/// reaching past user space EINVAL (what 6.18 answers) rather than an
+/// overflow here.
+fn shrink_vma(w: &mut Writer<'_>, vrm: &Vrm) -> Result<(), MmError> {
+    let start = vrm.addr.wrapping_add(vrm.new_len);
+    let end = munmap_range(start, vrm.old_len - vrm.new_len)?;
+    do_vmi_munmap(w, start, end)
 }
 
 /// `vma_expandable`: nothing in `[vm_end, vm_end + delta)` and still in user
@@ -568,6 +593,70 @@ mod tests {
         map(&s, pid, A, 2, PROT_READ | PROT_WRITE);
         map(&s, pid, A + 3 * P, 2, PROT_READ);
         (s, pid)
+    }
+
+    #[test]
+    fn an_old_range_wrapping_past_the_top_is_efault_not_an_overflow() {
+        // vrm_overlaps and remap_move compute `addr + old_len` in unsigned
+        // long: at the top page it wraps to 0, overlaps nothing and finds
+        // no VMA. Linux 6.18 answers each of these with EFAULT (asked
+        // through syscall(SYS_mremap) on the machine).
+        let (s, pid) = setup();
+        let top = u64::MAX - P + 1;
+        for (old_len, new_len, flags, new_addr) in [
+            (P, P, MREMAP_MAYMOVE | MREMAP_FIXED, 0x40_0000),
+            (P, 2 * P, MREMAP_MAYMOVE | MREMAP_FIXED, 0x40_0000),
+            (P, P, MREMAP_MAYMOVE, 0),
+            (P, P, MREMAP_MAYMOVE | MREMAP_DONTUNMAP, 0x40_0000),
+        ] {
+            assert!(
+                matches!(
+                    s.mremap(pid, top, old_len, new_len, flags, new_addr),
+                    Err(MmError::BadAddress { .. })
+                ),
+                "mremap({top:#x}, {old_len:#x}, {new_len:#x}, {flags:#x}, {new_addr:#x})"
+            );
+        }
+        assert_eq!(layout(&s, pid).len(), 2);
+        // A shrink whose old_len reaches past user space: shrink_vma's
+        // do_vmi_munmap(start, delta) refuses the range, EINVAL on 6.18
+        // (asked with old_len 1 << 63, -8 KiB and TASK_SIZE-wrapping
+        // values, flags 0 and MREMAP_MAYMOVE).
+        for old_len in [1 << 63, u64::MAX - 2 * P + 1, 0u64.wrapping_sub(A)] {
+            for flags in [0, MREMAP_MAYMOVE] {
+                assert!(
+                    matches!(
+                        s.mremap(pid, A, old_len, P, flags, 0),
+                        Err(MmError::InvalidArgument { .. })
+                    ),
+                    "mremap({A:#x}, {old_len:#x}, {P:#x}, {flags:#x}, 0)"
+                );
+            }
+        }
+        assert_eq!(layout(&s, pid).len(), 2);
+    }
+
+    #[test]
+    fn mremap_fixed_below_mmap_min_addr_is_eperm_from_get_unmapped_area() {
+        // vrm_set_new_addr passes an MREMAP_FIXED address through
+        // get_unmapped_area(.., MAP_FIXED), whose security_mmap_addr
+        // (cap_mmap_addr) refuses one below mmap_min_addr to a process
+        // without CAP_SYS_RAWIO. Linux 6.18, as uid 65534 with
+        // vm.mmap_min_addr 4096: EPERM for new_addr 0, the move done for
+        // new_addr 0x1000 (the simulation's MMAP_MIN_ADDR is 64 KiB).
+        let (s, pid) = setup();
+        let flags = MREMAP_MAYMOVE | MREMAP_FIXED;
+        assert!(matches!(
+            s.mremap(pid, A, P, P, flags, 0),
+            Err(MmError::Permission(_))
+        ));
+        assert_eq!(layout(&s, pid).len(), 2);
+        assert!(matches!(
+            s.mremap(pid, A, P, P, flags, crate::mm::MMAP_MIN_ADDR - P),
+            Err(MmError::Permission(_))
+        ));
+        let low = crate::mm::MMAP_MIN_ADDR;
+        assert_eq!(s.mremap(pid, A, P, P, flags, low).unwrap(), low);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::mm::mm_types::VmaFields;
 use crate::mm::rcu::{RcuReadGuard, rcu_read_lock};
 use crate::mm::slab::{VmaCache, VmaIdx};
 use crate::mm::vma_tree::TreeEntry;
-use crate::mm::{MmError, PAGE_SHIFT};
+use crate::mm::{MmError, PAGE_SHIFT, TASK_SIZE, page_align, page_aligned};
 
 /// `mmap_lock` held for write plus an RCU read section for tree updates.
 pub(crate) struct Writer<'a> {
@@ -659,6 +659,30 @@ pub(crate) fn vms_complete_munmap_vmas(w: &mut Writer<'_>, g: MunmapGather) {
     w.w.state.map_count -= g.detached.len();
     for (idx, _) in g.detached {
         w.pool().vm_area_free_with(idx, &w.guard);
+    }
+}
+
+/// The checks `do_vmi_munmap` makes of its `(start, len)` before it looks
+/// at a VMA, in the kernel's order: a misaligned start, a range past
+/// `TASK_SIZE` or an empty one is EINVAL. Returns the page-aligned end.
+/// munmap and mremap's shrink (`shrink_vma`) both pass through them, so a
+/// hostile `old_len` fails here instead of wrapping.
+pub(crate) fn munmap_range(start: u64, len: u64) -> Result<u64, MmError> {
+    if !page_aligned(start) {
+        return Err(MmError::inval(
+            "addr",
+            format!("{start:#x} is not page aligned"),
+        ));
+    }
+    if start > TASK_SIZE || len > TASK_SIZE - start {
+        return Err(MmError::inval(
+            "length",
+            format!("range {start:#x}+{len:#x} goes beyond user space ({TASK_SIZE:#x})"),
+        ));
+    }
+    match page_align(len) {
+        Some(0) | None => Err(MmError::inval("length", "must be greater than 0")),
+        Some(len) => Ok(start + len),
     }
 }
 
