@@ -13,7 +13,7 @@
 //! disjoint, page aligned, inside `[MMAP_MIN_ADDR, TASK_SIZE]`.
 
 use vmasim_server::mm::{
-    Access, MMAP_MIN_ADDR, MmapArgs, SimConfig, Simulator, TASK_SIZE, map::*, prot::*,
+    Access, MMAP_MIN_ADDR, MmError, MmapArgs, SimConfig, Simulator, TASK_SIZE, map::*, prot::*,
 };
 
 const P: u64 = 4096;
@@ -107,10 +107,22 @@ struct Grid<'a> {
 }
 
 impl Grid<'_> {
-    /// After a call: the map is still well formed.
-    fn made(&mut self, call: impl Fn() -> String) {
+    /// After a call: an EINVAL names one of the call's arguments (the
+    /// service passes the name on to the client as the status message's
+    /// first word), and the map is still well formed. Returns whether the
+    /// call succeeded.
+    fn made<T>(
+        &mut self,
+        r: &Result<T, MmError>,
+        fields: &[&str],
+        call: impl Fn() -> String,
+    ) -> bool {
+        if let Err(MmError::InvalidArgument { field, .. }) = r {
+            assert!(fields.contains(field), "{}: EINVAL names {field:?}", call());
+        }
         check_well_formed(self.s, self.pid, &call);
         self.calls += 1;
+        r.is_ok()
     }
 }
 
@@ -159,12 +171,22 @@ fn mmap_with_edge_arguments_returns_an_errno_or_an_address_in_user_space() {
                         offset,
                         file_size: len,
                     };
-                    if let Ok(a) = g.s.mmap(g.pid, args) {
+                    let r = g.s.mmap(g.pid, args);
+                    if let Ok(a) = r {
                         placed += 1;
                         let end = a.checked_add(len).expect("a mapped range cannot wrap");
                         assert!(a >= MMAP_MIN_ADDR && end <= TASK_SIZE, "{args:?} at {a:#x}");
                     }
-                    g.made(|| format!("mmap({args:?})"));
+                    let fields = [
+                        "addr",
+                        "length",
+                        "prot",
+                        "flags",
+                        "file_id",
+                        "offset",
+                        "file_size",
+                    ];
+                    g.made(&r, &fields, || format!("mmap({args:?})"));
                 }
             }
         }
@@ -183,25 +205,35 @@ fn munmap_mprotect_madvise_fault_brk_with_edge_arguments_return_an_errno_or_appl
                 PROT_READ | PROT_WRITE | PROT_EXEC,
                 u32::MAX,
             ] {
-                ok += g.s.mprotect(g.pid, addr, len, prot).is_ok() as usize;
-                g.made(|| format!("mprotect({addr:#x}, {len:#x}, {prot:#x})"));
+                let r = g.s.mprotect(g.pid, addr, len, prot);
+                let fields = ["addr", "length", "prot"];
+                ok += g.made(&r, &fields, || {
+                    format!("mprotect({addr:#x}, {len:#x}, {prot:#x})")
+                }) as usize;
             }
             for advice in [4, 8, 10, 11, 18, 19, u32::MAX] {
-                ok += g.s.madvise(g.pid, addr, len, advice).is_ok() as usize;
-                g.made(|| format!("madvise({addr:#x}, {len:#x}, {advice})"));
+                let r = g.s.madvise(g.pid, addr, len, advice);
+                let fields = ["addr", "length", "advice"];
+                ok += g.made(&r, &fields, || {
+                    format!("madvise({addr:#x}, {len:#x}, {advice})")
+                }) as usize;
             }
             let at = addr.wrapping_add(len);
             for access in [Access::Read, Access::Write] {
-                ok += g.s.fault(g.pid, at, access).is_ok() as usize;
-                g.made(|| format!("fault({at:#x}, {access:?})"));
+                let r = g.s.fault(g.pid, at, access);
+                ok += g.made(&r, &["addr", "access"], || {
+                    format!("fault({at:#x}, {access:?})")
+                }) as usize;
             }
-            ok += g.s.brk(g.pid, at).is_ok() as usize;
-            g.made(|| format!("brk({at:#x})"));
+            let r = g.s.brk(g.pid, at);
+            ok += g.made(&r, &["brk"], || format!("brk({at:#x})")) as usize;
         }
         // munmap last: it empties what the others work on.
         for len in LENS {
-            ok += g.s.munmap(g.pid, addr, len).is_ok() as usize;
-            g.made(|| format!("munmap({addr:#x}, {len:#x})"));
+            let r = g.s.munmap(g.pid, addr, len);
+            ok += g.made(&r, &["addr", "length"], || {
+                format!("munmap({addr:#x}, {len:#x})")
+            }) as usize;
         }
     });
     assert!(ok > 0 && ok < n, "{ok} of {n} applied");
@@ -215,18 +247,22 @@ fn mremap_with_edge_arguments_returns_an_errno_or_an_address_in_user_space() {
             for new_len in LENS {
                 for flags in [0, 1, 1 | 2, 1 | 4, 7] {
                     for new_addr in ADDRS {
-                        if let Ok(a) = g.s.mremap(g.pid, addr, old_len, new_len, flags, new_addr) {
-                            moved += 1;
-                            assert!(
-                                (MMAP_MIN_ADDR..TASK_SIZE).contains(&a),
-                                "mremap({addr:#x}, {old_len:#x}, {new_len:#x}, {flags}, {new_addr:#x}) at {a:#x}"
-                            );
-                        }
-                        g.made(|| {
+                        let r = g.s.mremap(g.pid, addr, old_len, new_len, flags, new_addr);
+                        let call = || {
                             format!(
                                 "mremap({addr:#x}, {old_len:#x}, {new_len:#x}, {flags}, {new_addr:#x})"
                             )
-                        });
+                        };
+                        if let Ok(a) = r {
+                            moved += 1;
+                            assert!(
+                                (MMAP_MIN_ADDR..TASK_SIZE).contains(&a),
+                                "{} at {a:#x}",
+                                call()
+                            );
+                        }
+                        let fields = ["addr", "old_length", "new_length", "flags", "new_addr"];
+                        g.made(&r, &fields, call);
                     }
                 }
             }

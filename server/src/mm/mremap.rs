@@ -419,7 +419,18 @@ fn mremap_at(w: &mut Writer<'_>, vrm: &mut Vrm, idx: VmaIdx) -> Result<u64, MmEr
 /// overflow here.
 fn shrink_vma(w: &mut Writer<'_>, vrm: &Vrm) -> Result<(), MmError> {
     let start = vrm.addr.wrapping_add(vrm.new_len);
-    let end = munmap_range(start, vrm.old_len - vrm.new_len)?;
+    let delta = vrm.old_len - vrm.new_len;
+    // The only check that can fail here is the range's: the start is
+    // inside a VMA and page aligned, delta is not 0. Named after the
+    // argument that made it too long.
+    let end = munmap_range(start, delta).map_err(|_| {
+        MmError::inval(
+            "old_length",
+            format!(
+                "the shrunk range {start:#x}+{delta:#x} goes beyond user space ({TASK_SIZE:#x})"
+            ),
+        )
+    })?;
     do_vmi_munmap(w, start, end)
 }
 
