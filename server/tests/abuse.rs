@@ -356,6 +356,64 @@ fn check_partial_mprotect(
     Ok(())
 }
 
+/// A failed mremap that says what it did first (`MmError::Partial`'s "as
+/// the kernel does, the destination 0x..-0x.. was unmapped and ..."): every
+/// byte outside the ranges it names is as before; inside a range it says
+/// was unmapped and outside any it says was moved, nothing is mapped; brk
+/// is unchanged and RSS did not grow.
+fn check_partial_mremap(before: &Snapshot, after: &Snapshot, msg: &str) -> Result<(), String> {
+    let (Ok(b), Ok(a)) = (before, after) else {
+        return if before == after {
+            Ok(())
+        } else {
+            Err("snapshot status changed".into())
+        };
+    };
+    let Some((_, applied)) = msg.split_once("; as the kernel does, ") else {
+        return Err("a changed map but the message does not say what was done".into());
+    };
+    let hex = |t: &str| u64::from_str_radix(t.trim_start_matches("0x"), 16).ok();
+    let range = |t: &str| {
+        let (lo, hi) = t.split_once('-')?;
+        Some((hex(lo)?, hex(hi)?))
+    };
+    let (mut unmapped, mut moved) = (Vec::new(), Vec::new());
+    for step in applied.trim_end_matches(" first").split(" and ") {
+        let words: Vec<&str> = step.split(' ').collect();
+        match words.as_slice() {
+            [.., r, "was", "unmapped"] => unmapped.push(range(r).ok_or(step)?),
+            [r, "was", "moved", "to", to] => {
+                moved.push(range(r).ok_or(step)?);
+                moved.push(range(to).ok_or(step)?);
+            }
+            _ => return Err(format!("cannot read {step:?}")),
+        }
+    }
+    if (a.brk, a.start_brk) != (b.brk, b.start_brk) || a.rss_pages > b.rss_pages {
+        return Err("brk changed or rss grew".into());
+    }
+    let inside = |rs: &[(u64, u64)], x: u64| rs.iter().any(|&(lo, hi)| lo <= x && x < hi);
+    for x in b
+        .entries
+        .iter()
+        .chain(&a.entries)
+        .flat_map(|e| [e.start, e.end])
+    {
+        let named = inside(&unmapped, x) || inside(&moved, x);
+        if !named && attrs_at(a, x) != attrs_at(b, x) {
+            return Err(format!(
+                "at {x:#x}, outside what the message names: was {:?}, now {:?}",
+                attrs_at(b, x),
+                attrs_at(a, x)
+            ));
+        }
+        if inside(&unmapped, x) && !inside(&moved, x) && attrs_at(a, x).is_some() {
+            return Err(format!("{x:#x} is still mapped after \"{applied}\""));
+        }
+    }
+    Ok(())
+}
+
 impl Case {
     async fn snapshot(&mut self) -> Snapshot {
         self.c
@@ -397,6 +455,7 @@ impl Case {
             _ => None,
         };
         let madvise_of_target = matches!(&call, Call::Madvise(Pid::Target, ..));
+        let mremap_of_target = matches!(&call, Call::Mremap(Pid::Target, ..));
         let req = call.resolve(self);
         let outcome: Result<Option<u32>, (Code, String)> = if self.session.is_some() {
             self.via_session(req).await?
@@ -428,6 +487,10 @@ impl Case {
                     // fails with ENOMEM: exactly that part may differ.
                     return check_partial_mprotect(&before, &after, addr, len, prot, &msg)
                         .map_err(|e| format!("Mprotect failed with {code:?} ({msg}): {e}"));
+                }
+                if mremap_of_target && msg.contains("; as the kernel does, ") {
+                    return check_partial_mremap(&before, &after, &msg)
+                        .map_err(|e| format!("Mremap failed with {code:?} ({msg}): {e}"));
                 }
                 if madvise_of_target {
                     // madvise_walk_vmas advises every VMA up to the one that

@@ -117,7 +117,12 @@ impl Grid<'_> {
         fields: &[&str],
         call: impl Fn() -> String,
     ) -> bool {
-        if let Err(MmError::InvalidArgument { field, .. }) = r {
+        let mut e = r.as_ref().err();
+        // A call that did part of its work says what it fails with inside.
+        if let Some(MmError::Partial { error, .. }) = e {
+            e = Some(error);
+        }
+        if let Some(MmError::InvalidArgument { field, .. }) = e {
             assert!(fields.contains(field), "{}: EINVAL names {field:?}", call());
         }
         check_well_formed(self.s, self.pid, &call);

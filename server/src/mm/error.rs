@@ -61,6 +61,20 @@ pub enum MmError {
         /// nothing was).
         changed_up_to: u64,
     },
+    /// A call that failed after doing part of its work, as the kernel's
+    /// does: mremap with `MREMAP_FIXED` unmaps the destination (and a
+    /// shrink the source's tail) before checks that can still fail, and
+    /// a move of several VMAs stops at the first that cannot move. The
+    /// errno and status are `error`'s; `applied` says what was done, in
+    /// order.
+    #[error("{error}; as the kernel does, {} first", applied.join(" and "))]
+    Partial {
+        /// What the call fails with.
+        error: Box<MmError>,
+        /// What it did before failing ("the destination 0x..-0x.. was
+        /// unmapped").
+        applied: Vec<String>,
+    },
     /// The operation would leave more than `max_map_count` VMAs.
     #[error("max_map_count ({limit}) would be exceeded")]
     MapCountExceeded {
@@ -157,6 +171,25 @@ impl MmError {
             MmError::TooManyProcesses { .. } => Errno::EAGAIN,
             MmError::BadAddress { .. } => Errno::EFAULT,
             MmError::Overflow { .. } => Errno::EOVERFLOW,
+            MmError::Partial { error, .. } => error.errno(),
+        }
+    }
+
+    /// This error, reported as coming after `done` (nothing if `done` is
+    /// empty; earlier steps go first if it already is [`MmError::Partial`]).
+    pub(crate) fn after(self, done: &[String]) -> MmError {
+        if done.is_empty() {
+            return self;
+        }
+        match self {
+            MmError::Partial { error, applied } => MmError::Partial {
+                error,
+                applied: done.iter().cloned().chain(applied).collect(),
+            },
+            error => MmError::Partial {
+                error: Box::new(error),
+                applied: done.to_vec(),
+            },
         }
     }
 

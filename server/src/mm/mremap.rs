@@ -308,6 +308,7 @@ fn remap_move(w: &mut Writer<'_>, vrm: &mut Vrm) -> Result<u64, MmError> {
         } else {
             0
         };
+        let moved_end = last_end;
         last_end = f.vm_end;
         // vma_multi_allowed: anonymous memory and shmem (every simulated
         // file) obey MREMAP_FIXED, so several VMAs may move together.
@@ -319,8 +320,17 @@ fn remap_move(w: &mut Writer<'_>, vrm: &mut Vrm) -> Result<u64, MmError> {
             new_addr: target + offset,
             populate_expand: false,
         };
-        check_prep_vma(w, &mut piece, e.idx)?;
-        let r = mremap_to(w, &mut piece)?;
+        // A piece that cannot move ends the call; the ones before it
+        // stay moved (remap_move returns the error as it is).
+        let moved = |res: Option<u64>| match res {
+            Some(to) => vec![format!(
+                "{start:#x}-{moved_end:#x} was moved to {to:#x}-{:#x}",
+                to + (moved_end - start)
+            )],
+            None => vec![],
+        };
+        check_prep_vma(w, &mut piece, e.idx).map_err(|e| e.after(&moved(res)))?;
+        let r = mremap_to(w, &mut piece).map_err(|e| e.after(&moved(res)))?;
         res.get_or_insert(r);
         target = r + len;
         cursor = f.vm_end;
@@ -342,31 +352,52 @@ fn mremap_to(w: &mut Writer<'_>, vrm: &mut Vrm) -> Result<u64, MmError> {
                 len: vrm.old_len,
             })
     };
-    if vrm.flags & MREMAP_FIXED != 0 {
-        // Like MAP_FIXED: the destination is unmapped first.
-        do_vmi_munmap(w, vrm.new_addr, vrm.new_addr + vrm.new_len)?;
-        // "If we remap a portion of a VMA elsewhere in the same VMA, this
-        // can invalidate the old VMA. Reset."
-        lookup(w, vrm)?;
-    }
-    if vrm.new_len < vrm.old_len {
-        // shrink_vma(drop_lock = false), then move what is left.
-        shrink_vma(w, vrm)?;
-        lookup(w, vrm)?;
-        vrm.old_len = vrm.new_len;
-    }
-    let vma = lookup(w, vrm)?;
-    // vrm_set_new_addr: get_unmapped_area with MAP_FIXED for
-    // MREMAP_FIXED (whose checks can still refuse the address: below
-    // mmap_min_addr is EPERM, after the destination was unmapped), with
-    // the address as a hint for DONTUNMAP.
-    if vrm.flags & MREMAP_FIXED != 0 {
-        let huge = crate::mm::file_table::huge_page_shift(w.fields(vma.idx).vm_file);
-        get_unmapped_area_fixed(vrm.new_addr, vrm.new_len, huge)?;
-    } else {
-        vrm.new_addr = unmapped_area_for(w, vma.idx, vrm.new_addr, vrm.new_len)?;
-    }
-    move_vma(w, vma.idx, vrm)
+    // What is done before a check that can still fail: reported with
+    // that failure (MmError::Partial), since the kernel does not undo it.
+    let mut done = Vec::new();
+    let res = (|| {
+        if vrm.flags & MREMAP_FIXED != 0 {
+            // Like MAP_FIXED: the destination is unmapped first.
+            let (start, end) = (vrm.new_addr, vrm.new_addr + vrm.new_len);
+            let mapped = w.vma_find(start, end).is_some();
+            do_vmi_munmap(w, start, end)?;
+            if mapped {
+                done.push(format!("the destination {start:#x}-{end:#x} was unmapped"));
+            }
+            // "If we remap a portion of a VMA elsewhere in the same VMA,
+            // this can invalidate the old VMA. Reset."
+            lookup(w, vrm)?;
+        }
+        if vrm.new_len < vrm.old_len {
+            // shrink_vma(drop_lock = false), then move what is left.
+            let start = vrm.addr + vrm.new_len;
+            let mapped = w
+                .vma_find(start, vrm.addr.saturating_add(vrm.old_len))
+                .is_some();
+            shrink_vma(w, vrm)?;
+            if mapped {
+                let end = vrm.addr + vrm.old_len;
+                done.push(format!(
+                    "the source's tail {start:#x}-{end:#x} was unmapped"
+                ));
+            }
+            lookup(w, vrm)?;
+            vrm.old_len = vrm.new_len;
+        }
+        let vma = lookup(w, vrm)?;
+        // vrm_set_new_addr: get_unmapped_area with MAP_FIXED for
+        // MREMAP_FIXED (whose checks can still refuse the address: below
+        // mmap_min_addr is EPERM, after the destination was unmapped),
+        // with the address as a hint for DONTUNMAP.
+        if vrm.flags & MREMAP_FIXED != 0 {
+            let huge = crate::mm::file_table::huge_page_shift(w.fields(vma.idx).vm_file);
+            get_unmapped_area_fixed(vrm.new_addr, vrm.new_len, huge)?;
+        } else {
+            vrm.new_addr = unmapped_area_for(w, vma.idx, vrm.new_addr, vrm.new_len)?;
+        }
+        move_vma(w, vma.idx, vrm)
+    })();
+    res.map_err(|e| e.after(&done))
 }
 
 /// `get_unmapped_area(vma->vm_file, hint, len, pgoff, MAP_SHARED if
@@ -512,7 +543,13 @@ fn move_vma(w: &mut Writer<'_>, idx: VmaIdx, vrm: &Vrm) -> Result<u64, MmError> 
             },
         )?,
     };
-    move_page_tables(w, old_addr, new_addr, old_len.min(new_len))?;
+    if let Err(e) = move_page_tables(w, old_addr, new_addr, old_len.min(new_len)) {
+        // Out of page tables (vmasim's --max-pgtables-bytes): every PTE is
+        // still at the source. As move_vma recovers from a failed
+        // copy_vma_and_data, the copy is unmapped and the source stays.
+        do_vmi_munmap(w, new_addr, new_addr + new_len)?;
+        return Err(e);
+    }
     if vrm.flags & MREMAP_DONTUNMAP != 0 {
         // dontunmap_complete: "We always clear VM_LOCKED[ONFAULT] on the
         // old VMA" (6.18 keeps its VM_ACCOUNT), and "anon_vma links of the
@@ -540,22 +577,31 @@ fn move_vma(w: &mut Writer<'_>, idx: VmaIdx, vrm: &Vrm) -> Result<u64, MmError> 
 }
 
 /// `move_page_tables`: carry every present PTE of `[old, old + len)` to the
-/// same offset at `new` (RSS is unchanged: the pages only move).
+/// same offset at `new` (RSS is unchanged: the pages only move). Every
+/// destination PTE is allocated before any moves, so running out of page
+/// tables leaves them all where they were (the kernel moves them back).
 fn move_page_tables(w: &Writer<'_>, old: u64, new: u64, len: u64) -> Result<(), MmError> {
     let mm = w.mm;
-    let mut moved = Vec::new();
-    mm.pgd.for_each_present(old, old + len, |a, p| {
-        // Relaxed: mmap_lock held for write and both VMAs write-locked.
-        moved.push((a, p.swap(0, Ordering::Relaxed)));
-    });
-    for (a, v) in moved {
+    let mut present = Vec::new();
+    mm.pgd
+        .for_each_present(old, old + len, |a, _| present.push(a));
+    let mut dsts = Vec::with_capacity(present.len());
+    for a in present {
         let dst = mm
             .pgd
             .pte_alloc(new + (a - old))
             .map_err(|_| MmError::PgtablesExhausted {
                 limit: mm.ctx.pgtables.limit(),
             })?;
-        dst.store(v, Ordering::Relaxed);
+        dsts.push((a, dst));
+    }
+    for (a, dst) in dsts {
+        let src = mm
+            .pgd
+            .pte(a)
+            .expect("present a moment ago, under mmap_lock");
+        // Relaxed: mmap_lock held for write and both VMAs write-locked.
+        dst.store(src.swap(0, Ordering::Relaxed), Ordering::Relaxed);
     }
     crate::mm::memory::free_pgtables(mm, old, old + len, &w.guard);
     Ok(())
@@ -668,6 +714,71 @@ mod tests {
         ));
         let low = crate::mm::MMAP_MIN_ADDR;
         assert_eq!(s.mremap(pid, A, P, P, flags, low).unwrap(), low);
+    }
+
+    #[test]
+    fn a_failed_fixed_move_leaves_its_destination_unmapped_and_says_so() {
+        // mremap_to unmaps an MREMAP_FIXED destination before shrink_vma,
+        // whose do_vmi_munmap can still refuse the range, and does not map
+        // it back. Linux 6.18: mremap(A, 1 << 47, P, MAYMOVE|FIXED, B) with
+        // B below A is EINVAL and B is gone (above A, vrm_overlaps refuses
+        // it first and B stays).
+        let (s, pid) = setup();
+        let b = A - 0x10_0000;
+        map(&s, pid, b, 1, PROT_READ);
+        let flags = MREMAP_MAYMOVE | MREMAP_FIXED;
+        let e = s.mremap(pid, A, 1 << 47, P, flags, b).unwrap_err();
+        assert!(
+            matches!(&e, MmError::Partial { error, applied }
+                if matches!(**error, MmError::InvalidArgument { field: "old_length", .. })
+                    && applied == &[format!("the destination {b:#x}-{:#x} was unmapped", b + P)]),
+            "{e:?}"
+        );
+        assert_eq!(e.errno(), crate::mm::Errno::EINVAL);
+        assert!(e.to_string().starts_with("old_length: "), "{e}");
+        assert_eq!(
+            layout(&s, pid),
+            vec![
+                (A, A + 2 * P, "rw-p".into()),
+                (A + 3 * P, A + 5 * P, "r--p".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_move_out_of_page_tables_keeps_the_source_and_its_pages() {
+        // move_vma: when copy_vma_and_data cannot move the page tables it
+        // moves the entries back and unmaps the copy; the source keeps its
+        // pages. Here the budget (--max-pgtables-bytes) runs out.
+        let far = A + (1 << 40);
+        let flags = MREMAP_MAYMOVE | MREMAP_FIXED;
+        let mut hit = false;
+        for tables in 1..=8u64 {
+            let s = Simulator::new(SimConfig {
+                max_pgtables_bytes: tables * P,
+                ..SimConfig::default()
+            });
+            let pid = s.spawn().unwrap();
+            map(&s, pid, A, 2, PROT_READ | PROT_WRITE);
+            let t = s.task(pid).unwrap();
+            if t.fault(A, Access::Write).outcome != crate::mm::FaultOutcome::AnonZeroFill {
+                continue;
+            }
+            match s.mremap(pid, A, 2 * P, 2 * P, flags, far) {
+                Err(MmError::PgtablesExhausted { .. }) => {}
+                Ok(_) => continue,
+                Err(e) => panic!("{e:?}"),
+            }
+            hit = true;
+            assert_eq!(layout(&s, pid), vec![(A, A + 2 * P, "rw-p".into())]);
+            assert!(t.follow_pte(A).is_some(), "the page stayed at the source");
+            assert_eq!(t.rss_pages(), 1);
+            break;
+        }
+        assert!(
+            hit,
+            "no page-table budget let the fault in and stopped the move"
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub fn status_from(e: MmError) -> Status {
         MmError::PgtablesExhausted { .. } => {
             Status::resource_exhausted(format!("{msg} (--max-pgtables-bytes)"))
         }
+        // The status of what it failed with, the message saying what was
+        // done before (and starting, as that error's does, with its field).
+        MmError::Partial { error, .. } => Status::new(status_from(*error).code(), msg),
     }
 }
 
