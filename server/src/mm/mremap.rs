@@ -746,6 +746,52 @@ mod tests {
     }
 
     #[test]
+    fn a_multi_vma_move_that_fails_midway_keeps_what_it_moved_and_says_so() {
+        // remap_move returns the first piece's error as it is: the VMAs
+        // before it stay moved. Linux 6.18, asked: a page at A and a
+        // hugetlb VMA at A + 2 MiB, mremap(A, 4 MiB, 4 MiB, MAYMOVE|FIXED,
+        // D + 4 KiB) is EINVAL (align_hugetlb: the hugetlb piece's target
+        // is not huge-page aligned) with the page at D + 4 KiB.
+        let s = Simulator::new(SimConfig::default());
+        let pid = s.spawn().unwrap();
+        const M: u64 = 2 << 20;
+        map(&s, pid, A, 1, PROT_READ | PROT_WRITE);
+        s.mmap(
+            pid,
+            MmapArgs {
+                addr: A + M,
+                len: M,
+                prot: PROT_READ | PROT_WRITE,
+                flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_HUGETLB | MAP_NORESERVE,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let d = A + 0x400_0000 + P;
+        let e = s
+            .mremap(pid, A, 2 * M, 2 * M, MREMAP_MAYMOVE | MREMAP_FIXED, d)
+            .unwrap_err();
+        let moved = format!("{A:#x}-{:#x} was moved to {d:#x}-{:#x}", A + P, d + P);
+        assert!(
+            matches!(&e, MmError::Partial { error, applied }
+                if matches!(**error, MmError::InvalidArgument { .. }) && applied == std::slice::from_ref(&moved)),
+            "{e:?}"
+        );
+        let maps: Vec<_> = s
+            .maps(pid)
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| (e.start, e.end))
+            .collect();
+        assert!(
+            maps.contains(&(d, d + P)) && maps.contains(&(A + M, A + 2 * M)),
+            "{maps:x?}"
+        );
+        assert!(!maps.iter().any(|&(lo, _)| lo == A), "{maps:x?}");
+    }
+
+    #[test]
     fn a_move_out_of_page_tables_keeps_the_source_and_its_pages() {
         // move_vma: when copy_vma_and_data cannot move the page tables it
         // moves the entries back and unmaps the copy; the source keeps its
