@@ -200,11 +200,16 @@ impl<T: Level> Level for Dir<T> {
 /// # Safety
 /// No other thread may access the table or anything below it.
 unsafe fn take_and_free<T: Level>(e: &AtomicPtr<T>) -> u64 {
-    // Relaxed: exclusive by the caller's contract; no one else can load it.
-    let p = e.swap(std::ptr::null_mut(), Ordering::Relaxed);
-    if p.is_null() {
+    // Read before clearing, as free_pud_range's pud_none_or_clear_bad
+    // does: an entry that is already empty is not written, so unmapping a
+    // range that was never faulted leaves the cache line, which holds the
+    // entries of seven neighbouring spans that faulting threads walk
+    // through, unmodified in their caches.
+    // Relaxed: exclusive by the caller's contract; no one else stores it.
+    if e.load(Ordering::Relaxed).is_null() {
         return 0;
     }
+    let p = e.swap(std::ptr::null_mut(), Ordering::Relaxed);
     // SAFETY: `p` came from `Box::into_raw` in `get_or_alloc`, was unlinked
     // just now, and nobody else holds it (the caller's contract).
     let table = unsafe { Box::from_raw(p) };
