@@ -12,6 +12,9 @@
 //! After every call the process's map must still be well formed: sorted,
 //! disjoint, page aligned, inside `[MMAP_MIN_ADDR, TASK_SIZE]`.
 
+mod common;
+use common::sim::fixed;
+
 use vmasim_server::mm::{
     Access, MMAP_MIN_ADDR, MmError, MmapArgs, SimConfig, Simulator, TASK_SIZE, map::*, prot::*,
 };
@@ -59,22 +62,18 @@ const LENS: [u64; 12] = [
 /// space.
 fn fixture(s: &Simulator) -> u32 {
     let pid = s.spawn().unwrap();
-    let fixed = |addr, pages, flags| {
-        s.mmap(
-            pid,
-            MmapArgs {
-                addr,
-                len: pages * P,
-                prot: PROT_READ | PROT_WRITE,
-                flags: flags | MAP_ANONYMOUS | MAP_FIXED,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    };
-    fixed(A, 4, MAP_PRIVATE);
-    fixed(A + 5 * P, 3, MAP_SHARED);
-    fixed(TOP, 4, MAP_PRIVATE);
+    let rw = PROT_READ | PROT_WRITE;
+    s.mmap(pid, fixed(A, 4 * P, rw)).unwrap();
+    let shared = MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED;
+    s.mmap(
+        pid,
+        MmapArgs {
+            flags: shared,
+            ..fixed(A + 5 * P, 3 * P, rw)
+        },
+    )
+    .unwrap();
+    s.mmap(pid, fixed(TOP, 4 * P, rw)).unwrap();
     s.fault(pid, A + P, Access::Write).unwrap();
     s.fault(pid, A + 2 * P, Access::Read).unwrap();
     pid
