@@ -513,7 +513,7 @@ pub(crate) fn get_unmapped_area_fixed(
     hint: u64,
     len: u64,
     huge_shift: Option<u32>,
-) -> Result<u64, MmError> {
+) -> Result<(), MmError> {
     if let Some(shift) = huge_shift
         && hint & ((1 << shift) - 1) != 0
     {
@@ -539,7 +539,7 @@ pub(crate) fn get_unmapped_area_fixed(
             "addr {hint:#x} is below mmap_min_addr ({MMAP_MIN_ADDR:#x})"
         )));
     }
-    Ok(hint)
+    Ok(())
 }
 
 /// `arch_get_unmapped_area_topdown` (arch/x86/kernel/sys_x86_64.c): the

@@ -206,10 +206,11 @@ unsafe fn take_and_free<T: Level>(e: &AtomicPtr<T>) -> u64 {
     // entries of seven neighbouring spans that faulting threads walk
     // through, unmodified in their caches.
     // Relaxed: exclusive by the caller's contract; no one else stores it.
-    if e.load(Ordering::Relaxed).is_null() {
+    let p = e.load(Ordering::Relaxed);
+    if p.is_null() {
         return 0;
     }
-    let p = e.swap(std::ptr::null_mut(), Ordering::Relaxed);
+    e.store(std::ptr::null_mut(), Ordering::Relaxed);
     // SAFETY: `p` came from `Box::into_raw` in `get_or_alloc`, was unlinked
     // just now, and nobody else holds it (the caller's contract).
     let table = unsafe { Box::from_raw(p) };
