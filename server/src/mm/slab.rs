@@ -14,8 +14,9 @@
 //!    by a lock only its own CPU normally takes (`local_trylock`). Alloc
 //!    pops from `main`, free pushes onto it (`alloc_from_pcs`,
 //!    `free_to_pcs`): no shared cache line in the common case. Here a
-//!    "CPU" is a thread's shard (`vmstat::this_shard`); two threads that
-//!    share a shard just see the trylock fail now and then.
+//!    "CPU" is a thread's counter shard (`vmstat::this_shard`), which it
+//!    holds alone while it lives; only threads beyond `vmstat::NR_SHARDS`
+//!    share one (the shared shard) and see the trylock fail now and then.
 //! 2. **The barn** (`struct node_barn`): a shared, spinlocked list of full
 //!    and empty sheaves. An empty `main` is swapped for a full sheaf
 //!    (`barn_replace_empty_sheaf`), a full one for an empty sheaf
@@ -90,7 +91,7 @@ const MAX_EMPTY_SHEAVES: usize = 1;
 /// Per-"CPU" sheaf sets: one per counter shard, so a thread's sheaves and
 /// its counters are picked by the same index.
 #[cfg(not(vmasim_loom))]
-const NR_CPUS: usize = crate::mm::vmstat::NR_SHARDS;
+const NR_CPUS: usize = crate::mm::vmstat::NR_SHARD_SLOTS;
 #[cfg(vmasim_loom)]
 const NR_CPUS: usize = 2;
 
@@ -1023,8 +1024,9 @@ mod tests {
     use super::*;
     use crate::mm::rcu::SlowReader;
 
-    /// Run `f` on a new thread whose sheaf set is not the caller's (threads
-    /// take shards round robin, so a nested thread gets the next one).
+    /// Run `f` on a new thread whose sheaf set is not the caller's (a live
+    /// thread's shard is its own, so a new thread gets another one unless
+    /// every exclusive shard is taken; then a nested thread is tried).
     fn on_another_cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         let me = this_cpu();
         std::thread::spawn(move || {
