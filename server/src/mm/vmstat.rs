@@ -24,7 +24,14 @@ use crossbeam_utils::CachePadded;
 /// Number of exclusive shards ("CPUs"): more than a laptop runs counting
 /// threads at once. Counter sets have one more, shared by any thread that
 /// found them all taken.
+#[cfg(not(vmasim_loom))]
 pub const NR_SHARDS: usize = 32;
+/// Under loom every model thread shares one std thread-local, so they all
+/// count in one shard with atomic adds anyway; one exclusive shard keeps
+/// each summing read (one loom load per shard) inside the models' branch
+/// budget.
+#[cfg(vmasim_loom)]
+pub const NR_SHARDS: usize = 1;
 
 /// The shard of threads that found no exclusive one free: written with
 /// atomic adds.
