@@ -12,10 +12,12 @@
 //! preemption is off for that one instruction). Here a thread claims one of
 //! [`NR_SHARDS`] exclusive shard ids when it first counts and gives it back
 //! when it exits, so the shard's counters have one writer and an increment
-//! is a load and a store, not a locked read-modify-write: on x86 that is
-//! about a third of an uncontended fault's counting cost (a locked
-//! instruction also waits for every earlier store to drain). Threads beyond
-//! [`NR_SHARDS`] alive at once share one more shard, with atomic adds.
+//! is a load and a store, not a locked read-modify-write. On x86 a locked
+//! instruction costs tens of cycles and waits for every earlier store to
+//! drain; the three a fault made were the largest single cost of an
+//! uncontended fault (`perf annotate` of `fault_single`, README
+//! Benchmarks). Threads beyond [`NR_SHARDS`] alive at once share one more
+//! shard, with atomic adds.
 
 use crate::mm::mm_types::{FaultOutcome, FaultPath, ReuseCheck};
 use crate::mm::sync::{AtomicU64, Ordering};
