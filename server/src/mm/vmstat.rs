@@ -499,6 +499,10 @@ mod tests {
                 shared >= THREADS - NR_SHARDS,
                 "{shared} threads on the shared shard"
             );
+            // Ids come back when threads exit: were they kept, the first
+            // round would have taken them all, and the later rounds would
+            // find none (other tests' threads hold a few at a time at most).
+            assert!(exclusive > 0, "no exclusive shard was free");
         }
         assert_eq!(c.sum(0), 3 * THREADS as u64 * ADDS);
     }
